@@ -1,0 +1,215 @@
+// Command dunlin-controller translates Kubernetes objects into the OVN northbound database.
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"flag"
+	"fmt"
+	"net/netip"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+
+	"github.com/dunlinplugin/dunlin/translator"
+)
+
+type options struct {
+	kubeconfig       string
+	nbAddress        string
+	nbClientCert     string
+	nbClientKey      string
+	nbCACert         string
+	clusterCIDR      string
+	nodeSubnetPrefix int
+	serviceCIDR      string
+	metricsAddr      string
+	workers          int
+	resync           time.Duration
+	leaderElect      bool
+	leaderNamespace  string
+	leaseDuration    time.Duration
+}
+
+func main() {
+	klog.InitFlags(nil)
+	def := translator.DefaultConfig()
+	var o options
+	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty means the in-cluster configuration")
+	flag.StringVar(&o.nbAddress, "nb-address", "unix:/var/run/ovn/ovnnb_db.sock",
+		"comma-separated OVN NB endpoints: unix:PATH, tcp:IP:PORT or ssl:IP:PORT")
+	flag.StringVar(&o.nbClientCert, "nb-client-cert", "", "client certificate for ssl: NB endpoints")
+	flag.StringVar(&o.nbClientKey, "nb-client-key", "", "client private key for ssl: NB endpoints")
+	flag.StringVar(&o.nbCACert, "nb-ca-cert", "", "CA certificate that signed the NB server's certificate")
+	flag.StringVar(&o.clusterCIDR, "cluster-cidr", def.ClusterCIDR.String(), "CIDR that node pod subnets are taken from")
+	flag.IntVar(&o.nodeSubnetPrefix, "node-subnet-prefix", def.NodeSubnetPrefix, "prefix length of each node's pod subnet")
+	flag.StringVar(&o.serviceCIDR, "service-cidr", def.ServiceCIDR.String(), "CIDR of Service cluster IPs")
+	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":9476", "address serving /metrics, /healthz and /readyz; empty disables")
+	flag.IntVar(&o.workers, "workers", def.Workers, "workers per object kind (also bounds keys per NB transaction)")
+	flag.DurationVar(&o.resync, "resync-period", def.ResyncPeriod, "how often everything is reconciled again and orphans collected")
+	flag.BoolVar(&o.leaderElect, "leader-elect", true, "run only while holding the dunlin-controller Lease")
+	flag.StringVar(&o.leaderNamespace, "leader-elect-namespace", "kube-system", "namespace of the leader election Lease")
+	flag.DurationVar(&o.leaseDuration, "leader-elect-lease-duration", 15*time.Second, "leader election lease duration")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, o); err != nil {
+		klog.ErrorS(err, "dunlin-controller failed")
+		klog.Flush()
+		os.Exit(1)
+	}
+	klog.Flush()
+}
+
+func (o options) config() (translator.Config, error) {
+	cfg := translator.DefaultConfig()
+	var err error
+	if cfg.ClusterCIDR, err = netip.ParsePrefix(o.clusterCIDR); err != nil {
+		return cfg, fmt.Errorf("--cluster-cidr: %w", err)
+	}
+	if cfg.ServiceCIDR, err = netip.ParsePrefix(o.serviceCIDR); err != nil {
+		return cfg, fmt.Errorf("--service-cidr: %w", err)
+	}
+	if cfg.ClusterCIDR.Overlaps(cfg.ServiceCIDR) {
+		return cfg, fmt.Errorf("--cluster-cidr %s overlaps --service-cidr %s", cfg.ClusterCIDR, cfg.ServiceCIDR)
+	}
+	if o.workers < 1 {
+		return cfg, fmt.Errorf("--workers must be at least 1")
+	}
+	cfg.NodeSubnetPrefix, cfg.Workers, cfg.ResyncPeriod = o.nodeSubnetPrefix, o.workers, o.resync
+	return cfg, nil
+}
+
+func (o options) tlsConfig() (*tls.Config, error) {
+	if o.nbClientCert == "" && o.nbClientKey == "" && o.nbCACert == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(o.nbClientCert, o.nbClientKey)
+	if err != nil {
+		return nil, fmt.Errorf("NB client certificate: %w", err)
+	}
+	ca, err := os.ReadFile(o.nbCACert)
+	if err != nil {
+		return nil, fmt.Errorf("NB CA certificate: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(ca) {
+		return nil, fmt.Errorf("NB CA certificate %s holds no PEM certificate", o.nbCACert)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+}
+
+func run(ctx context.Context, o options) error {
+	cfg, err := o.config()
+	if err != nil {
+		return err
+	}
+	tlsCfg, err := o.tlsConfig()
+	if err != nil {
+		return err
+	}
+	restCfg, err := restConfig(o.kubeconfig)
+	if err != nil {
+		return err
+	}
+	restCfg.QPS, restCfg.Burst = 200, 400 // cold starts annotate many pods
+	kube, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	health := &healthState{}
+	if o.metricsAddr != "" {
+		go serveMetrics(ctx, o.metricsAddr, reg, health)
+	}
+
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartStructuredLogging(4)
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "dunlin-controller"})
+
+	lead := func(ctx context.Context) {
+		if err := translate(ctx, o, cfg, tlsCfg, kube, recorder, reg, health); err != nil && !errors.Is(err, context.Canceled) {
+			klog.ErrorS(err, "Translator stopped")
+		}
+	}
+	if !o.leaderElect {
+		lead(ctx)
+		return nil
+	}
+	id, _ := os.Hostname()
+	id = fmt.Sprintf("%s_%d", id, os.Getpid())
+	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, o.leaderNamespace, "dunlin-controller",
+		kube.CoreV1(), kube.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: id, EventRecorder: recorder})
+	if err != nil {
+		return fmt.Errorf("leader election lock: %w", err)
+	}
+	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+		Lock: lock, ReleaseOnCancel: true, Name: "dunlin-controller",
+		LeaseDuration: o.leaseDuration, RenewDeadline: o.leaseDuration * 2 / 3, RetryPeriod: o.leaseDuration / 7,
+		Callbacks: leaderelection.LeaderCallbacks{
+			OnStartedLeading: lead,
+			OnStoppedLeading: func() { klog.InfoS("No longer the leader", "identity", id) },
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("leader election: %w", err)
+	}
+	health.leaderElector = le
+	le.Run(ctx)
+	return nil
+}
+
+func translate(ctx context.Context, o options, cfg translator.Config, tlsCfg *tls.Config, kube kubernetes.Interface,
+	recorder record.EventRecorder, reg prometheus.Registerer, health *healthState) error {
+	dbModel, _, err := translator.NBModel()
+	if err != nil {
+		return err
+	}
+	nb, err := translator.ConnectNB(ctx, o.nbAddress, tlsCfg, dbModel)
+	if err != nil {
+		return err
+	}
+	defer nb.Close()
+	c, err := translator.New(cfg, kube, nb, recorder, reg)
+	if err != nil {
+		return err
+	}
+	health.setController(c)
+	return c.Run(ctx)
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig == "" {
+		cfg, err := rest.InClusterConfig()
+		if err != nil {
+			return nil, fmt.Errorf("in-cluster config (pass --kubeconfig outside a cluster): %w", err)
+		}
+		return cfg, nil
+	}
+	cfg, err := clientcmd.BuildConfigFromFlags("", kubeconfig)
+	if err != nil {
+		return nil, fmt.Errorf("kubeconfig %s: %w", kubeconfig, err)
+	}
+	return cfg, nil
+}

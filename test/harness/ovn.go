@@ -1,0 +1,233 @@
+package harness
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+)
+
+const (
+	nbSchema = "/usr/share/ovn/ovn-nb.ovsschema"
+	sbSchema = "/usr/share/ovn/ovn-sb.ovsschema"
+
+	ovnReadyTimeout = 20 * time.Second
+	// unix(7): sun_path holds 108 bytes including the terminating NUL.
+	maxUnixPath = 107
+)
+
+// OVNOptions configures StartOVN.
+type OVNOptions struct {
+	Dir    string // holds databases, sockets, pidfiles and logs; must be short (unix socket paths)
+	WithSB bool   // also run the SB ovsdb-server and ovn-northd
+}
+
+// OVN is a running OVN central: an NB ovsdb-server and, with WithSB, an SB ovsdb-server and ovn-northd.
+type OVN struct {
+	Dir       string
+	NBSocket  string // filesystem path of the NB unix socket
+	NBAddr    string // "unix:<NBSocket>", for the controller's --nb-address
+	NBTCPAddr string // "tcp:127.0.0.1:<port>"; NB listens here too
+	SBSocket  string // filesystem path of the SB unix socket, when WithSB
+	SBAddr    string // "unix:<SBSocket>", when WithSB
+
+	nbPort int
+	env    []string // OVN_RUNDIR and friends, so no CLI or daemon touches /var/run
+	nb     *process
+	sb     *process
+	northd *process
+}
+
+// StartOVN creates fresh databases in o.Dir and starts the daemons, returning once they answer.
+func StartOVN(ctx context.Context, o OVNOptions) (*OVN, error) {
+	if o.Dir == "" {
+		return nil, errors.New("start OVN: OVNOptions.Dir is required")
+	}
+	dir, err := filepath.Abs(o.Dir)
+	if err != nil {
+		return nil, fmt.Errorf("start OVN: %w", err)
+	}
+	// northd.ctl is the longest socket name we create.
+	if p := filepath.Join(dir, "northd.ctl"); len(p) > maxUnixPath {
+		return nil, fmt.Errorf("start OVN: directory %s too long for unix socket paths (%d > %d bytes)", dir, len(p), maxUnixPath)
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, fmt.Errorf("start OVN: %w", err)
+	}
+	ports, err := freePorts(1)
+	if err != nil {
+		return nil, fmt.Errorf("start OVN: %w", err)
+	}
+	ovn := &OVN{
+		Dir:       dir,
+		NBSocket:  filepath.Join(dir, "nb.sock"),
+		NBTCPAddr: "tcp:127.0.0.1:" + strconv.Itoa(ports[0]),
+		nbPort:    ports[0],
+		env: []string{
+			"OVN_RUNDIR=" + dir, "OVS_RUNDIR=" + dir,
+			"OVN_LOGDIR=" + dir, "OVS_LOGDIR=" + dir,
+			"OVN_DBDIR=" + dir, "OVS_DBDIR=" + dir,
+		},
+	}
+	ovn.NBAddr = "unix:" + ovn.NBSocket
+
+	if err := ovn.createDB("nb", nbSchema); err != nil {
+		return nil, err
+	}
+	if err := ovn.StartNB(ctx); err != nil {
+		return nil, err
+	}
+	if !o.WithSB {
+		return ovn, nil
+	}
+
+	ovn.SBSocket = filepath.Join(dir, "sb.sock")
+	ovn.SBAddr = "unix:" + ovn.SBSocket
+	if err := ovn.startSB(ctx); err != nil {
+		return nil, errors.Join(err, ovn.Stop())
+	}
+	if err := ovn.startNorthd(ctx); err != nil {
+		return nil, errors.Join(err, ovn.Stop())
+	}
+	return ovn, nil
+}
+
+func (o *OVN) createDB(name, schema string) error {
+	out, err := exec.Command("ovsdb-tool", "create", filepath.Join(o.Dir, name+".db"), schema).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ovsdb-tool create %s.db: %w: %s", name, err, bytes.TrimSpace(out))
+	}
+	return nil
+}
+
+// startDBServer runs ovsdb-server for <name>.db in the foreground; -vconsole:off because the log
+// file and the captured stderr are the same file.
+func (o *OVN) startDBServer(name string, extraRemotes ...string) (*process, error) {
+	path := func(ext string) string { return filepath.Join(o.Dir, name+ext) }
+	// A socket left behind by a killed server would make the readiness check pass too early.
+	os.Remove(path(".sock"))
+	args := []string{
+		path(".db"),
+		"--remote=punix:" + path(".sock"),
+		"--unixctl=" + path(".ctl"),
+		"--pidfile=" + path(".pid"),
+		"--log-file=" + path(".log"),
+		"-vconsole:off",
+	}
+	for _, r := range extraRemotes {
+		args = append(args, "--remote="+r)
+	}
+	return startProcess(name+" ovsdb-server", path(".log"), o.env, "ovsdb-server", args...)
+}
+
+// StartNB starts the NB ovsdb-server on its existing database file, unix socket and TCP port. StartOVN
+// calls it; call it again after StopNB to bring a "dead" NB back. It does not wait for ovn-northd to
+// reconnect.
+func (o *OVN) StartNB(ctx context.Context) error {
+	if o.nb != nil && !o.nb.exited() {
+		return errors.New("start NB: already running")
+	}
+	nb, err := o.startDBServer("nb", "ptcp:"+strconv.Itoa(o.nbPort)+":127.0.0.1")
+	if err != nil {
+		return fmt.Errorf("start NB: %w", err)
+	}
+	o.nb = nb
+	err = waitReady(ctx, nb, ovnReadyTimeout, func(ctx context.Context) error {
+		_, err := o.ctl(ctx, "ovn-nbctl", o.NBAddr, "show")
+		return err
+	})
+	if err != nil {
+		return errors.Join(fmt.Errorf("start NB: %w", err), nb.Stop())
+	}
+	return nil
+}
+
+// StopNB stops only the NB ovsdb-server, keeping its database, to simulate an NB outage.
+func (o *OVN) StopNB() error {
+	if err := o.nb.Stop(); err != nil {
+		return fmt.Errorf("stop NB: %w", err)
+	}
+	return nil
+}
+
+func (o *OVN) startSB(ctx context.Context) error {
+	if err := o.createDB("sb", sbSchema); err != nil {
+		return err
+	}
+	sb, err := o.startDBServer("sb")
+	if err != nil {
+		return fmt.Errorf("start SB: %w", err)
+	}
+	o.sb = sb
+	err = waitReady(ctx, sb, ovnReadyTimeout, func(ctx context.Context) error {
+		_, err := o.ctl(ctx, "ovn-sbctl", o.SBAddr, "show")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("start SB: %w", err)
+	}
+	return nil
+}
+
+func (o *OVN) startNorthd(ctx context.Context) error {
+	logPath := filepath.Join(o.Dir, "northd.log")
+	northd, err := startProcess("ovn-northd", logPath, o.env, "ovn-northd",
+		"--ovnnb-db="+o.NBAddr,
+		"--ovnsb-db="+o.SBAddr,
+		"--unixctl="+filepath.Join(o.Dir, "northd.ctl"),
+		"--pidfile="+filepath.Join(o.Dir, "northd.pid"),
+		"--log-file="+logPath,
+		"-vconsole:off",
+	)
+	if err != nil {
+		return fmt.Errorf("start northd: %w", err)
+	}
+	o.northd = northd
+	// --wait=sb returns once northd has carried an NB change through to SB, i.e. it is connected to both.
+	err = waitReady(ctx, northd, ovnReadyTimeout, func(ctx context.Context) error {
+		_, err := o.ctl(ctx, "ovn-nbctl", o.NBAddr, "--wait=sb", "sync")
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("start northd: %w", err)
+	}
+	return nil
+}
+
+// NBCtl runs `ovn-nbctl --db=<NBAddr> --timeout=10 args...` and returns its trimmed stdout.
+func (o *OVN) NBCtl(args ...string) (string, error) {
+	return o.ctl(context.Background(), "ovn-nbctl", o.NBAddr, args...)
+}
+
+// SBCtl runs `ovn-sbctl --db=<SBAddr> --timeout=10 args...` and returns its trimmed stdout.
+func (o *OVN) SBCtl(args ...string) (string, error) {
+	if o.SBAddr == "" {
+		return "", errors.New("ovn-sbctl: OVN started without SB")
+	}
+	return o.ctl(context.Background(), "ovn-sbctl", o.SBAddr, args...)
+}
+
+func (o *OVN) ctl(ctx context.Context, tool, db string, args ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, tool, append([]string{"--db=" + db, "--timeout=10"}, args...)...)
+	cmd.Env = append(os.Environ(), o.env...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("%s %s: %w: %s", tool, strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return strings.TrimSpace(stdout.String()), nil
+}
+
+// Stop stops northd, SB and NB, in that order so northd does not log the databases vanishing.
+func (o *OVN) Stop() error {
+	if err := stopAll(o.northd, o.sb, o.nb); err != nil {
+		return fmt.Errorf("stop OVN: %w", err)
+	}
+	return nil
+}

@@ -1,0 +1,213 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/dunlinplugin/dunlin/internal/annotations"
+)
+
+// checkConverged asserts that NB holds exactly one port per networked pod, with its annotated address,
+// plus the two ports of every node, and that no address is used twice.
+func (c *cluster) checkConverged(nodes []string) error {
+	pods, err := c.client.CoreV1().Pods("").List(context.Background(), metav1.ListOptions{})
+	if err != nil {
+		return err
+	}
+	want := map[string]string{}
+	byAddr := map[string]string{}
+	for _, p := range pods.Items {
+		if p.Spec.NodeName == "" || p.Spec.HostNetwork {
+			continue
+		}
+		s, ok := p.Annotations[annotations.PodNetwork]
+		if !ok {
+			return fmt.Errorf("pod %s has no address yet", p.Name)
+		}
+		info, err := annotations.ParsePodNetwork(s)
+		if err != nil {
+			return err
+		}
+		if other, dup := byAddr[info.IPAddress]; dup {
+			return fmt.Errorf("address %s given to both %s and %s", info.IPAddress, other, p.Name)
+		}
+		byAddr[info.IPAddress] = p.Name
+		want[p.Namespace+"_"+p.Name] = info.MACAddress + " " + info.Prefix().Addr().String()
+	}
+	for _, n := range nodes {
+		want["stor-"+n], want["k8s-"+n] = "", ""
+	}
+	out, err := c.ovn.NBCtl("--format=csv", "--data=bare", "--no-headings", "--columns=name,addresses", "list", "Logical_Switch_Port")
+	if err != nil {
+		return err
+	}
+	got := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		if line == "" {
+			continue
+		}
+		name, addr, _ := strings.Cut(line, ",")
+		if _, dup := got[name]; dup {
+			return fmt.Errorf("port %s exists twice", name)
+		}
+		got[name] = addr
+	}
+	for name, addr := range want {
+		g, ok := got[name]
+		if !ok {
+			return fmt.Errorf("port %s missing", name)
+		}
+		if addr != "" && g != addr {
+			return fmt.Errorf("port %s has %q, want %q", name, g, addr)
+		}
+	}
+	for name := range got {
+		if _, ok := want[name]; !ok {
+			return fmt.Errorf("orphan port %s", name)
+		}
+	}
+	return nil
+}
+
+func TestRestartWhilePodsChurnConverges(t *testing.T) {
+	c := newCluster(t)
+	nodes := []string{"n1", "n2", "n3"}
+	for _, n := range nodes {
+		c.createNode(n)
+	}
+	for i := range 30 {
+		c.createPod("default", fmt.Sprintf("p%d", i), nodes[i%3])
+	}
+	c.eventually(converge, "first convergence", func() error { return c.checkConverged(nodes) })
+
+	// Churn pods from another goroutine while the controller is killed and restarted twice.
+	var wg sync.WaitGroup
+	stop := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		zero := int64(0)
+		for i := 30; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			ctx := context.Background()
+			name := fmt.Sprintf("p%d", i)
+			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
+				Spec: corev1.PodSpec{NodeName: nodes[i%3], Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
+			if _, err := c.client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
+				t.Errorf("create %s: %v", name, err)
+				return
+			}
+			old := fmt.Sprintf("p%d", i-25)
+			_ = c.client.CoreV1().Pods("default").Delete(ctx, old, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	for range 2 {
+		time.Sleep(700 * time.Millisecond)
+		c.killController()
+		time.Sleep(500 * time.Millisecond)
+		c.startController()
+	}
+	time.Sleep(time.Second)
+	close(stop)
+	wg.Wait()
+	c.eventually(converge, "convergence after restarts", func() error { return c.checkConverged(nodes) })
+
+	// Rows of objects deleted while no controller ran are collected on start.
+	c.stopController()
+	zero := int64(0)
+	pods, _ := c.client.CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{})
+	for _, p := range pods.Items[:10] {
+		_ = c.client.CoreV1().Pods("default").Delete(context.Background(), p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+	}
+	if err := c.client.CoreV1().Nodes().Delete(context.Background(), "n3", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// Pods on the deleted node go too, as the pod garbage collector would do.
+	pods, _ = c.client.CoreV1().Pods("default").List(context.Background(), metav1.ListOptions{})
+	for _, p := range pods.Items {
+		if p.Spec.NodeName == "n3" {
+			_ = c.client.CoreV1().Pods("default").Delete(context.Background(), p.Name, metav1.DeleteOptions{GracePeriodSeconds: &zero})
+		}
+	}
+	c.startController()
+	c.eventually(converge, "orphans collected", func() error { return c.checkConverged(nodes[:2]) })
+	if got := c.nbctl("ls-list"); strings.Contains(got, "(n3)") {
+		t.Fatalf("switch of a deleted node survived: %q", got)
+	}
+}
+
+func TestForeignRowsUntouched(t *testing.T) {
+	c := newCluster(t)
+	c.stopController()
+	// What an OpenStack deployment sharing the OVN central might hold, plus rows named like ours.
+	for _, args := range [][]string{
+		{"lr-add", "neutron-router"},
+		{"lrp-add", "neutron-router", "lrp-gw", "fa:16:3e:00:00:01", "203.0.113.1/24"},
+		{"ls-add", "neutron-net"},
+		{"lsp-add", "neutron-net", "vm1"},
+		{"lsp-set-addresses", "vm1", "fa:16:3e:00:00:02 192.0.2.10"},
+		{"set", "Logical_Switch", "neutron-net", "external_ids:neutron-network=private"},
+		{"ls-add", "taken"},
+		{"lsp-add", "neutron-net", "default_squatter"},
+		{"lb-add", "neutron-lb", "192.0.2.100:80", "192.0.2.10:8080"},
+	} {
+		c.nbctl(args...)
+	}
+	before := foreignDump(c)
+	c.startController()
+	c.createNode("n1")
+	c.createNode("taken")
+	c.createPod("default", "p", "n1")
+	c.createPod("default", "squatter", "n1")
+	c.expectPort("default", "p", "n1")
+	ev := c.warning("default", "taken", "NBNameConflict")
+	if !strings.Contains(ev.Message, "not owned by Dunlin") {
+		t.Fatalf("conflict event: %q", ev.Message)
+	}
+	c.warning("default", "squatter", "NBNameConflict")
+	// A full resync with everything deleted must still leave the foreign rows alone.
+	if err := c.client.CoreV1().Nodes().Delete(context.Background(), "n1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.stopController()
+	c.startController()
+	c.eventually(converge, "node rows gone", func() error {
+		if got := c.nbctl("ls-list"); strings.Contains(got, "(n1)") {
+			return fmt.Errorf("switches %q", got)
+		}
+		return nil
+	})
+	if after := foreignDump(c); after != before {
+		t.Fatalf("foreign rows changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+}
+
+// foreignDump prints every row without Dunlin's owner key, in full, in a stable order.
+func foreignDump(c *cluster) string {
+	c.t.Helper()
+	var b strings.Builder
+	for _, tbl := range []string{"Logical_Router", "Logical_Router_Port", "Logical_Switch", "Logical_Switch_Port", "Load_Balancer"} {
+		var rows []string
+		for _, row := range strings.Split(c.nbctl("--format=csv", "--no-headings", "list", tbl), "\n") {
+			if row != "" && !strings.Contains(row, "dunlin.io/owner") {
+				rows = append(rows, row)
+			}
+		}
+		sort.Strings(rows)
+		b.WriteString(tbl + ":\n" + strings.Join(rows, "\n") + "\n")
+	}
+	return b.String()
+}

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Builds kube-apiserver, kube-controller-manager, kubectl and etcd from the Go module proxy into a cache
+# directory, once per pinned version; later runs only print the directory.
+# Usage: build.sh [binary...]   (default: all). Prints the directory holding the binaries.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+kube_version=v1.37.2
+etcd_version=v3.6.16
+cache=${DUNLIN_KUBEBIN_CACHE:-/var/cache/dunlin/kubebin}/${kube_version}-etcd${etcd_version}
+mkdir -p "$cache"
+export CGO_ENABLED=0 GOFLAGS=-mod=mod
+
+want=("$@")
+[ ${#want[@]} -gt 0 ] || want=(kube-apiserver kube-controller-manager kubectl etcd)
+minor=${kube_version#v1.}; minor=${minor%%.*}
+ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${kube_version} \
+ -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=${minor} \
+ -X k8s.io/component-base/version.gitTreeState=clean \
+ -X k8s.io/client-go/pkg/version.gitVersion=${kube_version}"
+
+for b in "${want[@]}"; do
+  [ -x "$cache/$b" ] && continue
+  echo "building $b into $cache (first time only; several minutes)" >&2
+  case $b in
+    etcd) (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$cache/$b.tmp" go.etcd.io/etcd/server/v3) ;;
+    kube-apiserver|kube-controller-manager|kubectl)
+      (cd "$here/kube" && go build -trimpath -ldflags "$ldflags" -o "$cache/$b.tmp" "k8s.io/kubernetes/cmd/$b") ;;
+    *) echo "unknown binary $b" >&2; exit 2 ;;
+  esac
+  mv "$cache/$b.tmp" "$cache/$b"
+done
+echo "$cache"

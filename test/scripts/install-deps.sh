@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Installs what `make test` and `make demo` need on a fresh Debian machine (run as root): OVS and OVN
+# from Debian, and the Kubernetes binaries built once from the Go module proxy into a cache.
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+
+need=()
+for cmd in ovsdb-server ovsdb-tool ovn-nbctl ovn-northd ovn-controller ovs-vswitchd ovn-trace ethtool ping nc ip openssl; do
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
+done
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing Debian packages (missing: ${need[*]})" >&2
+  if [ "$(id -u)" != 0 ]; then
+    echo "run as root (apt-get install is needed)" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends openvswitch-switch ovn-central ovn-host ovn-common \
+    ethtool iputils-ping netcat-openbsd iproute2 openssl >/dev/null
+fi
+command -v go >/dev/null 2>&1 || { echo "Go is required (https://go.dev/dl)" >&2; exit 1; }
+
+# Kubernetes control-plane binaries and etcd (first run: several minutes; then cached).
+"$here/../kubebin/build.sh" "$@" >/dev/null

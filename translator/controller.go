@@ -1,0 +1,293 @@
+// Package translator is dunlin-controller: it watches Kubernetes objects and keeps the OVN northbound
+// database equal to what they mean. Informers feed one work queue per kind; a worker reads the current
+// objects, computes the desired rows with the pure functions of mapping.go, and hands them to the one
+// generic nbstore, whose committer batches the writes of many keys into few transactions.
+package translator
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ovn-kubernetes/libovsdb/client"
+	"github.com/prometheus/client_golang/prometheus"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/labels"
+	utilruntime "k8s.io/apimachinery/pkg/util/runtime"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/dunlinplugin/dunlin/translator/ipam"
+	"github.com/dunlinplugin/dunlin/translator/nbstore"
+)
+
+// Config is the controller's configuration.
+type Config struct {
+	ClusterCIDR      netip.Prefix
+	NodeSubnetPrefix int
+	ServiceCIDR      netip.Prefix
+	// Workers per kind. Workers wait for their commit, so this also bounds how many keys share a
+	// transaction.
+	Workers int
+	// ResyncPeriod is how often every object is reconciled again and orphans are collected.
+	ResyncPeriod time.Duration
+	// MaxTxnOps bounds the operations of one NB transaction.
+	MaxTxnOps int
+	// TxnTimeout bounds one NB transaction, so a dead database shows up as errors, not hangs.
+	TxnTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults of the controller's flags.
+func DefaultConfig() Config {
+	return Config{
+		ClusterCIDR:      netip.MustParsePrefix("10.244.0.0/16"),
+		NodeSubnetPrefix: 24,
+		ServiceCIDR:      netip.MustParsePrefix("10.96.0.0/16"),
+		Workers:          32,
+		ResyncPeriod:     10 * time.Minute,
+		MaxTxnOps:        2000,
+		TxnTimeout:       15 * time.Second,
+	}
+}
+
+// Controller is dunlin-controller's translator.
+type Controller struct {
+	cfg       Config
+	kube      kubernetes.Interface
+	nb        client.Client
+	store     *nbstore.Store
+	committer *nbstore.Committer
+	ipam      *ipam.Cluster
+	recorder  record.EventRecorder
+	metrics   *metrics
+
+	factory    informers.SharedInformerFactory
+	nodeLister corelisters.NodeLister
+	podLister  corelisters.PodLister
+	podIndexer cache.Indexer
+
+	queues map[string]workqueue.TypedRateLimitingInterface[string]
+	syncs  map[string]func(context.Context, string) error
+	// observed holds, per kind/key, when a change was first seen and not yet committed.
+	observed sync.Map
+	ready    atomic.Bool
+}
+
+const podNodeIndex = "spec.nodeName"
+
+// New wires a controller; Run starts it. nb must be connected with the model from NBModel.
+func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder record.EventRecorder, reg prometheus.Registerer) (*Controller, error) {
+	pool, err := ipam.NewCluster(cfg.ClusterCIDR, cfg.NodeSubnetPrefix)
+	if err != nil {
+		return nil, err
+	}
+	dbModel, schema, err := NBModel()
+	if err != nil {
+		return nil, err
+	}
+	c := &Controller{
+		cfg:       cfg,
+		kube:      kube,
+		nb:        nb,
+		store:     nbstore.New(nb, dbModel, schema, TableSpecs()),
+		committer: nbstore.NewCommitter(nb, cfg.MaxTxnOps, cfg.TxnTimeout, nbstore.NewMetrics(reg)),
+		ipam:      pool,
+		recorder:  recorder,
+		factory:   informers.NewSharedInformerFactory(kube, 0),
+		queues:    map[string]workqueue.TypedRateLimitingInterface[string]{},
+	}
+	c.metrics = newMetrics(reg,
+		func() float64 { return float64(c.ipam.PodsInUse()) },
+		func() float64 { return float64(c.ipam.NodesWithSubnet()) })
+	c.syncs = map[string]func(context.Context, string) error{
+		KindCluster: c.syncCluster,
+		KindNode:    c.syncNode,
+		KindPod:     c.syncPod,
+	}
+	for kind := range c.syncs {
+		c.queues[kind] = workqueue.NewTypedRateLimitingQueueWithConfig(
+			workqueue.NewTypedItemExponentialFailureRateLimiter[string](20*time.Millisecond, time.Minute),
+			workqueue.TypedRateLimitingQueueConfig[string]{Name: strings.ToLower(kind)})
+	}
+
+	nodeInformer := c.factory.Core().V1().Nodes()
+	podInformer := c.factory.Core().V1().Pods()
+	c.nodeLister = nodeInformer.Lister()
+	c.podLister = podInformer.Lister()
+	c.podIndexer = podInformer.Informer().GetIndexer()
+	if err := podInformer.Informer().AddIndexers(cache.Indexers{podNodeIndex: func(obj any) ([]string, error) {
+		if p, ok := obj.(*corev1.Pod); ok && p.Spec.NodeName != "" {
+			return []string{p.Spec.NodeName}, nil
+		}
+		return nil, nil
+	}}); err != nil {
+		return nil, fmt.Errorf("pod index: %w", err)
+	}
+	if _, err := nodeInformer.Informer().AddEventHandler(c.handler(KindNode)); err != nil {
+		return nil, err
+	}
+	if _, err := podInformer.Informer().AddEventHandler(c.handler(KindPod)); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// handler enqueues the key of every change and notes when it was first observed.
+func (c *Controller) handler(kind string) cache.ResourceEventHandler {
+	enqueue := func(obj any) {
+		key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
+		if err != nil {
+			utilruntime.HandleError(err)
+			return
+		}
+		c.observed.LoadOrStore(kind+"/"+key, time.Now())
+		c.queues[kind].Add(key)
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    enqueue,
+		UpdateFunc: func(_, obj any) { enqueue(obj) },
+		DeleteFunc: enqueue,
+	}
+}
+
+// Ready reports whether the startup sync has finished and NB is connected.
+func (c *Controller) Ready() bool { return c.ready.Load() && c.nb.Connected() }
+
+// Run runs the controller until ctx ends.
+func (c *Controller) Run(ctx context.Context) error {
+	defer func() {
+		for _, q := range c.queues {
+			q.ShutDown()
+		}
+	}()
+	c.factory.Start(ctx.Done())
+	for typ, ok := range c.factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("informer cache for %v did not sync", typ)
+		}
+	}
+	// Rebuild address bookkeeping from what is persisted before any worker may allocate.
+	if err := c.rebuildIPAM(); err != nil {
+		return err
+	}
+	go c.committer.Run(ctx)
+	for kind, q := range c.queues {
+		for range c.cfg.Workers {
+			go wait.UntilWithContext(ctx, func(ctx context.Context) {
+				for c.processNext(ctx, kind, q) {
+				}
+			}, time.Second)
+		}
+	}
+	c.enqueueAll()
+	c.ready.Store(true)
+	klog.InfoS("Controller started", "clusterCIDR", c.cfg.ClusterCIDR, "nodeSubnetPrefix", c.cfg.NodeSubnetPrefix,
+		"workersPerKind", c.cfg.Workers)
+
+	resync := time.NewTicker(c.cfg.ResyncPeriod)
+	defer resync.Stop()
+	connCheck := time.NewTicker(time.Second)
+	defer connCheck.Stop()
+	connected := true
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-resync.C:
+			c.enqueueAll()
+		case <-connCheck.C:
+			// After NB comes back, retry everything at once rather than after each key's backoff.
+			now := c.nb.Connected()
+			if now && !connected {
+				klog.InfoS("NB connection restored, reconciling everything")
+				c.enqueueAll()
+			}
+			connected = now
+		}
+	}
+}
+
+// enqueueAll queues every object and every owner found in NB, so rows whose object is gone are
+// collected by the same sync that writes them.
+func (c *Controller) enqueueAll() {
+	c.queues[KindCluster].Add("dunlin")
+	nodes, _ := c.nodeLister.List(labels.Everything())
+	for _, n := range nodes {
+		c.queues[KindNode].Add(n.Name)
+	}
+	pods, _ := c.podLister.List(labels.Everything())
+	for _, p := range pods {
+		c.queues[KindPod].Add(p.Namespace + "/" + p.Name)
+	}
+	owners, err := c.store.Owners()
+	if err != nil {
+		klog.ErrorS(err, "Cannot list NB owners")
+		return
+	}
+	for owner := range owners {
+		kind, key, ok := strings.Cut(owner, "/")
+		if q, known := c.queues[kind]; ok && known {
+			q.Add(key)
+		}
+	}
+}
+
+func (c *Controller) processNext(ctx context.Context, kind string, q workqueue.TypedRateLimitingInterface[string]) bool {
+	key, quit := q.Get()
+	if quit {
+		return false
+	}
+	defer q.Done(key)
+	start := time.Now()
+	err := c.syncs[kind](ctx, key)
+	c.metrics.reconcile.WithLabelValues(kind).Observe(time.Since(start).Seconds())
+	switch {
+	case err == nil:
+		q.Forget(key)
+		if t, ok := c.observed.LoadAndDelete(kind + "/" + key); ok {
+			c.metrics.programming.WithLabelValues(kind).Observe(time.Since(t.(time.Time)).Seconds())
+		}
+	case errors.Is(err, errWait):
+		// Waiting on another object (a pod on a node without a subnet yet): not a failure.
+		klog.V(4).InfoS("Waiting", "kind", kind, "key", key, "reason", err)
+		q.AddRateLimited(key)
+	default:
+		klog.ErrorS(err, "Reconcile failed, will retry", "kind", kind, "key", key, "retries", q.NumRequeues(key))
+		q.AddRateLimited(key)
+	}
+	return true
+}
+
+// errWait marks a sync that cannot finish until another object converges.
+var errWait = errors.New("waiting")
+
+// apply plans and commits the desired rows of owner.
+func (c *Controller) apply(ctx context.Context, owner string, desired []nbstore.Row) error {
+	txn := &nbstore.Txn{}
+	if err := c.store.Plan(txn, owner, desired); err != nil {
+		if errors.Is(err, nbstore.ErrParentMissing) {
+			return fmt.Errorf("%w: %v", errWait, err)
+		}
+		return fmt.Errorf("plan NB rows of %s: %w", owner, err)
+	}
+	if err := c.committer.Commit(ctx, txn); err != nil {
+		return fmt.Errorf("commit NB rows of %s: %w", owner, err)
+	}
+	return nil
+}
+
+// syncCluster keeps the cluster-wide rows.
+func (c *Controller) syncCluster(ctx context.Context, _ string) error {
+	return c.apply(ctx, ClusterOwner, ClusterRows())
+}

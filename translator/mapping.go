@@ -1,0 +1,91 @@
+package translator
+
+import (
+	"fmt"
+	"net/netip"
+
+	"github.com/dunlinplugin/dunlin/nbmodel"
+	"github.com/dunlinplugin/dunlin/translator/ipam"
+	"github.com/dunlinplugin/dunlin/translator/nbstore"
+)
+
+// The pure part of the controller: Kubernetes facts in, desired NB rows out. No I/O, no clock.
+
+// NodeNetwork is what the rows of a node depend on.
+type NodeNetwork struct {
+	Name   string
+	Subnet netip.Prefix
+}
+
+// PodNetwork is what the row of a pod depends on.
+type PodNetwork struct {
+	Namespace, Name, UID string
+	Node                 string
+	Addr                 netip.Addr
+}
+
+// MACFromIP derives a MAC address from an IPv4 address (0a:58 followed by the address), so a pod's
+// MAC never needs to be stored or learnt separately.
+func MACFromIP(a netip.Addr) string {
+	b := a.As4()
+	return fmt.Sprintf("0a:58:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3])
+}
+
+// ClusterRows are the cluster-wide rows.
+func ClusterRows() []nbstore.Row {
+	return []nbstore.Row{{Model: &nbmodel.LogicalRouter{
+		Name:        ClusterRouter,
+		ExternalIDs: map[string]string{},
+	}}}
+}
+
+// NodeRows are a node's switch, its link to the cluster router, and its management port.
+func NodeRows(n NodeNetwork) []nbstore.Row {
+	gw, mgmt := ipam.Gateway(n.Subnet), ipam.ManagementIP(n.Subnet)
+	ids := map[string]string{extNode: n.Name}
+	nodeOwner := Owner(KindNode, n.Name)
+	onSwitch := &nbstore.Ref{Owner: nodeOwner, Name: n.Name}
+	return []nbstore.Row{
+		{Model: &nbmodel.LogicalSwitch{
+			Name: n.Name,
+			OtherConfig: map[string]string{
+				"subnet":      n.Subnet.String(),
+				"exclude_ips": gw.String() + ".." + mgmt.String(),
+			},
+			ExternalIDs: ids,
+		}},
+		{Model: &nbmodel.LogicalRouterPort{
+			Name:        RouterPortName(n.Name),
+			MAC:         MACFromIP(gw),
+			Networks:    []string{netip.PrefixFrom(gw, n.Subnet.Bits()).String()},
+			ExternalIDs: ids,
+		}, Parent: &nbstore.Ref{Owner: ClusterOwner, Name: ClusterRouter}},
+		{Model: &nbmodel.LogicalSwitchPort{
+			Name:        SwitchRouterPortName(n.Name),
+			Type:        "router",
+			Addresses:   []string{"router"},
+			Options:     map[string]string{"router-port": RouterPortName(n.Name)},
+			ExternalIDs: ids,
+		}, Parent: onSwitch},
+		{Model: &nbmodel.LogicalSwitchPort{
+			Name:        ManagementPortName(n.Name),
+			Addresses:   []string{MACFromIP(mgmt) + " " + mgmt.String()},
+			Options:     map[string]string{"requested-chassis": n.Name},
+			ExternalIDs: ids,
+		}, Parent: onSwitch},
+	}
+}
+
+// PodRows is a pod's logical switch port on its node's switch.
+func PodRows(p PodNetwork) []nbstore.Row {
+	addr := MACFromIP(p.Addr) + " " + p.Addr.String()
+	return []nbstore.Row{{Model: &nbmodel.LogicalSwitchPort{
+		Name:         PodPortName(p.Namespace, p.Name),
+		Addresses:    []string{addr},
+		PortSecurity: []string{addr},
+		Options:      map[string]string{"requested-chassis": p.Node},
+		ExternalIDs: map[string]string{
+			extNamespace: p.Namespace, extPod: p.Name, extPodUID: p.UID, extNode: p.Node,
+		},
+	}, Parent: &nbstore.Ref{Owner: Owner(KindNode, p.Node), Name: p.Node}}}
+}

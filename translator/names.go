@@ -1,0 +1,57 @@
+package translator
+
+import "github.com/dunlinplugin/dunlin/translator/nbstore"
+
+// NB names, in one place (see "NB naming" in shared/DESIGN.md).
+const (
+	// ClusterRouter connects every node switch.
+	ClusterRouter = "ovn_cluster_router"
+	// ClusterOwner owns the cluster-wide rows.
+	ClusterOwner = "Cluster/dunlin"
+
+	routerToSwitchPrefix = "rtos-"
+	switchToRouterPrefix = "stor-"
+	managementPortPrefix = "k8s-"
+)
+
+// Kinds of owner, the first part of an owner value and the name of a work queue.
+const (
+	KindCluster = "Cluster"
+	KindNode    = "Node"
+	KindPod     = "Pod"
+)
+
+// external_ids keys Dunlin sets besides nbstore.OwnerKey, for operators' ovn-nbctl find.
+const (
+	extNode      = "dunlin.io/node"
+	extNamespace = "namespace"
+	extPod       = "pod"
+	extPodUID    = "pod-uid"
+)
+
+// Owner is the owner value of a queue key of kind (namespace/name or name).
+func Owner(kind, key string) string { return kind + "/" + key }
+
+// PodPortName is the logical switch port of a pod: <namespace>_<name>, also the OVS iface-id.
+func PodPortName(namespace, name string) string { return namespace + "_" + name }
+
+// RouterPortName is the cluster router's port towards a node switch.
+func RouterPortName(node string) string { return routerToSwitchPrefix + node }
+
+// SwitchRouterPortName is the node switch's peer of RouterPortName.
+func SwitchRouterPortName(node string) string { return switchToRouterPrefix + node }
+
+// ManagementPortName is the node's management port (host to pods).
+func ManagementPortName(node string) string { return managementPortPrefix + node }
+
+// TableSpecs is what Dunlin manages in NB and how (see nbstore.TableSpec).
+func TableSpecs() map[string]nbstore.TableSpec {
+	return map[string]nbstore.TableSpec{
+		"Logical_Router": {Columns: []string{"name", "options", "external_ids"}},
+		"Logical_Router_Port": {Columns: []string{"name", "mac", "networks", "external_ids"},
+			ParentTable: "Logical_Router", ParentColumn: "ports"},
+		"Logical_Switch": {Columns: []string{"name", "other_config", "external_ids"}},
+		"Logical_Switch_Port": {Columns: []string{"name", "type", "addresses", "port_security", "options", "external_ids"},
+			ParentTable: "Logical_Switch", ParentColumn: "ports"},
+	}
+}

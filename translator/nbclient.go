@@ -1,0 +1,96 @@
+package translator
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"reflect"
+	"strings"
+	"time"
+
+	"github.com/cenkalti/backoff/v4"
+	"github.com/go-logr/logr"
+	"github.com/ovn-kubernetes/libovsdb/client"
+	"github.com/ovn-kubernetes/libovsdb/model"
+	"github.com/ovn-kubernetes/libovsdb/ovsdb"
+	"k8s.io/klog/v2"
+
+	"github.com/dunlinplugin/dunlin/nbmodel"
+	"github.com/dunlinplugin/dunlin/translator/nbstore"
+)
+
+// NBModel returns the NB database model with the indexes Dunlin's store needs, and the schema.
+func NBModel() (model.ClientDBModel, ovsdb.DatabaseSchema, error) {
+	base, err := nbmodel.FullDatabaseModel()
+	if err != nil {
+		return model.ClientDBModel{}, ovsdb.DatabaseSchema{}, fmt.Errorf("NB model: %w", err)
+	}
+	schema := nbmodel.Schema()
+	dbModel, err := nbstore.ClientDBModel(base, schema, TableSpecs())
+	return dbModel, schema, err
+}
+
+// ConnectNB connects to the NB database at the comma-separated OVSDB endpoints (unix:PATH, tcp:IP:PORT,
+// ssl:IP:PORT), keeps reconnecting for ever, and monitors the managed tables. It retries the first
+// connection until ctx ends, so a controller started before its database simply waits.
+func ConnectNB(ctx context.Context, addresses string, tlsConfig *tls.Config, dbModel model.ClientDBModel) (client.Client, error) {
+	opts := []client.Option{
+		client.WithReconnect(10*time.Second, &backoff.ExponentialBackOff{
+			InitialInterval: 200 * time.Millisecond, RandomizationFactor: 0.2, Multiplier: 2,
+			MaxInterval: 5 * time.Second, MaxElapsedTime: 0, // never give up: libovsdb panics when it does
+			Stop: backoff.Stop, Clock: backoff.SystemClock,
+		}),
+		client.WithLeaderOnly(true),
+	}
+	for _, ep := range strings.Split(addresses, ",") {
+		ep = strings.TrimSpace(ep)
+		if ep == "" {
+			continue
+		}
+		if strings.HasPrefix(ep, "ssl:") && tlsConfig == nil {
+			return nil, fmt.Errorf("NB endpoint %s needs --nb-client-cert, --nb-client-key and --nb-ca-cert", ep)
+		}
+		opts = append(opts, client.WithEndpoint(ep))
+	}
+	if len(opts) == 2 {
+		return nil, fmt.Errorf("no NB endpoint in %q", addresses)
+	}
+	if tlsConfig != nil {
+		opts = append(opts, client.WithTLSConfig(tlsConfig))
+	}
+	logger := logr.Discard()
+	if klog.V(5).Enabled() {
+		logger = klog.Background().WithName("libovsdb")
+	}
+	opts = append(opts, client.WithLogger(&logger))
+	cli, err := client.NewOVSDBClient(dbModel, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("NB client: %w", err)
+	}
+	delay := 200 * time.Millisecond
+	for {
+		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err = cli.Connect(cctx)
+		cancel()
+		if err == nil {
+			break
+		}
+		klog.ErrorS(err, "Cannot connect to the OVN NB database, retrying", "address", addresses, "retryIn", delay)
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("connect to NB %s: %w", addresses, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+	var tables []client.MonitorOption
+	for table := range TableSpecs() {
+		m := reflect.New(dbModel.Types()[table].Elem()).Interface().(model.Model)
+		tables = append(tables, client.WithTable(m))
+	}
+	if _, err := cli.Monitor(ctx, cli.NewMonitor(tables...)); err != nil {
+		cli.Close()
+		return nil, fmt.Errorf("monitor NB tables: %w", err)
+	}
+	return cli, nil
+}

@@ -1,0 +1,230 @@
+package nbstore_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ovn-kubernetes/libovsdb/client"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dunlinplugin/dunlin/nbmodel"
+	"github.com/dunlinplugin/dunlin/test/harness"
+	"github.com/dunlinplugin/dunlin/translator"
+	"github.com/dunlinplugin/dunlin/translator/nbstore"
+)
+
+// env is a real NB ovsdb-server with a connected store.
+type env struct {
+	ovn       *harness.OVN
+	nb        client.Client
+	store     *nbstore.Store
+	committer *nbstore.Committer
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	dir, err := os.MkdirTemp("", "dl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	ovn, err := harness.StartOVN(ctx, harness.OVNOptions{Dir: dir})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ovn.Stop() })
+	dbModel, schema, err := translator.NBModel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb, err := translator.ConnectNB(ctx, ovn.NBAddr, nil, dbModel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(nb.Close)
+	e := &env{ovn: ovn, nb: nb,
+		store:     nbstore.New(nb, dbModel, schema, translator.TableSpecs()),
+		committer: nbstore.NewCommitter(nb, 1000, 10*time.Second, nbstore.NewMetrics(prometheus.NewRegistry()))}
+	go e.committer.Run(ctx)
+	return e
+}
+
+func (e *env) nbctl(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := e.ovn.NBCtl(args...)
+	if err != nil {
+		t.Fatalf("ovn-nbctl %v: %v", args, err)
+	}
+	return out
+}
+
+// apply plans and commits; it returns the number of operations it sent.
+func (e *env) apply(t *testing.T, owner string, rows []nbstore.Row) (int, error) {
+	t.Helper()
+	txn := &nbstore.Txn{}
+	if err := e.store.Plan(txn, owner, rows); err != nil {
+		return 0, err
+	}
+	return txn.Len(), e.committer.Commit(context.Background(), txn)
+}
+
+func (e *env) mustApply(t *testing.T, owner string, rows []nbstore.Row) int {
+	t.Helper()
+	n, err := e.apply(t, owner, rows)
+	if err != nil {
+		t.Fatalf("apply %s: %v", owner, err)
+	}
+	return n
+}
+
+func node(name, subnet string) []nbstore.Row {
+	return translator.NodeRows(translator.NodeNetwork{Name: name, Subnet: mustPrefix(subnet)})
+}
+
+func TestStoreCreateUpdateDelete(t *testing.T) {
+	e := newEnv(t)
+	e.mustApply(t, translator.ClusterOwner, translator.ClusterRows())
+	e.mustApply(t, "Node/n1", node("n1", "10.244.1.0/24"))
+	pod := translator.PodNetwork{Namespace: "default", Name: "web", UID: "u1", Node: "n1", Addr: mustAddr("10.244.1.3")}
+	e.mustApply(t, "Pod/default/web", translator.PodRows(pod))
+
+	if got := e.nbctl(t, "lsp-get-addresses", "default_web"); got != "0a:58:0a:f4:01:03 10.244.1.3" {
+		t.Fatalf("addresses = %q", got)
+	}
+	if got := e.nbctl(t, "lsp-get-ls", "default_web"); !strings.Contains(got, "(n1)") {
+		t.Fatalf("pod port sits on %q, want switch n1", got)
+	}
+	if got := e.nbctl(t, "lrp-get-gateway-chassis", "rtos-n1"); got != "" {
+		t.Fatalf("unexpected gateway chassis %q", got)
+	}
+	if got := e.nbctl(t, "get", "Logical_Router_Port", "rtos-n1", "networks"); got != `["10.244.1.1/24"]` {
+		t.Fatalf("rtos-n1 networks = %s", got)
+	}
+	if got := e.nbctl(t, "--bare", "--columns=name", "find", "Logical_Router", "name=ovn_cluster_router"); got != "ovn_cluster_router" {
+		t.Fatalf("cluster router = %q", got)
+	}
+
+	// Same desired state: nothing to send.
+	if n := e.mustApply(t, "Node/n1", node("n1", "10.244.1.0/24")); n != 0 {
+		t.Fatalf("idempotent node plan sent %d operations", n)
+	}
+	if n := e.mustApply(t, "Pod/default/web", translator.PodRows(pod)); n != 0 {
+		t.Fatalf("idempotent pod plan sent %d operations", n)
+	}
+	// A changed address is one update of the changed columns.
+	pod.Addr = mustAddr("10.244.1.9")
+	if n := e.mustApply(t, "Pod/default/web", translator.PodRows(pod)); n != 1 {
+		t.Fatalf("address change sent %d operations, want 1 update", n)
+	}
+	if got := e.nbctl(t, "lsp-get-port-security", "default_web"); got != "0a:58:0a:f4:01:09 10.244.1.9" {
+		t.Fatalf("port_security = %q", got)
+	}
+	// Deleting the pod removes only its port.
+	e.mustApply(t, "Pod/default/web", nil)
+	if got := e.nbctl(t, "--bare", "--columns=name", "list", "Logical_Switch_Port"); strings.Contains(got, "default_web") {
+		t.Fatalf("pod port survived its deletion: %q", got)
+	}
+	if got := e.nbctl(t, "lsp-list", "n1"); !strings.Contains(got, "stor-n1") || !strings.Contains(got, "k8s-n1") {
+		t.Fatalf("node ports after pod deletion: %q", got)
+	}
+	// Deleting the node removes its switch, router port and ports.
+	e.mustApply(t, "Node/n1", nil)
+	if got := e.nbctl(t, "ls-list"); got != "" {
+		t.Fatalf("switches left after node deletion: %q", got)
+	}
+	if got := e.nbctl(t, "lrp-list", translator.ClusterRouter); got != "" {
+		t.Fatalf("router ports left after node deletion: %q", got)
+	}
+}
+
+func TestStoreParentMissingAndConflicts(t *testing.T) {
+	e := newEnv(t)
+	pod := translator.PodNetwork{Namespace: "default", Name: "web", UID: "u1", Node: "n1", Addr: mustAddr("10.244.1.3")}
+	if _, err := e.apply(t, "Pod/default/web", translator.PodRows(pod)); !errors.Is(err, nbstore.ErrParentMissing) {
+		t.Fatalf("pod before its node switch: err = %v, want ErrParentMissing", err)
+	}
+	e.nbctl(t, "ls-add", "n2")
+	e.nbctl(t, "lsp-add", "n2", "stor-n3")
+	e.mustApply(t, translator.ClusterOwner, translator.ClusterRows())
+	var conflict *nbstore.ConflictError
+	if _, err := e.apply(t, "Node/n2", node("n2", "10.244.2.0/24")); !errors.As(err, &conflict) || conflict.Owner != "" {
+		t.Fatalf("node whose switch name is taken by a foreign switch: err = %v", err)
+	}
+	if _, err := e.apply(t, "Node/n3", node("n3", "10.244.3.0/24")); !errors.As(err, &conflict) {
+		t.Fatalf("node whose port name is taken by a foreign port: err = %v", err)
+	}
+	if got := e.nbctl(t, "ls-list"); strings.Count(got, "\n") != 0 || !strings.Contains(got, "(n2)") {
+		t.Fatalf("switches after refused plans: %q", got)
+	}
+}
+
+func TestStoreLeavesForeignRowsAlone(t *testing.T) {
+	e := newEnv(t)
+	e.nbctl(t, "lr-add", "neutron-router")
+	e.nbctl(t, "lrp-add", "neutron-router", "lrp-ext", "00:00:00:00:ff:01", "192.0.2.1/24")
+	e.nbctl(t, "ls-add", "neutron-net")
+	e.nbctl(t, "lsp-add", "neutron-net", "vm1")
+	e.nbctl(t, "lsp-set-addresses", "vm1", "fa:16:3e:00:00:01 192.0.2.10")
+	e.nbctl(t, "set", "Logical_Switch", "neutron-net", "external_ids:neutron-network=private")
+	dump := func() string {
+		return e.nbctl(t, "list", "Logical_Router", "neutron-router") + e.nbctl(t, "list", "Logical_Router_Port", "lrp-ext") +
+			e.nbctl(t, "list", "Logical_Switch", "neutron-net") + e.nbctl(t, "list", "Logical_Switch_Port", "vm1")
+	}
+	before := dump()
+	e.mustApply(t, translator.ClusterOwner, translator.ClusterRows())
+	e.mustApply(t, "Node/n1", node("n1", "10.244.1.0/24"))
+	e.mustApply(t, "Node/n1", nil)
+	e.mustApply(t, translator.ClusterOwner, nil)
+	if after := dump(); after != before {
+		t.Fatalf("foreign rows changed:\nbefore:\n%s\nafter:\n%s", before, after)
+	}
+	owners, _ := e.store.Owners()
+	if len(owners) != 0 {
+		t.Fatalf("owners left: %v", owners)
+	}
+}
+
+func TestCommitterBatchesAndIsolatesFailures(t *testing.T) {
+	e := newEnv(t)
+	e.mustApply(t, translator.ClusterOwner, translator.ClusterRows())
+	e.mustApply(t, "Node/n1", node("n1", "10.244.1.0/24"))
+	e.nbctl(t, "ls-add", "foreign")
+	e.nbctl(t, "lsp-add", "foreign", "default_p7")
+
+	var wg sync.WaitGroup
+	errs := make([]error, 50)
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			name := "p" + itoa(i)
+			pod := translator.PodNetwork{Namespace: "default", Name: name, UID: "u", Node: "n1", Addr: mustAddr("10.244.1." + itoa(10+i))}
+			txn := &nbstore.Txn{}
+			if err := e.store.Plan(txn, "Pod/default/"+name, translator.PodRows(pod)); err != nil {
+				errs[i] = err
+				return
+			}
+			errs[i] = e.committer.Commit(context.Background(), txn)
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if (err != nil) != (i == 7) {
+			t.Errorf("pod p%d: err = %v", i, err)
+		}
+	}
+	if got := strings.Count(e.nbctl(t, "lsp-list", "n1"), "\n") + 1; got != 2+49 {
+		t.Fatalf("n1 has %d ports, want 51", got)
+	}
+	var lsps []nbmodel.LogicalSwitchPort
+	if err := e.nb.List(context.Background(), &lsps); err != nil || len(lsps) != 52 {
+		t.Fatalf("cache has %d ports (%v), want 52", len(lsps), err)
+	}
+}
