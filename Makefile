@@ -32,8 +32,11 @@ test: deps vet
 bench: deps
 	$(GO) test -run '^$$' -bench . -benchtime 1x -timeout 60m ./test/bench/
 
+# Built, then run, so that Ctrl-C after `make demo DEMOFLAGS=-keep` ends cleanly (go run exits 1 on SIGINT).
 demo: deps
-	$(GO) run ./test/demo $(DEMOFLAGS)
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/dunlin-demo ./test/demo
+	$(BIN)/dunlin-demo $(DEMOFLAGS)
 
 generate:
 	$(GO) generate ./nbmodel
