@@ -157,7 +157,7 @@ func StartKube(ctx context.Context, o KubeOptions) (k *Kube, err error) {
 	// The apiserver was started without waiting for etcd (it retries), to overlap their startups;
 	// waiting for etcd first still blames the right daemon when etcd fails.
 	err = waitReady(ctx, k.etcd, etcdReadyTimeout, func(ctx context.Context) error {
-		return httpOK(ctx, http.DefaultClient, etcdURL+"/health", "")
+		return HTTPOK(ctx, http.DefaultClient, etcdURL+"/health", "")
 	})
 	if err != nil {
 		return k, fmt.Errorf("start kube: %w", err)
@@ -180,7 +180,7 @@ func StartKube(ctx context.Context, o KubeOptions) (k *Kube, err error) {
 			caPEM = b
 			apiClient = &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
 		}
-		return httpOK(ctx, apiClient, apiURL+"/readyz", token)
+		return HTTPOK(ctx, apiClient, apiURL+"/readyz", token)
 	})
 	if apiClient != nil {
 		apiClient.CloseIdleConnections()
@@ -308,7 +308,7 @@ func (k *Kube) startKCM(ctx context.Context, o KubeOptions, port int) error {
 	defer client.CloseIdleConnections()
 	url := "https://127.0.0.1:" + strconv.Itoa(port) + "/healthz"
 	return waitReady(ctx, k.kcm, kcmReadyTimeout, func(ctx context.Context) error {
-		return httpOK(ctx, client, url, "")
+		return HTTPOK(ctx, client, url, "")
 	})
 }
 
@@ -320,8 +320,8 @@ func (k *Kube) Stop() error {
 	return nil
 }
 
-// httpOK returns nil if GET url answers 200.
-func httpOK(ctx context.Context, client *http.Client, url, token string) error {
+// HTTPOK returns nil if GET url answers 200 (with a bearer token when token is set).
+func HTTPOK(ctx context.Context, client *http.Client, url, token string) error {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)

@@ -200,3 +200,12 @@ func (p *Process) Exited() bool { return p.p.exited() }
 
 // LogTail returns the last lines of the process's log.
 func (p *Process) LogTail(n int) string { return fileTail(p.p.logPath, n) }
+
+// FreeLoopbackAddr returns a 127.0.0.1:PORT address that was free a moment ago, for a metrics server.
+func FreeLoopbackAddr() (string, error) {
+	ports, err := freePorts(1)
+	if err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("127.0.0.1:%d", ports[0]), nil
+}
