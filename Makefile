@@ -4,7 +4,7 @@
 GO        ?= go
 BIN       ?= bin
 TESTFLAGS ?= -count=1 -timeout 30m
-BINARIES  := dunlin-controller
+BINARIES  := dunlin-controller dunlin-node dunlin-cni
 
 .PHONY: all build deps test unit bench demo generate vet fmt clean
 

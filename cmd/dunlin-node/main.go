@@ -1,0 +1,84 @@
+// Command dunlin-node is Dunlin's per-node agent (a DaemonSet): it configures the local OVS for
+// ovn-controller and serves the dunlin-cni plugin.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/klog/v2"
+
+	"github.com/dunlinplugin/dunlin/cni"
+	"github.com/dunlinplugin/dunlin/nodeagent"
+)
+
+func main() {
+	klog.InitFlags(nil)
+	cfg := nodeagent.DefaultConfig()
+	var kubeconfig string
+	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file; empty means the in-cluster configuration")
+	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's Kubernetes name (default $NODE_NAME); also the OVS system-id unless one is set")
+	flag.StringVar(&cfg.OVSDB, "ovs-db", cfg.OVSDB, "local OVS database endpoint")
+	flag.StringVar(&cfg.SBAddress, "sb-address", "", "OVN southbound DB for ovn-controller (ovn-remote), e.g. tcp:10.0.0.1:6642")
+	flag.StringVar(&cfg.EncapType, "encap-type", cfg.EncapType, "tunnel encapsulation between nodes: geneve or vxlan")
+	flag.StringVar(&cfg.EncapIP, "encap-ip", "", "this node's tunnel endpoint IP (default: the Node's InternalIP)")
+	flag.IntVar(&cfg.MTU, "mtu", 0, "pod interface MTU (default: the encap interface's MTU minus the encapsulation overhead)")
+	flag.StringVar(&cfg.DatapathType, "datapath-type", cfg.DatapathType, "OVS datapath of br-int: system (kernel) or netdev (userspace)")
+	flag.StringVar(&cfg.Bridge, "bridge", cfg.Bridge, "OVN integration bridge")
+	flag.StringVar(&cfg.CNISocket, "cni-socket", cfg.CNISocket, "unix socket serving dunlin-cni")
+	flag.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "CNI configuration directory the runtime reads")
+	flag.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "CNI plugin directory the runtime executes from")
+	flag.StringVar(&cfg.CNIPluginSource, "cni-plugin-source", "", "dunlin-cni binary to install (default: dunlin-cni beside this binary)")
+	flag.StringVar(&cfg.OVNRunDir, "ovn-rundir", cfg.OVNRunDir, "ovn-controller's run directory (OVN_RUNDIR), for CNI STATUS")
+	flag.StringVar(&cfg.MetricsBindAddress, "metrics-bind-address", cfg.MetricsBindAddress, "address serving /metrics and /healthz; empty disables")
+	flag.DurationVar(&cfg.PodNetworkTimeout, "pod-network-timeout", cfg.PodNetworkTimeout, "how long ADD waits for the pod's network annotation")
+	flag.DurationVar(&cfg.OVNInstalledTimeout, "ovn-installed-timeout", cfg.OVNInstalledTimeout, "how long ADD waits for ovn-controller to install the port")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	if err := run(ctx, kubeconfig, cfg); err != nil {
+		klog.ErrorS(err, "dunlin-node failed")
+		klog.Flush()
+		os.Exit(1)
+	}
+	klog.Flush()
+}
+
+func run(ctx context.Context, kubeconfig string, cfg nodeagent.Config) error {
+	if cfg.CNIPluginSource == "" {
+		self, err := os.Executable()
+		if err != nil {
+			return fmt.Errorf("locate dunlin-cni: %w", err)
+		}
+		cfg.CNIPluginSource = filepath.Join(filepath.Dir(self), cni.PluginType)
+	}
+	var restCfg *rest.Config
+	var err error
+	if kubeconfig != "" {
+		restCfg, err = clientcmd.BuildConfigFromFlags("", kubeconfig)
+	} else {
+		restCfg, err = rest.InClusterConfig()
+	}
+	if err != nil {
+		return fmt.Errorf("kubernetes client configuration: %w", err)
+	}
+	restCfg.UserAgent = "dunlin-node"
+	client, err := kubernetes.NewForConfig(restCfg)
+	if err != nil {
+		return fmt.Errorf("kubernetes client: %w", err)
+	}
+	agent, err := nodeagent.New(cfg, client)
+	if err != nil {
+		return err
+	}
+	return agent.Run(klog.NewContext(ctx, klog.Background()))
+}

@@ -1,0 +1,294 @@
+// Package nodeagent is dunlin-node, the per-node agent: it points the local OVS and ovn-controller at
+// the OVN southbound database, serves the CNI plugin's requests on a unix socket, and plumbs pods into
+// br-int.
+package nodeagent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/vishvananda/netlink"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/klog/v2"
+
+	"github.com/dunlinplugin/dunlin/nodeagent/ovs"
+)
+
+// Config is dunlin-node's configuration; the flags of cmd/dunlin-node map onto it one to one.
+type Config struct {
+	NodeName     string
+	OVSDB        string // local OVS database, unix:/var/run/openvswitch/db.sock
+	SBAddress    string // ovn-remote
+	EncapType    string // geneve or vxlan
+	EncapIP      string // empty: the Node's InternalIP
+	MTU          int    // pod MTU; 0: the encap interface's MTU minus the encapsulation overhead
+	DatapathType string // system or netdev
+	Bridge       string // integration bridge, br-int
+
+	CNISocket       string
+	CNIConfDir      string
+	CNIBinDir       string
+	CNIPluginSource string // the dunlin-cni binary to install; empty: none
+
+	OVNRunDir          string // where ovn-controller keeps its control socket
+	MetricsBindAddress string
+
+	PodNetworkTimeout   time.Duration
+	OVNInstalledTimeout time.Duration
+}
+
+// DefaultConfig returns the defaults of every flag.
+func DefaultConfig() Config {
+	return Config{
+		OVSDB:               "unix:/var/run/openvswitch/db.sock",
+		EncapType:           "geneve",
+		DatapathType:        "system",
+		Bridge:              "br-int",
+		CNISocket:           "/var/run/dunlin/cni.sock",
+		CNIConfDir:          "/etc/cni/net.d",
+		CNIBinDir:           "/opt/cni/bin",
+		OVNRunDir:           "/var/run/ovn",
+		MetricsBindAddress:  ":9477",
+		PodNetworkTimeout:   60 * time.Second,
+		OVNInstalledTimeout: 60 * time.Second,
+	}
+}
+
+// Encapsulation overheads on an IPv4 underlay: outer IP (20) + UDP (8) + header (8) + inner Ethernet
+// (14), plus 8 bytes of OVN's Geneve option.
+const (
+	geneveOverhead = 58
+	vxlanOverhead  = 50
+)
+
+// Agent is a running dunlin-node.
+type Agent struct {
+	cfg     Config
+	client  kubernetes.Interface
+	ovs     *ovs.Client
+	pods    *podWatcher
+	metrics *metrics
+	reg     *prometheus.Registry
+
+	gcLock sync.RWMutex // GC excludes every other command
+	locks  keyedMutex   // one command at a time per container
+}
+
+// New validates cfg and prepares an agent; Run starts it.
+func New(cfg Config, client kubernetes.Interface) (*Agent, error) {
+	if cfg.NodeName == "" {
+		return nil, errors.New("node name is required (--node-name, or the NODE_NAME environment variable)")
+	}
+	if cfg.EncapType != "geneve" && cfg.EncapType != "vxlan" {
+		return nil, fmt.Errorf("encap type %q: want geneve or vxlan", cfg.EncapType)
+	}
+	if cfg.DatapathType != "system" && cfg.DatapathType != "netdev" {
+		return nil, fmt.Errorf("datapath type %q: want system or netdev", cfg.DatapathType)
+	}
+	if cfg.EncapIP != "" {
+		if _, err := netip.ParseAddr(cfg.EncapIP); err != nil {
+			return nil, fmt.Errorf("encap IP: %w", err)
+		}
+	}
+	if cfg.MTU != 0 && (cfg.MTU < 576 || cfg.MTU > 65535) {
+		return nil, fmt.Errorf("MTU %d is out of range 576-65535", cfg.MTU)
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	return &Agent{cfg: cfg, client: client, metrics: newMetrics(reg), reg: reg, locks: keyedMutex{m: map[string]*keyedEntry{}}}, nil
+}
+
+// Run configures OVS, starts serving CNI requests and installs the CNI configuration, then blocks until
+// ctx ends. The configuration is installed last so that the runtime reports the node network-ready only
+// once requests can be served.
+func (a *Agent) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx).WithValues("node", a.cfg.NodeName)
+	var err error
+	if a.cfg.EncapIP == "" {
+		if a.cfg.EncapIP, err = a.nodeInternalIP(ctx); err != nil {
+			return err
+		}
+	}
+	if a.cfg.MTU == 0 {
+		if a.cfg.MTU, err = podMTU(a.cfg.EncapIP, a.cfg.EncapType); err != nil {
+			return err
+		}
+	}
+	logger.Info("Starting dunlin-node", "encapType", a.cfg.EncapType, "encapIP", a.cfg.EncapIP, "mtu", a.cfg.MTU,
+		"datapathType", a.cfg.DatapathType, "ovsdb", a.cfg.OVSDB, "sb", a.cfg.SBAddress)
+
+	if a.ovs, err = ovs.Connect(ctx, a.cfg.OVSDB); err != nil {
+		return fmt.Errorf("connect to OVS at %s: %w", a.cfg.OVSDB, err)
+	}
+	defer a.ovs.Close()
+	systemID, err := a.ovs.ConfigureChassis(ctx, ovs.ChassisConfig{
+		SystemID:     a.cfg.NodeName,
+		Hostname:     a.cfg.NodeName,
+		Remote:       a.cfg.SBAddress,
+		EncapType:    a.cfg.EncapType,
+		EncapIP:      a.cfg.EncapIP,
+		Bridge:       a.cfg.Bridge,
+		DatapathType: a.cfg.DatapathType,
+	})
+	if err != nil {
+		return fmt.Errorf("configure OVS for OVN: %w", err)
+	}
+	logger.Info("Configured OVS", "systemID", systemID, "bridge", a.cfg.Bridge)
+
+	a.pods = newPodWatcher(a.client, a.cfg.NodeName, 0)
+	if err := a.pods.start(ctx); err != nil {
+		return err
+	}
+
+	ln, err := listenUnix(a.cfg.CNISocket)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: a.cniHandler(ctx), ReadHeaderTimeout: 10 * time.Second}
+	errc := make(chan error, 2)
+	go func() { errc <- srv.Serve(ln) }()
+	defer func() {
+		shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shut)
+		_ = os.Remove(a.cfg.CNISocket)
+	}()
+
+	var msrv *http.Server
+	if a.cfg.MetricsBindAddress != "" && a.cfg.MetricsBindAddress != "0" {
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", promhttp.HandlerFor(a.reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+			if !a.ovs.Connected() {
+				http.Error(w, "OVS database not connected", http.StatusServiceUnavailable)
+				return
+			}
+			_, _ = w.Write([]byte("ok"))
+		})
+		msrv = &http.Server{Addr: a.cfg.MetricsBindAddress, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := msrv.ListenAndServe(); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("metrics server: %w", err)
+			}
+		}()
+		defer msrv.Close()
+	}
+
+	if err := installCNI(a.cfg.CNIConfDir, a.cfg.CNIBinDir, a.cfg.CNIPluginSource, a.cfg.CNISocket); err != nil {
+		return err
+	}
+	logger.Info("Serving CNI", "socket", a.cfg.CNISocket, "conf", filepath.Join(a.cfg.CNIConfDir, ConfListName))
+
+	select {
+	case <-ctx.Done():
+		return nil
+	case err := <-errc:
+		return fmt.Errorf("CNI server: %w", err)
+	}
+}
+
+// listenUnix listens on path in a directory only root can enter: whoever can connect can plumb pods.
+func listenUnix(path string) (net.Listener, error) {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create socket directory %s: %w", dir, err)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("restrict socket directory %s: %w", dir, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return nil, fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, fmt.Errorf("restrict socket %s: %w", path, err)
+	}
+	return ln, nil
+}
+
+func (a *Agent) nodeInternalIP(ctx context.Context) (string, error) {
+	node, err := a.client.CoreV1().Nodes().Get(ctx, a.cfg.NodeName, metav1.GetOptions{})
+	if err != nil {
+		return "", fmt.Errorf("read node %s for its InternalIP (or set --encap-ip): %w", a.cfg.NodeName, err)
+	}
+	for _, ad := range node.Status.Addresses {
+		if ad.Type == corev1.NodeInternalIP {
+			if ip, err := netip.ParseAddr(ad.Address); err == nil && ip.Is4() {
+				return ip.String(), nil
+			}
+		}
+	}
+	return "", fmt.Errorf("node %s has no IPv4 InternalIP: set --encap-ip", a.cfg.NodeName)
+}
+
+// podMTU derives the pod MTU from the MTU of the interface holding the encap IP.
+func podMTU(encapIP, encapType string) (int, error) {
+	ip := net.ParseIP(encapIP)
+	addrs, err := netlink.AddrList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return 0, fmt.Errorf("list addresses to find the encap interface: %w", err)
+	}
+	for _, ad := range addrs {
+		if !ad.IP.Equal(ip) {
+			continue
+		}
+		link, err := netlink.LinkByIndex(ad.LinkIndex)
+		if err != nil {
+			return 0, fmt.Errorf("encap interface of %s: %w", encapIP, err)
+		}
+		overhead := geneveOverhead
+		if encapType == "vxlan" {
+			overhead = vxlanOverhead
+		}
+		return link.Attrs().MTU - overhead, nil
+	}
+	return 0, fmt.Errorf("no interface holds encap IP %s: cannot derive the pod MTU (set --mtu)", encapIP)
+}
+
+// keyedMutex serialises commands per container id.
+type keyedMutex struct {
+	mu sync.Mutex
+	m  map[string]*keyedEntry
+}
+
+type keyedEntry struct {
+	mu   sync.Mutex
+	refs int
+}
+
+func (k *keyedMutex) lock(key string) func() {
+	k.mu.Lock()
+	e := k.m[key]
+	if e == nil {
+		e = &keyedEntry{}
+		k.m[key] = e
+	}
+	e.refs++
+	k.mu.Unlock()
+	e.mu.Lock()
+	return func() {
+		e.mu.Unlock()
+		k.mu.Lock()
+		e.refs--
+		if e.refs == 0 {
+			delete(k.m, key)
+		}
+		k.mu.Unlock()
+	}
+}

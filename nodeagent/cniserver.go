@@ -1,0 +1,397 @@
+package nodeagent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	cnitypes "github.com/containernetworking/cni/pkg/types"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"k8s.io/klog/v2"
+
+	"github.com/dunlinplugin/dunlin/cni"
+	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/nodeagent/ovs"
+	"github.com/dunlinplugin/dunlin/translator"
+)
+
+// Interface external_ids dunlin-node sets on the OVS port of a pod, besides iface-id (what ovn-controller
+// binds to the logical switch port).
+const (
+	ExtIfaceID   = "iface-id"
+	ExtPodUID    = "dunlin.io/pod-uid"
+	ExtSandboxID = "dunlin.io/sandbox-id"
+	ExtIfName    = "dunlin.io/ifname"
+	ExtNetns     = "dunlin.io/netns"
+	extInstalled = "ovn-installed"
+)
+
+const maxRequestBytes = 1 << 20
+
+func (a *Agent) cniHandler(base context.Context) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /cni", func(w http.ResponseWriter, r *http.Request) {
+		var req cni.Request
+		var resp cni.Response
+		body, err := io.ReadAll(io.LimitReader(r.Body, maxRequestBytes))
+		if err == nil {
+			err = json.Unmarshal(body, &req)
+		}
+		if err != nil {
+			resp.Error = cnitypes.NewError(cnitypes.ErrDecodingFailure, "malformed request from dunlin-cni", err.Error())
+		} else {
+			// A request outlives neither the agent nor the plugin that waits for it.
+			ctx, cancel := context.WithCancel(klog.NewContext(r.Context(), klog.FromContext(base)))
+			stop := context.AfterFunc(base, cancel)
+			resp.Result, err = a.serve(ctx, req)
+			stop()
+			cancel()
+			if err != nil {
+				resp.Error = cni.ErrorOf(err)
+			}
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_ = json.NewEncoder(w).Encode(resp)
+	})
+	return mux
+}
+
+// serve runs one CNI command.
+func (a *Agent) serve(ctx context.Context, req cni.Request) (out []byte, err error) {
+	start := time.Now()
+	defer func() {
+		result := "success"
+		if err != nil {
+			result = "error"
+		}
+		a.metrics.requests.WithLabelValues(req.Command, result).Inc()
+		a.metrics.duration.WithLabelValues(req.Command).Observe(time.Since(start).Seconds())
+	}()
+	conf, err := cni.ParseNetConf(req.Config)
+	if err != nil {
+		return nil, cnitypes.NewError(cnitypes.ErrDecodingFailure, "cannot parse the network configuration", err.Error())
+	}
+	switch req.Command {
+	case "GC":
+		a.gcLock.Lock()
+		defer a.gcLock.Unlock()
+		return nil, a.cmdGC(ctx, conf)
+	case "STATUS":
+		return nil, a.cmdStatus(ctx)
+	}
+	if req.ContainerID == "" || req.IfName == "" {
+		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("CNI_CONTAINERID (%q) and CNI_IFNAME (%q) are required", req.ContainerID, req.IfName), "")
+	}
+	a.gcLock.RLock()
+	defer a.gcLock.RUnlock()
+	defer a.locks.lock(req.ContainerID)()
+	switch req.Command {
+	case "ADD":
+		return a.cmdAdd(ctx, req, conf)
+	case "DEL":
+		return nil, a.cmdDel(ctx, req)
+	case "CHECK":
+		return nil, a.cmdCheck(ctx, req)
+	default:
+		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables, fmt.Sprintf("unknown CNI_COMMAND %q", req.Command), "")
+	}
+}
+
+// podArgs are the Kubernetes keys of CNI_ARGS.
+type podArgs struct{ Namespace, Name, UID string }
+
+// parsePodArgs reads CNI_ARGS (K=V;K=V) leniently: runtimes add keys of their own.
+func parsePodArgs(s string) podArgs {
+	var p podArgs
+	for _, kv := range strings.Split(s, ";") {
+		k, v, _ := strings.Cut(kv, "=")
+		switch k {
+		case "K8S_POD_NAMESPACE":
+			p.Namespace = v
+		case "K8S_POD_NAME":
+			p.Name = v
+		case "K8S_POD_UID":
+			p.UID = v
+		}
+	}
+	return p
+}
+
+func (a *Agent) cmdAdd(ctx context.Context, req cni.Request, conf *cni.NetConf) ([]byte, error) {
+	logger := klog.FromContext(ctx)
+	start := time.Now()
+	pa := parsePodArgs(req.Args)
+	if pa.Namespace == "" || pa.Name == "" {
+		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables,
+			"CNI_ARGS lacks K8S_POD_NAMESPACE or K8S_POD_NAME",
+			"dunlin-cni plumbs Kubernetes pods only: the runtime (or cnitool's CNI_ARGS) must name the pod")
+	}
+	if req.Netns == "" {
+		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables, "CNI_NETNS is required for ADD", "")
+	}
+	podKey := pa.Namespace + "/" + pa.Name
+	waitCtx, cancel := context.WithTimeout(ctx, a.cfg.PodNetworkTimeout)
+	pod, info, err := a.pods.podNetwork(waitCtx, pa.Namespace, pa.Name, pa.UID)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	tNetwork := time.Since(start)
+	att, err := a.attachmentFor(req, info)
+	if err != nil {
+		return nil, cnitypes.NewError(cnitypes.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s: %v", podKey, err), "")
+	}
+	ifaceID := translator.PodPortName(pa.Namespace, pa.Name)
+
+	// A sandbox of the same pod that was never deleted would compete for the logical port.
+	for _, p := range a.ovs.PortsByIfaceID(ifaceID) {
+		if p.Name == att.HostIf {
+			continue
+		}
+		logger.Info("Removing stale OVS port of the same pod", "pod", podKey, "port", p.Name, "sandbox", p.ExternalIDs[ExtSandboxID])
+		if err := a.ovs.DeletePort(ctx, p.Name); err != nil {
+			return nil, fmt.Errorf("remove stale port %s of pod %s: %w", p.Name, podKey, err)
+		}
+		if err := deleteLink(p.Name); err != nil {
+			return nil, err
+		}
+	}
+
+	// A repeated ADD of this container recreates the veth: its old OVS port (and the ovn-installed mark
+	// ovn-controller put on it) must go first, or the mark of the old device would be taken as done.
+	if _, ok := a.ovs.Port(att.HostIf); ok {
+		if err := a.ovs.DeletePort(ctx, att.HostIf); err != nil {
+			return nil, fmt.Errorf("remove previous port %s of pod %s: %w", att.HostIf, podKey, err)
+		}
+		if err := a.ovs.WaitGone(ctx, att.HostIf); err != nil {
+			return nil, err
+		}
+	}
+	hostMAC, err := plumb(att)
+	if err != nil {
+		return nil, fmt.Errorf("plumb pod %s: %w", podKey, err)
+	}
+	uid := pa.UID
+	if uid == "" {
+		uid = string(pod.UID)
+	}
+	err = a.ovs.AddPort(ctx, ovs.PortSpec{Bridge: a.cfg.Bridge, Name: att.HostIf, ExternalIDs: map[string]string{
+		ExtIfaceID:   ifaceID,
+		ExtPodUID:    uid,
+		ExtSandboxID: req.ContainerID,
+		ExtIfName:    req.IfName,
+		ExtNetns:     req.Netns,
+	}})
+	if err != nil {
+		a.undo(ctx, att)
+		return nil, fmt.Errorf("add OVS port %s for pod %s to %s: %w", att.HostIf, podKey, a.cfg.Bridge, err)
+	}
+	tPlumbed := time.Since(start)
+
+	instCtx, cancel := context.WithTimeout(ctx, a.cfg.OVNInstalledTimeout)
+	err = a.ovs.WaitInstalled(instCtx, att.HostIf)
+	cancel()
+	if err != nil {
+		a.undo(ctx, att)
+		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
+			return nil, cnitypes.NewError(cni.ErrOVNInstallTimeout,
+				fmt.Sprintf("ovn-controller did not install port %s (logical port %s) within %s", att.HostIf, ifaceID, a.cfg.OVNInstalledTimeout),
+				"check that ovn-controller runs on this node and is connected to the southbound DB, and that logical switch port "+ifaceID+" exists in NB")
+		}
+		return nil, fmt.Errorf("wait for ovn-controller to install %s: %w", att.HostIf, err)
+	}
+	total := time.Since(start)
+	a.metrics.phase.WithLabelValues("pod_network").Observe(tNetwork.Seconds())
+	a.metrics.phase.WithLabelValues("plumbing").Observe((tPlumbed - tNetwork).Seconds())
+	a.metrics.phase.WithLabelValues("ovn_installed").Observe((total - tPlumbed).Seconds())
+	logger.Info("CNI ADD", "pod", podKey, "container", req.ContainerID, "port", att.HostIf, "ip", att.Addr,
+		"podNetworkWait", tNetwork, "plumbing", tPlumbed-tNetwork, "ovnInstalledWait", total-tPlumbed, "total", total)
+
+	return addResult(conf.CNIVersion, att, hostMAC)
+}
+
+// undo removes a half-made attachment after a failed ADD, so that nothing stray is left.
+func (a *Agent) undo(ctx context.Context, att attachment) {
+	logger := klog.FromContext(ctx)
+	if err := a.ovs.DeletePort(context.WithoutCancel(ctx), att.HostIf); err != nil {
+		logger.Error(err, "Cleaning up after failed ADD", "port", att.HostIf)
+	}
+	if err := unplumb(att.HostIf, att.Netns, att.IfName); err != nil {
+		logger.Error(err, "Cleaning up after failed ADD", "port", att.HostIf)
+	}
+}
+
+func (a *Agent) attachmentFor(req cni.Request, info annotations.PodNetworkInfo) (attachment, error) {
+	mac, err := net.ParseMAC(info.MACAddress)
+	if err != nil {
+		return attachment{}, fmt.Errorf("MAC %q: %w", info.MACAddress, err)
+	}
+	gw, err := netip.ParseAddr(info.GatewayIP)
+	if err != nil {
+		return attachment{}, fmt.Errorf("gateway %q: %w", info.GatewayIP, err)
+	}
+	att := attachment{
+		ContainerID:   req.ContainerID,
+		Netns:         req.Netns,
+		IfName:        req.IfName,
+		HostIf:        HostIfName(req.ContainerID, req.IfName),
+		MAC:           mac,
+		Addr:          info.Prefix(),
+		Gateway:       gw,
+		MTU:           a.cfg.MTU,
+		TxChecksumOff: a.cfg.DatapathType == "netdev",
+	}
+	if info.MTU > 0 {
+		att.MTU = info.MTU
+	}
+	for _, r := range info.Routes {
+		dst, err := netip.ParsePrefix(r.Dest)
+		if err != nil {
+			return attachment{}, fmt.Errorf("route destination %q: %w", r.Dest, err)
+		}
+		rt := route{Dst: dst}
+		if r.NextHop != "" {
+			if rt.NextHop, err = netip.ParseAddr(r.NextHop); err != nil {
+				return attachment{}, fmt.Errorf("route next hop %q: %w", r.NextHop, err)
+			}
+		}
+		att.Routes = append(att.Routes, rt)
+	}
+	return att, nil
+}
+
+func addResult(cniVersion string, att attachment, hostMAC net.HardwareAddr) ([]byte, error) {
+	gw := net.IP(att.Gateway.AsSlice())
+	res := &current.Result{
+		CNIVersion: current.ImplementedSpecVersion,
+		Interfaces: []*current.Interface{
+			{Name: att.HostIf, Mac: hostMAC.String()},
+			{Name: att.IfName, Mac: att.MAC.String(), Mtu: att.MTU, Sandbox: att.Netns},
+		},
+		IPs:    []*current.IPConfig{{Interface: current.Int(1), Address: *prefixToIPNet(att.Addr), Gateway: gw}},
+		Routes: []*cnitypes.Route{{Dst: net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}, GW: gw}},
+	}
+	for _, r := range att.Routes {
+		rt := &cnitypes.Route{Dst: *prefixToIPNet(r.Dst)}
+		if r.NextHop.IsValid() {
+			rt.GW = net.IP(r.NextHop.AsSlice())
+		}
+		res.Routes = append(res.Routes, rt)
+	}
+	if cniVersion == "" {
+		cniVersion = current.ImplementedSpecVersion
+	}
+	versioned, err := res.GetAsVersion(cniVersion)
+	if err != nil {
+		return nil, cnitypes.NewError(cnitypes.ErrIncompatibleCNIVersion, fmt.Sprintf("cannot express the result in cniVersion %s", cniVersion), err.Error())
+	}
+	return json.Marshal(versioned)
+}
+
+// cmdDel removes the OVS port and the veth of the attachment. Whatever is already gone counts as removed.
+func (a *Agent) cmdDel(ctx context.Context, req cni.Request) error {
+	hostIf := HostIfName(req.ContainerID, req.IfName)
+	if err := a.ovs.DeletePort(ctx, hostIf); err != nil {
+		return fmt.Errorf("delete OVS port %s: %w", hostIf, err)
+	}
+	if err := unplumb(hostIf, req.Netns, req.IfName); err != nil {
+		return err
+	}
+	klog.FromContext(ctx).V(2).Info("CNI DEL", "container", req.ContainerID, "port", hostIf, "args", req.Args)
+	return nil
+}
+
+// cmdCheck verifies that the attachment is still as ADD made it.
+func (a *Agent) cmdCheck(ctx context.Context, req cni.Request) error {
+	pa := parsePodArgs(req.Args)
+	pod, ok := a.pods.pod(pa.Namespace, pa.Name)
+	if !ok {
+		return cnitypes.NewError(cni.ErrPodNotFound, fmt.Sprintf("pod %s/%s is not known on node %s", pa.Namespace, pa.Name, a.cfg.NodeName), "")
+	}
+	info, err := annotations.ParsePodNetwork(pod.Annotations[annotations.PodNetwork])
+	if err != nil {
+		return cnitypes.NewError(cnitypes.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s/%s network annotation", pa.Namespace, pa.Name), err.Error())
+	}
+	att, err := a.attachmentFor(req, info)
+	if err != nil {
+		return err
+	}
+	port, ok := a.ovs.Port(att.HostIf)
+	switch {
+	case !ok:
+		return fmt.Errorf("OVS port %s of pod %s/%s is missing", att.HostIf, pa.Namespace, pa.Name)
+	case port.ExternalIDs[ExtIfaceID] != translator.PodPortName(pa.Namespace, pa.Name):
+		return fmt.Errorf("OVS port %s has iface-id %q, want %q", att.HostIf, port.ExternalIDs[ExtIfaceID], translator.PodPortName(pa.Namespace, pa.Name))
+	case port.ExternalIDs[extInstalled] != "true":
+		return fmt.Errorf("OVS port %s is not marked ovn-installed by ovn-controller", att.HostIf)
+	}
+	return checkPlumbing(att)
+}
+
+// cmdGC removes the OVS ports and veths of attachments the runtime no longer lists as valid.
+func (a *Agent) cmdGC(ctx context.Context, conf *cni.NetConf) error {
+	logger := klog.FromContext(ctx)
+	valid := map[string]bool{}
+	for _, v := range conf.ValidAttachments {
+		valid[HostIfName(v.ContainerID, v.IfName)] = true
+	}
+	var errs []error
+	removed := 0
+	for _, p := range a.ovs.PortsWithExternalID(ExtSandboxID) {
+		if valid[p.Name] {
+			continue
+		}
+		if err := a.ovs.DeletePort(ctx, p.Name); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		removed++
+		logger.Info("GC removed OVS port", "port", p.Name, "iface-id", p.ExternalIDs[ExtIfaceID], "sandbox", p.ExternalIDs[ExtSandboxID])
+	}
+	links, err := ourHostLinks()
+	if err != nil {
+		errs = append(errs, err)
+	}
+	for _, l := range links {
+		if valid[l] {
+			continue
+		}
+		if err := deleteLink(l); err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		logger.Info("GC removed veth", "link", l)
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("GC: %w", err)
+	}
+	logger.V(2).Info("CNI GC", "valid", len(valid), "removedPorts", removed)
+	return nil
+}
+
+// cmdStatus reports whether ADDs can succeed now: OVS reachable and ovn-controller connected to SB.
+func (a *Agent) cmdStatus(ctx context.Context) error {
+	if !a.ovs.Connected() {
+		return cnitypes.NewError(cnitypes.ErrPluginNotAvailable, "dunlin-node is not connected to the local OVS database",
+			"check that ovsdb-server runs and that --ovs-db ("+a.cfg.OVSDB+") is right")
+	}
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	status, err := ovnControllerStatus(sctx, a.cfg.OVNRunDir)
+	if err != nil {
+		return cnitypes.NewError(cnitypes.ErrPluginNotAvailable, "ovn-controller is not reachable", err.Error())
+	}
+	if status != "connected" {
+		return cnitypes.NewError(cnitypes.ErrPluginNotAvailable, "ovn-controller is not connected to the southbound database",
+			fmt.Sprintf("connection-status is %q; check --sb-address (%s) and the OVN central", status, a.cfg.SBAddress))
+	}
+	return nil
+}

@@ -1,0 +1,80 @@
+package nodeagent
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+
+	"github.com/dunlinplugin/dunlin/cni"
+)
+
+const (
+	// ConfListName is the file dunlin-node writes into the CNI configuration directory.
+	ConfListName = "10-dunlin.conflist"
+	// NetworkName is the CNI network name in that file.
+	NetworkName = "dunlin"
+	confVersion = "1.1.0"
+)
+
+// confList is the conflist the container runtime reads.
+func confList(socket string) ([]byte, error) {
+	return json.MarshalIndent(map[string]any{
+		"cniVersion": confVersion,
+		"name":       NetworkName,
+		"plugins": []map[string]any{{
+			"type":      cni.PluginType,
+			"cniSocket": socket,
+		}},
+	}, "", "  ")
+}
+
+// installCNI writes the conflist and copies the plugin binary. Both are written to a temporary file and
+// renamed, so a runtime never reads half a file or executes half a binary.
+func installCNI(confDir, binDir, pluginSource, socket string) error {
+	data, err := confList(socket)
+	if err != nil {
+		return err
+	}
+	// The binary first: a runtime that sees the configuration must find the plugin.
+	if pluginSource != "" {
+		src, err := os.Open(pluginSource)
+		if err != nil {
+			return fmt.Errorf("open CNI plugin %s: %w", pluginSource, err)
+		}
+		defer src.Close()
+		if err := writeAtomic(filepath.Join(binDir, cni.PluginType), src, 0o755); err != nil {
+			return err
+		}
+	}
+	return writeAtomic(filepath.Join(confDir, ConfListName), bytes.NewReader(data), 0o644)
+}
+
+func writeAtomic(path string, r io.Reader, mode os.FileMode) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("create %s: %w", dir, err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("install %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name()) // no-op after the rename
+	if _, err := io.Copy(tmp, r); err != nil {
+		tmp.Close()
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return fmt.Errorf("chmod %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("install %s: %w", path, err)
+	}
+	return nil
+}

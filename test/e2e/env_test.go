@@ -1,0 +1,290 @@
+// Package e2e runs the whole of Dunlin on one machine: OVN central, kube-apiserver, dunlin-controller,
+// and two simulated nodes (network namespaces) each with OVS on the userspace datapath, ovn-controller,
+// dunlin-node and a stand-in kubelet that invokes the installed CNI plugin through libcni. Tests send
+// real packets between pods.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/plugins/pkg/ns"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/dunlinplugin/dunlin/test/harness"
+)
+
+var bins harness.Binaries
+
+func TestMain(m *testing.M) {
+	if os.Geteuid() != 0 {
+		fmt.Println("e2e: skipped, needs root for network namespaces")
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "dle2ebin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	bins, err = harness.BuildBinaries(ctx, dir)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+type env struct {
+	t      *testing.T
+	c      *harness.Cluster
+	client kubernetes.Interface
+}
+
+func newEnv(t *testing.T, encap string) *env {
+	t.Helper()
+	dir, err := os.MkdirTemp("/tmp", "dle")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	start := time.Now()
+	c, err := harness.StartCluster(ctx, harness.ClusterOptions{Dir: dir, Bins: bins, EncapType: encap})
+	if err != nil {
+		l := logs(dir)
+		os.RemoveAll(dir)
+		t.Fatalf("start cluster: %v\n%s", err, l)
+	}
+	t.Logf("cluster (%s) up in %s", encap, time.Since(start).Round(time.Millisecond))
+	e := &env{t: t, c: c, client: c.Kube.Client}
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Logf("logs:\n%s", logs(dir))
+		}
+		if err := c.Stop(); err != nil {
+			t.Logf("stop cluster: %v", err)
+		}
+		os.RemoveAll(dir)
+	})
+	return e
+}
+
+// logs gives the tails of the Dunlin logs under dir.
+func logs(dir string) string {
+	var b strings.Builder
+	paths, _ := filepath.Glob(filepath.Join(dir, "*.log"))
+	more, _ := filepath.Glob(filepath.Join(dir, "node*", "*.log"))
+	for _, p := range append(paths, more...) {
+		if strings.Contains(p, "dunlin") || strings.Contains(p, "controller") {
+			fmt.Fprintf(&b, "==> %s\n%s\n", p, tail(p, 25))
+		}
+	}
+	return b.String()
+}
+
+func tail(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return err.Error()
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (e *env) node(name string) *harness.ClusterNode {
+	for _, n := range e.c.Nodes {
+		if n.Name == name {
+			return n
+		}
+	}
+	e.t.Fatalf("no node %s", name)
+	return nil
+}
+
+func (e *env) eventually(timeout time.Duration, what string, f func() error) {
+	e.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s: still failing after %s: %v", what, timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (e *env) createPod(namespace, name, node string) {
+	e.t.Helper()
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "podserver"}}},
+	}
+	if _, err := e.client.CoreV1().Pods(namespace).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
+		e.t.Fatalf("create pod %s/%s: %v", namespace, name, err)
+	}
+}
+
+func (e *env) deletePod(namespace, name string) {
+	e.t.Helper()
+	if err := e.client.CoreV1().Pods(namespace).Delete(context.Background(), name, metav1.DeleteOptions{}); err != nil {
+		e.t.Fatalf("delete pod %s/%s: %v", namespace, name, err)
+	}
+}
+
+// running waits until the pod is Running with an IP and its workload answers, and returns its sandbox.
+func (e *env) running(namespace, name string) (*corev1.Pod, harness.Sandbox) {
+	e.t.Helper()
+	var pod *corev1.Pod
+	var sb harness.Sandbox
+	e.eventually(90*time.Second, "pod "+namespace+"/"+name+" running", func() error {
+		var err error
+		pod, err = e.client.CoreV1().Pods(namespace).Get(context.Background(), name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		if pod.Status.Phase != corev1.PodRunning || pod.Status.PodIP == "" {
+			kerr := e.node(pod.Spec.NodeName).Kubelet.LastError(namespace, name)
+			return fmt.Errorf("phase %q ip %q, kubelet: %v", pod.Status.Phase, pod.Status.PodIP, kerr)
+		}
+		var ok bool
+		if sb, ok = e.node(pod.Spec.NodeName).Kubelet.Sandbox(namespace, name); !ok {
+			return fmt.Errorf("no sandbox")
+		}
+		_, err = httpGet(sb, "http://127.0.0.1:8080/")
+		return err
+	})
+	return pod, sb
+}
+
+// ping sends count echo requests from inside a pod; extra are ping flags.
+func ping(sb harness.Sandbox, ip string, extra ...string) error {
+	args := append([]string{"netns", "exec", sb.NetnsName, "ping", "-c", "2", "-i", "0.2", "-W", "2"}, extra...)
+	out, err := exec.Command("ip", append(args, ip)...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("ping %s from %s: %v\n%s", ip, sb.NetnsName, err, out)
+	}
+	return nil
+}
+
+// httpGet fetches url from inside the pod's netns: the socket is made there, the rest runs here.
+func httpGet(sb harness.Sandbox, url string) ([]byte, error) {
+	client := &http.Client{
+		Timeout: 30 * time.Second,
+		Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			var conn net.Conn
+			err := ns.WithNetNSPath(sb.Netns, func(ns.NetNS) error {
+				var d net.Dialer
+				var err error
+				conn, err = d.DialContext(ctx, network, addr)
+				return err
+			})
+			return conn, err
+		}},
+	}
+	resp, err := client.Get(url)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return body, fmt.Errorf("read %s: %w (after %d bytes)", url, err, len(body))
+	}
+	if resp.StatusCode != http.StatusOK {
+		return body, fmt.Errorf("GET %s: %s", url, resp.Status)
+	}
+	return body, nil
+}
+
+// expectName checks that from reaches the pod at ip and it answers with its name.
+func expectName(from harness.Sandbox, ip, name string) error {
+	body, err := httpGet(from, "http://"+ip+":8080/")
+	if err != nil {
+		return err
+	}
+	if got := strings.TrimSpace(string(body)); got != name {
+		return fmt.Errorf("%s answered %q, want %q", ip, got, name)
+	}
+	return nil
+}
+
+// transfer moves n bytes from the pod at ip to from over one TCP connection and checks them.
+func transfer(from harness.Sandbox, ip string, n int) (time.Duration, error) {
+	start := time.Now()
+	body, err := httpGet(from, fmt.Sprintf("http://%s:8080/bytes?n=%d", ip, n))
+	if err != nil {
+		return 0, err
+	}
+	if len(body) != n {
+		return 0, fmt.Errorf("got %d bytes, want %d", len(body), n)
+	}
+	pattern := []byte("dunlin-")
+	for i := 0; i+7 <= 7*1024 && i+7 <= len(body); i += 7 {
+		if !bytes.Equal(body[i:i+7], pattern) {
+			return 0, fmt.Errorf("corrupt data at byte %d", i)
+		}
+	}
+	return time.Since(start), nil
+}
+
+// ovsPorts lists the pod ports on a node's br-int.
+func (e *env) ovsPorts(n *harness.ClusterNode) []string {
+	e.t.Helper()
+	out, err := n.VSCtl("list-ports", "br-int")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var ports []string
+	for _, p := range strings.Fields(out) {
+		if strings.HasPrefix(p, "dl") { // not the tunnel ports
+			ports = append(ports, p)
+		}
+	}
+	sort.Strings(ports)
+	return ports
+}
+
+// veths lists the node's veths Dunlin made (dl + 13 hex).
+func (e *env) veths(n *harness.ClusterNode) []string {
+	e.t.Helper()
+	out, err := n.Exec(context.Background(), "ip", "-o", "link", "show", "type", "veth")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	var names []string
+	for _, line := range strings.Split(out, "\n") {
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+		if strings.HasPrefix(name, "dl") {
+			names = append(names, name)
+		}
+	}
+	sort.Strings(names)
+	return names
+}

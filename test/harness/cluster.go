@@ -1,0 +1,264 @@
+package harness
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
+)
+
+// Binaries are Dunlin's programs, built from this tree.
+type Binaries struct {
+	Dir        string
+	Controller string
+	Node       string
+	CNI        string
+	PodServer  string
+}
+
+// BuildBinaries builds dunlin-controller, dunlin-node, dunlin-cni and the test pod server into dir.
+func BuildBinaries(ctx context.Context, dir string) (Binaries, error) {
+	b := Binaries{
+		Dir:        dir,
+		Controller: filepath.Join(dir, "dunlin-controller"),
+		Node:       filepath.Join(dir, "dunlin-node"),
+		CNI:        filepath.Join(dir, "dunlin-cni"),
+		PodServer:  filepath.Join(dir, "podserver"),
+	}
+	_, self, _, _ := runtime.Caller(0)
+	root := filepath.Join(filepath.Dir(self), "..", "..")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/",
+		"./cmd/dunlin-controller", "./cmd/dunlin-node", "./cmd/dunlin-cni", "./test/podserver")
+	cmd.Dir = root
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return b, fmt.Errorf("go build: %w\n%s", err, out)
+	}
+	return b, nil
+}
+
+// ClusterOptions describe a whole Dunlin cluster on one machine.
+type ClusterOptions struct {
+	Dir       string // short
+	Bins      Binaries
+	Nodes     int    // default 2
+	EncapType string // geneve (default) or vxlan
+	// ControllerFlags are added to dunlin-controller's.
+	ControllerFlags []string
+}
+
+// Cluster is OVN central (NB, SB, northd), kube-apiserver, dunlin-controller and simulated nodes, each
+// with OVS, ovn-controller, dunlin-node and a stand-in kubelet.
+type Cluster struct {
+	Dir        string
+	Bins       Binaries
+	OVN        *OVN
+	Kube       *Kube
+	Underlay   *Underlay
+	Controller *Process
+	Nodes      []*ClusterNode
+	encap      string
+	ctrlFlags  []string
+}
+
+// ClusterNode is one simulated node.
+type ClusterNode struct {
+	*Node
+	Agent     *Process // dunlin-node, inside the node's netns
+	Kubelet   *Kubelet
+	ConfDir   string
+	BinDir    string
+	Socket    string
+	AgentLog  string
+	forwarder *Forwarder
+	cluster   *Cluster
+}
+
+// StartCluster brings everything up and returns once every node's agent serves CNI requests.
+func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error) {
+	if o.Nodes == 0 {
+		o.Nodes = 2
+	}
+	if o.EncapType == "" {
+		o.EncapType = "geneve"
+	}
+	c = &Cluster{Dir: o.Dir, Bins: o.Bins, encap: o.EncapType, ctrlFlags: o.ControllerFlags}
+	defer func() {
+		if err != nil {
+			_ = c.Stop()
+		}
+	}()
+	if c.OVN, err = StartOVN(ctx, OVNOptions{Dir: filepath.Join(o.Dir, "ovn"), WithSB: true}); err != nil {
+		return c, err
+	}
+	if c.Kube, err = StartKube(ctx, KubeOptions{Dir: filepath.Join(o.Dir, "kube")}); err != nil {
+		return c, err
+	}
+	if err := c.StartController(); err != nil {
+		return c, err
+	}
+	if c.Underlay, err = StartUnderlay(ctx, UnderlayOptions{Dir: filepath.Join(o.Dir, "ul")}); err != nil {
+		return c, err
+	}
+	for i := range o.Nodes {
+		name := fmt.Sprintf("node%d", i+1)
+		n, err := StartNode(ctx, NodeOptions{Name: name, Index: i, Dir: filepath.Join(o.Dir, name), Underlay: c.Underlay})
+		if err != nil {
+			return c, err
+		}
+		cn := &ClusterNode{Node: n, cluster: c,
+			ConfDir: filepath.Join(n.Dir, "net.d"), BinDir: filepath.Join(n.Dir, "cnibin"),
+			Socket: filepath.Join(n.Dir, "cni", "cni.sock"), AgentLog: filepath.Join(n.Dir, "dunlin-node.log")}
+		c.Nodes = append(c.Nodes, cn)
+		if err := c.createNode(ctx, name, n.EncapIP); err != nil {
+			return c, err
+		}
+		apiAddr := strings.TrimPrefix(c.Kube.Config.Host, "https://")
+		if cn.forwarder, err = ForwardInto("/var/run/netns/"+n.Netns, apiAddr); err != nil {
+			return c, err
+		}
+		if err := cn.StartAgent(ctx); err != nil {
+			return c, err
+		}
+	}
+	var peers []string
+	for _, n := range c.Nodes {
+		peers = append(peers, n.EncapIP)
+	}
+	for _, n := range c.Nodes {
+		if err := n.WaitChassis(ctx, c.OVN, n.Name); err != nil {
+			return c, err
+		}
+		if err := n.PrimeUnderlay(ctx, peers...); err != nil {
+			return c, err
+		}
+		if n.Kubelet, err = StartKubelet(ctx, KubeletOptions{
+			NodeName: n.Name, Client: c.Kube.Client, ConfDir: n.ConfDir, BinDir: n.BinDir,
+			CacheDir: filepath.Join(n.Dir, "cnicache"), PodServer: o.Bins.PodServer, Dir: filepath.Join(n.Dir, "pods"),
+		}); err != nil {
+			return c, err
+		}
+	}
+	return c, nil
+}
+
+// StartController runs dunlin-controller against the cluster's NB and apiserver.
+func (c *Cluster) StartController() error {
+	args := append([]string{"--kubeconfig", c.Kube.Kubeconfig, "--nb-address", c.OVN.NBAddr,
+		"--metrics-bind-address=", "--leader-elect=false", "-v=2"}, c.ctrlFlags...)
+	p, err := StartProcess("dunlin-controller", filepath.Join(c.Dir, "controller.log"), nil, c.Bins.Controller, args...)
+	if err != nil {
+		return err
+	}
+	c.Controller = p
+	return nil
+}
+
+func (c *Cluster) createNode(ctx context.Context, name, ip string) error {
+	node := &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Status:     corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}},
+	}
+	nodes := c.Kube.Client.CoreV1().Nodes()
+	if _, err := nodes.Create(ctx, node, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		return fmt.Errorf("create node %s: %w", name, err)
+	}
+	// The controller annotates the node meanwhile: read, modify, write until no conflict.
+	err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		cur, err := nodes.Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		cur.Status.Addresses = node.Status.Addresses
+		_, err = nodes.UpdateStatus(ctx, cur, metav1.UpdateOptions{})
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("set node %s status: %w", name, err)
+	}
+	return nil
+}
+
+// StartAgent runs dunlin-node inside the node's netns and waits until it serves CNI requests.
+func (n *ClusterNode) StartAgent(ctx context.Context, extra ...string) error {
+	c := n.cluster
+	args := append([]string{
+		"--kubeconfig", c.Kube.Kubeconfig,
+		"--node-name", n.Name,
+		"--ovs-db", n.OVSDB,
+		"--sb-address", c.OVN.SBAddr,
+		"--encap-type", c.encap,
+		"--encap-ip", n.EncapIP,
+		"--datapath-type", "netdev",
+		"--cni-socket", n.Socket,
+		"--cni-conf-dir", n.ConfDir,
+		"--cni-bin-dir", n.BinDir,
+		"--cni-plugin-source", c.Bins.CNI,
+		"--ovn-rundir", n.RunDir,
+		"--metrics-bind-address=",
+		"-v=2",
+	}, extra...)
+	p, err := n.StartProcess("dunlin-node "+n.Name, n.AgentLog, nil, c.Bins.Node, args...)
+	if err != nil {
+		return err
+	}
+	n.Agent = p
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if _, err := os.Stat(filepath.Join(n.ConfDir, "10-dunlin.conflist")); err == nil {
+			if _, err := os.Stat(n.Socket); err == nil {
+				return nil
+			}
+		}
+		if p.Exited() {
+			return fmt.Errorf("dunlin-node on %s exited:\n%s", n.Name, p.LogTail(30))
+		}
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("dunlin-node on %s did not start serving:\n%s", n.Name, p.LogTail(30))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// StopAgent stops dunlin-node (SIGTERM), leaving OVS, ovn-controller and the pods running.
+func (n *ClusterNode) StopAgent() error {
+	if n.Agent == nil {
+		return nil
+	}
+	err := n.Agent.Stop()
+	n.Agent = nil
+	return err
+}
+
+// Stop tears everything down; errors are collected, nothing is skipped.
+func (c *Cluster) Stop() error {
+	var errs []error
+	for _, n := range c.Nodes {
+		if n.Kubelet != nil {
+			errs = append(errs, n.Kubelet.Stop())
+		}
+		errs = append(errs, n.StopAgent(), n.forwarder.Stop(), n.Node.Stop())
+	}
+	if c.Underlay != nil {
+		errs = append(errs, c.Underlay.Stop())
+	}
+	if c.Controller != nil {
+		errs = append(errs, c.Controller.Stop())
+	}
+	if c.Kube != nil {
+		errs = append(errs, c.Kube.Stop())
+	}
+	if c.OVN != nil {
+		errs = append(errs, c.OVN.Stop())
+	}
+	return errors.Join(errs...)
+}
