@@ -39,7 +39,7 @@ demo: deps
 	$(BIN)/dunlin-demo $(DEMOFLAGS)
 
 generate:
-	$(GO) generate ./nbmodel
+	$(GO) generate ./nbmodel ./nodeagent/ovsmodel
 
 clean:
 	rm -rf $(BIN)

@@ -4,242 +4,122 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
+	"os"
+	"path/filepath"
+	"time"
 
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/test/harness"
 )
 
-// demoPod is a pod the demo creates.
-type demoPod struct {
-	name, node  string
-	hostNetwork bool
-}
-
-// portName is the pod's logical switch port (translator.PodPortName, not imported to keep the demo
-// an outside view).
-func (p demoPod) portName() string { return namespace + "_" + p.name }
-
-// plan is the Nodes and pods the demo creates.
-type plan struct {
-	nodes []string
-	pods  []demoPod
-}
-
-func newPlan(o options) plan {
-	var p plan
-	for i := range o.nodes {
-		suffix := letters(i)
-		node := "node-" + suffix
-		p.nodes = append(p.nodes, node)
-		for j := 1; j <= o.podsPerNode; j++ {
-			p.pods = append(p.pods, demoPod{name: fmt.Sprintf("pod-%s-%d", suffix, j), node: node})
-		}
-	}
-	// A host-network pod uses the node's own network: Dunlin gives it no address and no port.
-	p.pods = append(p.pods, demoPod{name: "hostnet-a", node: p.nodes[0], hostNetwork: true})
-	return p
-}
-
-// letters names index i as a, b, ..., z, aa, ab, ...
-func letters(i int) string {
-	s := ""
-	for i++; i > 0; i = (i - 1) / 26 {
-		s = string(rune('a'+(i-1)%26)) + s
-	}
-	return s
-}
-
-func (p plan) networked() []demoPod {
-	var out []demoPod
-	for _, pod := range p.pods {
-		if !pod.hostNetwork {
-			out = append(out, pod)
-		}
-	}
-	return out
-}
-
-func (e *env) create(ctx context.Context, p plan) error {
-	return timed(fmt.Sprintf("Creating namespace %s, %d Nodes and %d pods (one with hostNetwork)", namespace, len(p.nodes), len(p.pods)),
-		func() error {
-			if err := e.createNamespace(ctx); err != nil {
-				return err
-			}
-			for _, n := range p.nodes {
-				node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n, Labels: map[string]string{"kubernetes.io/hostname": n}}}
-				if _, err := e.kube.Client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
-					return fmt.Errorf("create node %s: %w", n, err)
-				}
-			}
-			for _, pod := range p.pods {
-				if err := e.createPod(ctx, pod); err != nil {
-					return err
-				}
-			}
-			return nil
-		})
-}
-
-// createNamespace also creates its "default" ServiceAccount: ServiceAccount admission rejects pods
-// without it, and there is no controller manager here to create it.
-func (e *env) createNamespace(ctx context.Context) error {
-	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}
-	if _, err := e.kube.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create namespace %s: %w", namespace, err)
-	}
-	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
-	if _, err := e.kube.Client.CoreV1().ServiceAccounts(namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create service account %s/default: %w", namespace, err)
-	}
-	return nil
-}
-
-// createPod sets spec.nodeName itself: there is no scheduler (and no kubelet, so it never runs).
-func (e *env) createPod(ctx context.Context, p demoPod) error {
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: namespace},
-		Spec: corev1.PodSpec{
-			NodeName:    p.node,
-			HostNetwork: p.hostNetwork,
-			Containers:  []corev1.Container{{Name: "main", Image: podImage}},
-		},
-	}
-	if _, err := e.kube.Client.CoreV1().Pods(namespace).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
-		return fmt.Errorf("create pod %s/%s: %w", namespace, p.name, err)
-	}
-	return nil
-}
-
-// waitConverged waits until every Node has a subnet and every networked pod has its annotation and a
-// port in NB with the annotation's addresses.
-func (e *env) waitConverged(ctx context.Context, p plan) error {
-	var pending []string
-	check := func() error {
+// start builds Dunlin's programs and brings the cluster up.
+func (d *demo) start(ctx context.Context) error {
+	var bins harness.Binaries
+	err := timed("Building dunlin-controller, dunlin-node, dunlin-cni and podserver from this tree", func() error {
 		var err error
-		pending, err = e.notConverged(ctx, p)
-		if err != nil {
-			return err
-		}
-		if len(pending) > 0 {
-			return errors.New(pending[0])
-		}
-		return nil
-	}
-	return e.poll(ctx, convergeTimeout, check, func(last error) error {
-		if len(pending) == 0 {
-			return fmt.Errorf("cannot check convergence: %w", last)
-		}
-		return fmt.Errorf("%d items did not converge:\n  %s", len(pending), strings.Join(firstN(pending, maxPending), "\n  "))
+		bins, err = harness.BuildBinaries(ctx, filepath.Join(d.dir, "bin"))
+		return err
 	})
+	if err != nil {
+		return err
+	}
+	what := fmt.Sprintf("Starting OVN central (NB, SB, ovn-northd), etcd and kube-apiserver, dunlin-controller, "+
+		"and %d nodes, each a netns with OVS (userspace datapath), ovn-controller, dunlin-node and a stand-in kubelet", d.o.nodes)
+	err = timed(what, func() error {
+		// StartCluster stops what it started when it fails, so only a running cluster is kept.
+		c, err := harness.StartCluster(ctx, harness.ClusterOptions{Dir: d.dir, Bins: bins, Nodes: d.o.nodes, EncapType: d.o.encap})
+		if err != nil {
+			return fmt.Errorf("start cluster: %w", err)
+		}
+		d.cluster = c
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, n := range d.cluster.Nodes {
+		fmt.Printf("    %s: netns %s, encap IP %s (%s), OVS database %s\n", n.Name, n.Netns, n.EncapIP, n.UnderlayIf, n.OVSDB)
+	}
+	// kubectl only shows things; the cluster needs just the servers, `make demo` builds kubectl too.
+	if k := filepath.Join(d.cluster.Kube.BinDir, "kubectl"); fileExists(k) {
+		d.kubectl = k
+	} else {
+		fmt.Printf("    (no kubectl in %s, showing pods from the API instead; test/kubebin/build.sh kubectl builds it)\n", d.cluster.Kube.BinDir)
+	}
+	return nil
 }
 
-func firstN(items []string, n int) []string {
-	if len(items) <= n {
-		return items
-	}
-	return append(slices.Clone(items[:n]), fmt.Sprintf("... and %d more", len(items)-n))
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
-// notConverged lists, in words, what is not there yet.
-func (e *env) notConverged(ctx context.Context, p plan) ([]string, error) {
-	nodes, err := e.nodeSubnets(ctx)
-	if err != nil {
-		return nil, err
-	}
-	pods, err := e.podNetworks(ctx)
-	if err != nil {
-		return nil, err
-	}
-	ports, err := e.portAddresses()
-	if err != nil {
-		return nil, err
-	}
-	var pending []string
-	for _, n := range p.nodes {
-		if nodes[n] == "" {
-			pending = append(pending, fmt.Sprintf("node %s: no %s annotation", n, annotations.NodeSubnet))
+// waitFor calls check until it returns nil. It gives up after timeout with fail(last check error), and
+// early when dunlin-controller or a dunlin-node exits, because then nothing will change.
+func (d *demo) waitFor(ctx context.Context, timeout time.Duration, check func() error, fail func(last error) error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		last := check()
+		if last == nil {
+			return nil
+		}
+		if err := d.daemonExited(); err != nil {
+			return fmt.Errorf("%w (last check: %v)", err, last)
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("gave up after %s: %w", timeout, fail(last))
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting stopped: %w", ctx.Err())
+		case <-time.After(pollInterval):
 		}
 	}
-	for _, pod := range p.networked() {
-		if msg := podPending(pod, pods, ports); msg != "" {
-			pending = append(pending, fmt.Sprintf("pod %s/%s: %s", namespace, pod.name, msg))
+}
+
+func (d *demo) daemonExited() error {
+	if d.cluster.Controller.Exited() {
+		return errors.New("dunlin-controller exited")
+	}
+	for _, n := range d.cluster.Nodes {
+		if n.Agent != nil && n.Agent.Exited() {
+			return fmt.Errorf("dunlin-node on %s exited", n.Name)
 		}
 	}
-	return pending, nil
+	return nil
 }
 
-func podPending(pod demoPod, pods map[string]podNetwork, ports map[string]string) string {
-	pn := pods[pod.name]
-	switch {
-	case pn.raw == "":
-		return "no " + annotations.PodNetwork + " annotation"
-	case pn.err != nil:
-		return pn.err.Error()
-	}
-	want := pn.info.MACAddress + " " + pn.info.Prefix().Addr().String()
-	got, ok := ports[pod.portName()]
-	switch {
-	case !ok:
-		return "no logical switch port " + pod.portName() + " in NB"
-	case got != want:
-		return fmt.Sprintf("port %s has addresses %q, the annotation says %q", pod.portName(), got, want)
-	}
-	return ""
-}
-
-// nodeSubnets returns each Node's dunlin.io/node-subnet annotation ("" if none).
-func (e *env) nodeSubnets(ctx context.Context) (map[string]string, error) {
-	list, err := e.kube.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
-	}
-	out := make(map[string]string, len(list.Items))
-	for _, n := range list.Items {
-		out[n.Name] = n.Annotations[annotations.NodeSubnet]
-	}
-	return out, nil
-}
-
-// podNetwork is a pod as the demo reports it: its node and its parsed annotation.
-type podNetwork struct {
-	node string
-	raw  string // the annotation, "" if none
-	info annotations.PodNetworkInfo
-	err  error // from parsing raw
-}
-
-func (e *env) podNetworks(ctx context.Context) (map[string]podNetwork, error) {
-	list, err := e.kube.Client.CoreV1().Pods(namespace).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		return nil, fmt.Errorf("list pods: %w", err)
-	}
-	out := make(map[string]podNetwork, len(list.Items))
-	for _, p := range list.Items {
-		pn := podNetwork{node: p.Spec.NodeName, raw: p.Annotations[annotations.PodNetwork]}
-		if pn.raw != "" {
-			pn.info, pn.err = annotations.ParsePodNetwork(pn.raw)
+// printLogTails shows the ends of Dunlin's logs after a failure, since teardown removes them.
+func (d *demo) printLogTails() {
+	logs := []string{filepath.Join(d.dir, "controller.log")}
+	more, _ := filepath.Glob(filepath.Join(d.dir, "node*", "dunlin-node.log"))
+	for _, path := range append(logs, more...) {
+		b, err := os.ReadFile(path)
+		if err != nil {
+			continue
 		}
-		out[p.Name] = pn
+		fmt.Fprintf(os.Stderr, "\n--- last lines of %s ---\n%s\n", path, lastLines(string(b), logTailLines))
 	}
-	return out, nil
 }
 
-// portAddresses returns the addresses column of every logical switch port by name, in one ovn-nbctl
-// call rather than an lsp-get-addresses per pod.
-func (e *env) portAddresses() (map[string]string, error) {
-	out, err := e.ovn.NBCtl("--format=csv", "--data=bare", "--no-headings", "--columns=name,addresses", "list", "Logical_Switch_Port")
-	if err != nil {
-		return nil, err
-	}
-	ports := map[string]string{}
-	for _, line := range strings.Split(out, "\n") {
-		if name, addrs, ok := strings.Cut(line, ","); ok {
-			ports[name] = addrs
+func (d *demo) teardown() error {
+	err := timed("Tearing down: the pods (CNI DEL), each node's kubelet, dunlin-node, ovn-controller and OVS, "+
+		"dunlin-controller, kube-apiserver and etcd, OVN, "+d.dir, func() error {
+		var errs []error
+		if d.cluster != nil {
+			errs = append(errs, d.cluster.Stop())
 		}
+		errs = append(errs, os.RemoveAll(d.dir))
+		return errors.Join(errs...)
+	})
+	if err != nil {
+		return &teardownError{err}
 	}
-	return ports, nil
+	return nil
 }
+
+// teardownError is a failure to stop something or remove the directory: processes, network namespaces
+// or files may be left behind, which the user must hear about even after an interruption.
+type teardownError struct{ err error }
+
+func (e *teardownError) Error() string { return "teardown: " + e.err.Error() }
+func (e *teardownError) Unwrap() error { return e.err }

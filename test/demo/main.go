@@ -1,7 +1,10 @@
-// Command demo runs Dunlin on one machine: OVN central (NB, SB, ovn-northd), etcd and kube-apiserver,
-// and dunlin-controller built from this tree. It creates Nodes and pods through the Kubernetes API and
-// shows what an operator would look at, with the commands that produced it. `make demo` runs it; with
-// -keep everything stays up until Ctrl-C. Everything lives in one temporary directory, removed at the end.
+// Command demo runs the whole of Dunlin on one machine and shows pods talking: OVN central (NB, SB,
+// ovn-northd), etcd and kube-apiserver, dunlin-controller, and simulated nodes (network namespaces),
+// each with OVS on the userspace datapath, ovn-controller, dunlin-node and a stand-in kubelet that
+// creates pod sandboxes through the installed CNI plugin. Everything is built from this tree. The demo
+// creates pods, shows what an operator would look at (with the commands that produced it), sends HTTP
+// and ping between every pair of pods, and deletes and replaces a pod. `make demo` runs it; with -keep
+// everything stays up until Ctrl-C. Everything lives in one temporary directory, removed at the end.
 package main
 
 import (
@@ -11,7 +14,6 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
@@ -20,32 +22,38 @@ import (
 )
 
 const (
-	module      = "github.com/dunlinplugin/dunlin"
-	namespace   = "demo"
-	clusterCIDR = "10.244.0.0/16"
-	subnetBits  = "24"
-	serviceCIDR = "10.96.0.0/16"
-	podImage    = "registry.k8s.io/pause:3.10" // never pulled: there is no kubelet
+	namespace = "demo"
+	podImage  = "dunlin/podserver" // never pulled: the stand-in kubelet runs test/podserver instead
+	podPort   = 8080               // where podserver answers GET / with its pod name
 
-	readyTimeout    = 30 * time.Second
-	convergeTimeout = 60 * time.Second
-	pollInterval    = 200 * time.Millisecond
-	maxPending      = 10 // pending items listed in a convergence error
-	logTailLines    = 15
+	// Each node is a netns with its own ovsdb-server, ovs-vswitchd and ovn-controller: on a small machine
+	// more than a few make startup slow without showing anything new.
+	maxNodes       = 4
+	maxPodsPerNode = 10
+
+	runningTimeout = 90 * time.Second
+	deleteTimeout  = 30 * time.Second
+	pollInterval   = 200 * time.Millisecond
+	maxListed      = 10 // pending pods or failed pairs listed in full
+	logTailLines   = 20
 )
 
 type options struct {
 	keep        bool
 	nodes       int
 	podsPerNode int
+	encap       string
 }
 
 func (o options) validate() error {
-	if o.nodes < 1 || o.nodes > 100 {
-		return fmt.Errorf("-nodes %d: want 1 to 100", o.nodes)
+	if o.nodes < 1 || o.nodes > maxNodes {
+		return fmt.Errorf("-nodes %d: want 1 to %d", o.nodes, maxNodes)
 	}
-	if o.podsPerNode < 1 || o.podsPerNode > 100 {
-		return fmt.Errorf("-pods-per-node %d: want 1 to 100", o.podsPerNode)
+	if o.podsPerNode < 1 || o.podsPerNode > maxPodsPerNode {
+		return fmt.Errorf("-pods-per-node %d: want 1 to %d", o.podsPerNode, maxPodsPerNode)
+	}
+	if o.encap != "geneve" && o.encap != "vxlan" {
+		return fmt.Errorf("-encap %q: want geneve or vxlan", o.encap)
 	}
 	return nil
 }
@@ -53,11 +61,16 @@ func (o options) validate() error {
 func main() {
 	var o options
 	flag.BoolVar(&o.keep, "keep", false, "keep everything running after the demo, print how to reach it, and wait for Ctrl-C")
-	flag.IntVar(&o.nodes, "nodes", 2, "number of Nodes to create")
-	flag.IntVar(&o.podsPerNode, "pods-per-node", 3, "number of pods to create on each Node")
+	flag.IntVar(&o.nodes, "nodes", 2, fmt.Sprintf("number of nodes to run (1 to %d)", maxNodes))
+	flag.IntVar(&o.podsPerNode, "pods-per-node", 2, fmt.Sprintf("number of pods to create on each node (1 to %d)", maxPodsPerNode))
+	flag.StringVar(&o.encap, "encap", "geneve", "tunnel type between nodes: geneve or vxlan")
 	flag.Parse()
 	if err := o.validate(); err != nil {
 		fmt.Fprintln(os.Stderr, "demo:", err)
+		os.Exit(2)
+	}
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "demo: run as root (network namespaces, OVS)")
 		os.Exit(2)
 	}
 	// The daemons run in their own process groups, so a terminal's Ctrl-C reaches only us and we can
@@ -81,101 +94,78 @@ func main() {
 	}
 }
 
-// env is what the demo started; teardown stops whatever is set.
-type env struct {
-	dir     string
-	ctrlBin string
-	ctrlLog string
-	metrics string // host:port of the controller's /metrics
-	kubectl string // path of kubectl, empty when it is not built
-	ovn     *harness.OVN
-	kube    *harness.Kube
-	ctrl    *harness.Process
+// demo is what the demo started and created; teardown stops whatever is set.
+type demo struct {
+	o        options
+	dir      string
+	cluster  *harness.Cluster
+	kubectl  string // path of kubectl, empty when it is not built
+	pods     []*pod // grouped by node, in node order: the matrices rely on it
+	failures []string
 }
 
 func run(ctx context.Context, o options) (err error) {
-	root, err := repoRoot()
-	if err != nil {
-		return err
-	}
-	// Short, because the OVN unix socket paths inside must stay under 108 bytes.
-	dir, err := os.MkdirTemp("", "dunlin-demo")
+	// Short and under /tmp whatever TMPDIR says: unix socket paths inside must stay under 108 bytes.
+	dir, err := os.MkdirTemp("/tmp", "dld")
 	if err != nil {
 		return fmt.Errorf("temp dir: %w", err)
 	}
-	e := &env{dir: dir, ctrlBin: filepath.Join(dir, "dunlin-controller"), ctrlLog: filepath.Join(dir, "controller.log")}
-	defer func() { err = errors.Join(err, e.teardown()) }()
-	fmt.Printf("Dunlin demo in %s\n", dir)
+	d := &demo{o: o, dir: dir}
+	defer func() {
+		if err != nil && ctx.Err() == nil {
+			d.printLogTails()
+		}
+		err = errors.Join(err, d.teardown())
+	}()
+	fmt.Printf("Dunlin demo in %s: %d nodes, %d pods per node, %s tunnels\n", dir, o.nodes, o.podsPerNode, o.encap)
 
-	if err := e.start(ctx, root); err != nil {
+	if err := d.start(ctx); err != nil {
 		return err
 	}
-	p := newPlan(o)
-	if err := e.create(ctx, p); err != nil {
+	if err := d.createPods(ctx); err != nil {
 		return err
 	}
-	if err := timed(fmt.Sprintf("Waiting for node subnets, pod annotations and NB ports of %d pods", len(p.networked())),
-		func() error { return e.waitConverged(ctx, p) }); err != nil {
+	if err := d.show(ctx); err != nil {
 		return err
 	}
-	if err := e.show(ctx, p); err != nil {
+	if err := d.connectivity(ctx); err != nil {
 		return err
 	}
-	if err := e.deletePodDemo(ctx, p); err != nil {
+	if err := d.replacePod(ctx); err != nil {
 		return err
 	}
+	if len(d.failures) == 0 {
+		fmt.Println("\nAll pods reached each other.")
+	} else {
+		fmt.Printf("\n%d connectivity checks failed.\n", len(d.failures))
+	}
+	// Kept after failures too: a running cluster is where to look for the cause.
 	if o.keep {
-		e.printAccess()
+		d.printAccess()
 		<-ctx.Done()
 		fmt.Println()
+	}
+	if len(d.failures) > 0 {
+		return fmt.Errorf("%d connectivity checks failed:\n  %s", len(d.failures), strings.Join(firstN(d.failures, maxListed), "\n  "))
 	}
 	return nil
 }
 
-func (e *env) printCommand(argv []string) { fmt.Println("$ " + shellJoin(argv)) }
-
-func printIndented(s string) {
-	if s == "" {
-		fmt.Println("  (empty)")
-		return
+// timed prints what is being done, runs f and prints how it went.
+func timed(what string, f func() error) error {
+	fmt.Printf("--> %s ... ", what)
+	start := time.Now()
+	if err := f(); err != nil {
+		fmt.Println("failed")
+		return err
 	}
-	for _, line := range strings.Split(s, "\n") {
-		fmt.Println("  " + line)
-	}
+	fmt.Printf("ok (%s)\n", time.Since(start).Round(10*time.Millisecond))
+	return nil
 }
 
-// shellJoin quotes argv so that it can be pasted into a shell.
-func shellJoin(argv []string) string {
-	quoted := make([]string, len(argv))
-	for i, a := range argv {
-		quoted[i] = shellQuote(a)
+func firstN(items []string, n int) []string {
+	if len(items) <= n {
+		return items
 	}
-	return strings.Join(quoted, " ")
-}
-
-func shellQuote(s string) string {
-	safe := func(r rune) bool {
-		return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=,@%+", r)
-	}
-	if s != "" && !strings.ContainsFunc(s, func(r rune) bool { return !safe(r) }) {
-		return s
-	}
-	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
-}
-
-func (e *env) printAccess() {
-	heading("Everything keeps running until Ctrl-C; in another shell:")
-	fmt.Printf("  export OVN_NB_DB=%s\n", e.ovn.NBAddr)
-	fmt.Printf("  export OVN_SB_DB=%s\n", e.ovn.SBAddr)
-	fmt.Printf("  export KUBECONFIG=%s\n", e.kube.Kubeconfig)
-	if e.kubectl != "" {
-		fmt.Printf("  export PATH=%s:$PATH   # kubectl %s\n", filepath.Dir(e.kubectl), e.kubectl)
-	}
-	fmt.Println("  ovn-nbctl show; ovn-sbctl show; kubectl get nodes,pods -A")
-	fmt.Println()
-	fmt.Printf("  NB over TCP:      %s\n", e.ovn.NBTCPAddr)
-	fmt.Printf("  controller log:   %s\n", e.ctrlLog)
-	fmt.Printf("  metrics:          http://%s/metrics  (also /healthz, /readyz)\n", e.metrics)
-	fmt.Printf("  other logs:       %s/ovn/*.log, %s/kube/*.log\n", e.dir, e.dir)
-	fmt.Println("\nPress Ctrl-C to tear everything down.")
+	return append(items[:n:n], fmt.Sprintf("... and %d more", len(items)-n))
 }

@@ -9,119 +9,115 @@ import (
 	"text/tabwriter"
 	"time"
 
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/test/harness"
 )
 
 func heading(title string) { fmt.Printf("\n=== %s ===\n", title) }
 
-func (e *env) show(ctx context.Context, p plan) error {
-	heading("The OVN northbound database, as dunlin-controller wrote it")
-	if err := e.runNBCtl("show"); err != nil {
-		return err
-	}
-	heading("Pods (from their " + annotations.PodNetwork + " annotation, read through the Kubernetes API)")
-	if err := e.podTable(ctx, p); err != nil {
-		return err
-	}
-	fmt.Println("# the same data with kubectl:")
-	e.printCommand(e.kubectlCommand("-n", namespace, "get", "pods", "-o",
-		`custom-columns=NAME:.metadata.name,NODE:.spec.nodeName,NETWORK:.metadata.annotations.dunlin\.io/pod-network`))
-	heading("Node subnets: the Node annotation and the node's logical switch")
-	if e.kubectl != "" {
-		if err := e.runKubectl(ctx, "get", "nodes", "-o",
-			`custom-columns=NAME:.metadata.name,SUBNET:.metadata.annotations.dunlin\.io/node-subnet`); err != nil {
+// show prints what an operator looks at once the pods run: the pods, OVN's two databases and OVS.
+func (d *demo) show(ctx context.Context) error {
+	heading("Pods")
+	if d.kubectl != "" {
+		if err := d.runKubectl(ctx, "-n", namespace, "get", "pods", "-o", "wide"); err != nil {
 			return err
 		}
+		fmt.Println("# (READY 0/1: the stand-in kubelet reports no container statuses.) The sandboxes, as each node's kubelet made them:")
 	}
-	return e.runNBCtl("--format=table", "--columns=name,other_config", "list", "Logical_Switch")
+	if err := d.sandboxTable(d.pods); err != nil {
+		return err
+	}
+
+	heading("OVN northbound: a switch per node, a port per pod, the cluster router (written by dunlin-controller)")
+	if err := d.runNBCtl("show"); err != nil {
+		return err
+	}
+	heading(fmt.Sprintf("OVN southbound: a chassis per node with its %s tunnel endpoint, bound pod ports", d.o.encap))
+	if err := d.runSBCtl("show"); err != nil {
+		return err
+	}
+
+	heading("OVS on each node: a br-int port per pod (the host end of its veth), a tunnel port per other node")
+	for _, n := range d.cluster.Nodes {
+		fmt.Printf("# %s\n", n.Name)
+		if err := runVSCtl(n, "list-ports", "br-int"); err != nil {
+			return err
+		}
+		if p := d.firstPodOn(n); p != nil {
+			err := runVSCtl(n, "--columns=name,external_ids", "find", "interface", "external_ids:iface-id="+p.portName())
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
-func (e *env) podTable(ctx context.Context, p plan) error {
-	pods, err := e.podNetworks(ctx)
-	if err != nil {
-		return err
+func (d *demo) firstPodOn(n *harness.ClusterNode) *pod {
+	for _, p := range d.pods {
+		if p.node == n {
+			return p
+		}
 	}
-	ports, err := e.portAddresses()
-	if err != nil {
-		return err
-	}
+	return nil
+}
+
+// sandboxTable lists the pods with what only the runtime knows: the netns and how long CNI ADD took.
+func (d *demo) sandboxTable(pods []*pod) error {
 	w := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(w, "  POD\tNODE\tIP\tMAC\tNB PORT")
-	for _, pod := range p.pods {
-		pn := pods[pod.name]
-		ip, mac := "-", "-"
-		if pn.raw != "" && pn.err == nil {
-			ip, mac = pn.info.IPAddress, pn.info.MACAddress
-		}
-		port := "-"
-		if _, ok := ports[pod.portName()]; ok {
-			port = pod.portName()
-		}
-		// A host-network pod should have no annotation; show one if it has.
-		if pod.hostNetwork && pn.raw == "" {
-			ip, mac = "(hostNetwork)", "(hostNetwork)"
-		}
-		fmt.Fprintf(w, "  %s/%s\t%s\t%s\t%s\t%s\n", namespace, pod.name, pn.node, ip, mac, port)
+	fmt.Fprintln(w, "  POD\tNODE\tIP\tNETNS\tCNI ADD")
+	for _, p := range pods {
+		fmt.Fprintf(w, "  %s/%s\t%s\t%s\t%s\t%s\n", namespace, p.name, p.node.Name, p.sb.IP, p.sb.NetnsName,
+			p.sb.AddTime.Round(time.Millisecond))
 	}
 	return w.Flush()
 }
 
-// deletePodDemo deletes the last pod of the first node and shows its port going away.
-func (e *env) deletePodDemo(ctx context.Context, p plan) error {
-	victim := p.networked()[0]
-	for _, pod := range p.networked() {
-		if pod.node == victim.node {
-			victim = pod
-		}
+func printCommand(argv []string) { fmt.Println("$ " + shellJoin(argv)) }
+
+func printIndented(s string) {
+	s = strings.TrimRight(s, "\n")
+	if s == "" {
+		fmt.Println("  (empty)")
+		return
 	}
-	heading(fmt.Sprintf("Deleting pod %s/%s removes its port from switch %s", namespace, victim.name, victim.node))
-	if err := e.runNBCtl("lsp-list", victim.node); err != nil {
-		return err
+	for _, line := range strings.Split(s, "\n") {
+		fmt.Println(strings.TrimRight("  "+line, " "))
 	}
-	// Grace period 0: without a kubelet, a graceful delete would never complete.
-	fmt.Println("# deleting through the Kubernetes API, as this kubectl command would:")
-	e.printCommand(e.kubectlCommand("-n", namespace, "delete", "pod", victim.name, "--grace-period=0", "--force"))
-	zero := int64(0)
-	if err := e.kube.Client.CoreV1().Pods(namespace).Delete(ctx, victim.name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
-		return fmt.Errorf("delete pod %s/%s: %w", namespace, victim.name, err)
-	}
-	start := time.Now()
-	err := e.poll(ctx, convergeTimeout, func() error {
-		ports, err := e.portAddresses()
-		if err != nil {
-			return err
-		}
-		if _, ok := ports[victim.portName()]; ok {
-			return fmt.Errorf("port %s is still in NB", victim.portName())
-		}
-		return nil
-	}, func(last error) error { return fmt.Errorf("pod %s/%s deleted: %w", namespace, victim.name, last) })
-	if err != nil {
-		return err
-	}
-	fmt.Printf("# port %s left NB %s after the delete:\n", victim.portName(), time.Since(start).Round(10*time.Millisecond))
-	return e.runNBCtl("lsp-list", victim.node)
 }
 
-// nbctlCommand is the ovn-nbctl command line a user can run to see the same (harness.OVN.NBCtl adds
-// the same --db, and a --timeout).
-func (e *env) nbctlCommand(args ...string) []string {
-	return append([]string{"ovn-nbctl", "--db=" + e.ovn.NBAddr}, args...)
-}
-
-func (e *env) kubectlCommand(args ...string) []string {
-	kubectl := e.kubectl
-	if kubectl == "" {
-		kubectl = "kubectl"
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
 	}
-	return append([]string{kubectl, "--kubeconfig", e.kube.Kubeconfig}, args...)
+	return strings.Join(lines, "\n")
 }
 
-func (e *env) runNBCtl(args ...string) error {
-	e.printCommand(e.nbctlCommand(args...))
-	out, err := e.ovn.NBCtl(args...)
+// shellJoin quotes argv so that it can be pasted into a shell.
+func shellJoin(argv []string) string {
+	quoted := make([]string, len(argv))
+	for i, a := range argv {
+		quoted[i] = shellQuote(a)
+	}
+	return strings.Join(quoted, " ")
+}
+
+func shellQuote(s string) string {
+	safe := func(r rune) bool {
+		return r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=,@%+", r)
+	}
+	if s != "" && !strings.ContainsFunc(s, func(r rune) bool { return !safe(r) }) {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
+
+// The commands printed are what a user can paste to see the same: the harness's NBCtl, SBCtl and
+// VSCtl add the same --db, and a --timeout.
+
+func (d *demo) runNBCtl(args ...string) error {
+	printCommand(append([]string{"ovn-nbctl", "--db=" + d.cluster.OVN.NBAddr}, args...))
+	out, err := d.cluster.OVN.NBCtl(args...)
 	if err != nil {
 		return err
 	}
@@ -129,9 +125,48 @@ func (e *env) runNBCtl(args ...string) error {
 	return nil
 }
 
-func (e *env) runKubectl(ctx context.Context, args ...string) error {
-	argv := e.kubectlCommand(args...)
-	e.printCommand(argv)
+func (d *demo) runSBCtl(args ...string) error {
+	printCommand(append([]string{"ovn-sbctl", "--db=" + d.cluster.OVN.SBAddr}, args...))
+	out, err := d.cluster.OVN.SBCtl(args...)
+	if err != nil {
+		return err
+	}
+	printIndented(out)
+	return nil
+}
+
+func runVSCtl(n *harness.ClusterNode, args ...string) error {
+	printCommand(append([]string{"ovs-vsctl", "--db=" + n.OVSDB}, args...))
+	out, err := n.VSCtl(args...)
+	if err != nil {
+		return err
+	}
+	printIndented(out)
+	return nil
+}
+
+// runInNode runs a command inside the node's netns, where its OVS ports and pod veths are.
+func runInNode(ctx context.Context, n *harness.ClusterNode, bin string, args ...string) error {
+	printCommand(append([]string{"ip", "netns", "exec", n.Netns, bin}, args...))
+	out, err := n.Exec(ctx, bin, args...)
+	if err != nil {
+		return err
+	}
+	printIndented(out)
+	return nil
+}
+
+func (d *demo) kubectlCommand(args ...string) []string {
+	kubectl := d.kubectl
+	if kubectl == "" {
+		kubectl = "kubectl"
+	}
+	return append([]string{kubectl, "--kubeconfig", d.cluster.Kube.Kubeconfig}, args...)
+}
+
+func (d *demo) runKubectl(ctx context.Context, args ...string) error {
+	argv := d.kubectlCommand(args...)
+	printCommand(argv)
 	cmd := exec.CommandContext(ctx, argv[0], argv[1:]...)
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -139,6 +174,6 @@ func (e *env) runKubectl(ctx context.Context, args ...string) error {
 	if err != nil {
 		return fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
-	printIndented(strings.TrimRight(string(out), "\n"))
+	printIndented(string(out))
 	return nil
 }

@@ -8,9 +8,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"io"
-	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -19,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containernetworking/plugins/pkg/ns"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/kubernetes"
@@ -189,34 +185,9 @@ func ping(sb harness.Sandbox, ip string, extra ...string) error {
 	return nil
 }
 
-// httpGet fetches url from inside the pod's netns: the socket is made there, the rest runs here.
+// httpGet fetches url from inside the pod's netns.
 func httpGet(sb harness.Sandbox, url string) ([]byte, error) {
-	client := &http.Client{
-		Timeout: 30 * time.Second,
-		Transport: &http.Transport{DisableKeepAlives: true, DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
-			var conn net.Conn
-			err := ns.WithNetNSPath(sb.Netns, func(ns.NetNS) error {
-				var d net.Dialer
-				var err error
-				conn, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return conn, err
-		}},
-	}
-	resp, err := client.Get(url)
-	if err != nil {
-		return nil, err
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return body, fmt.Errorf("read %s: %w (after %d bytes)", url, err, len(body))
-	}
-	if resp.StatusCode != http.StatusOK {
-		return body, fmt.Errorf("GET %s: %s", url, resp.Status)
-	}
-	return body, nil
+	return sb.HTTPGet(context.Background(), url, 30*time.Second)
 }
 
 // expectName checks that from reaches the pod at ip and it answers with its name.

@@ -574,13 +574,6 @@ func runIP(ctx context.Context, args ...string) error {
 // ones without any process inside (the underlay's), are left alone.
 var netnsMarkerDir = filepath.Join(os.TempDir(), "dunlin-harness-netns")
 
-// NewOwnedNetns is NewNetns plus an owner marker, so that a later test deletes the namespace if this
-// test binary dies without cleaning up. Delete it with DeleteOwnedNetns.
-func NewOwnedNetns(ctx context.Context, name string) error { return newOwnedNetns(ctx, name) }
-
-// DeleteOwnedNetns deletes a namespace made by NewOwnedNetns, and its marker.
-func DeleteOwnedNetns(name string) error { return deleteOwnedNetns(name) }
-
 func newOwnedNetns(ctx context.Context, name string) error {
 	start, err := procStartTime(os.Getpid())
 	if err != nil {
@@ -593,15 +586,18 @@ func newOwnedNetns(ctx context.Context, name string) error {
 	if err := os.WriteFile(filepath.Join(netnsMarkerDir, name), []byte(marker), 0o644); err != nil {
 		return fmt.Errorf("netns %s: %w", name, err)
 	}
-	if err := NewNetns(ctx, name); err != nil {
+	if err := ipNetnsAdd(ctx, name); err != nil {
 		os.Remove(filepath.Join(netnsMarkerDir, name))
 		return err
+	}
+	if out, err := exec.CommandContext(ctx, "ip", "-n", name, "link", "set", "lo", "up").CombinedOutput(); err != nil {
+		return fmt.Errorf("lo up in %s: %v: %s", name, err, out)
 	}
 	return nil
 }
 
 func deleteOwnedNetns(name string) error {
-	if err := DeleteNetns(name); err != nil {
+	if err := ipNetnsDelete(name); err != nil {
 		return err
 	}
 	os.Remove(filepath.Join(netnsMarkerDir, name))

@@ -84,11 +84,11 @@ func addTestPod(t *testing.T, n *Node, lsp, mac, ip string) testPod {
 	t.Helper()
 	ctx := context.Background()
 	p := testPod{netns: "dlp" + randomHex(3), hostIf: "v" + randomHex(4), ip: ip}
-	if err := NewOwnedNetns(ctx, p.netns); err != nil {
+	if err := NewNetns(ctx, p.netns); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
-		if err := DeleteOwnedNetns(p.netns); err != nil {
+		if err := DeleteNetns(p.netns); err != nil {
 			t.Error(err)
 		}
 	})
@@ -378,10 +378,10 @@ func TestNodeNetnsSweep(t *testing.T) {
 	ctx := context.Background()
 	stale, live := "dlp"+randomHex(3), "dlp"+randomHex(3)
 	for _, ns := range []string{stale, live} {
-		if err := NewOwnedNetns(ctx, ns); err != nil {
+		if err := NewNetns(ctx, ns); err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { _ = DeleteOwnedNetns(ns) })
+		t.Cleanup(func() { _ = DeleteNetns(ns) })
 	}
 	// pid_max is at most 2^22, so this owner cannot exist.
 	if err := os.WriteFile(filepath.Join(netnsMarkerDir, stale), []byte("99999999 1\n"), 0o644); err != nil {
