@@ -44,6 +44,18 @@ func badInput(t *testing.T, e *env) {
 		mustOK(t, n.Kubelet.CNI().DelNetworkList(ctx, list, rt))
 		mustOK(t, n.Kubelet.CNI().DelNetworkList(ctx, list, rt))
 	})
+	t.Run("ADD with another pod's UID", func(t *testing.T) {
+		// A sandbox of a deleted pod whose name was reused: the live pod's port must stay untouched.
+		netns := "dlpstale"
+		mustOK(t, harness.NewNetns(ctx, netns))
+		defer harness.DeleteNetns(netns)
+		rt := harness.RuntimeConf("stale-sandbox", "/var/run/netns/"+netns, "default", "a1", "00000000-0000-0000-0000-000000000000")
+		_, err := n.Kubelet.CNI().AddNetworkList(ctx, list, rt)
+		if ce := cniError(t, err); ce.Code != cni.ErrPodUIDMismatch {
+			t.Errorf("got %#v, want code %d", ce, cni.ErrPodUIDMismatch)
+		}
+		mustOK(t, n.Kubelet.CNI().DelNetworkList(ctx, list, rt))
+	})
 	t.Run("ADD without Kubernetes args", func(t *testing.T) {
 		out, code := execPlugin(t, n, "ADD", "/var/run/netns/none", "", confBytes(t, "1.1.0"))
 		if code == 0 || out.Code != cnitypes.ErrInvalidEnvironmentVariables || !strings.Contains(out.Msg, "K8S_POD_NAME") {

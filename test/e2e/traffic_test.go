@@ -14,6 +14,8 @@ import (
 	"github.com/containernetworking/cni/libcni"
 	cnitypes "github.com/containernetworking/cni/pkg/types"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/dunlinplugin/dunlin/test/harness"
 )
@@ -105,6 +107,17 @@ func TestPodsTalk(t *testing.T) {
 		if _, err := os.Stat(a2.Netns); err == nil {
 			t.Errorf("a2's netns %s still exists", a2.Netns)
 		}
+		// The address is free once the pod has left the API and the controller removed its port.
+		e.eventually(30*time.Second, "a2 gone from the API and NB", func() error {
+			if _, err := e.client.CoreV1().Pods(ns).Get(context.Background(), "a2", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+				return fmt.Errorf("pod still there (%v)", err)
+			}
+			out, err := e.c.OVN.NBCtl("--bare", "--columns=name", "find", "Logical_Switch_Port", "name=default_a2")
+			if err != nil || strings.TrimSpace(out) != "" {
+				return fmt.Errorf("LSP default_a2: %q %v", out, err)
+			}
+			return nil
+		})
 		e.createPod(ns, "a3", "node1")
 		a3pod, a3 := e.running(ns, "a3")
 		if a3pod.Status.PodIP != a2pod.Status.PodIP {

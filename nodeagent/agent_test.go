@@ -1,0 +1,85 @@
+package nodeagent
+
+import (
+	"encoding/json"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/dunlinplugin/dunlin/cni"
+)
+
+func TestHostIfName(t *testing.T) {
+	a := HostIfName("0123456789abcdef0123456789abcdef", "eth0")
+	if len(a) > 15 || !hostIfPattern.MatchString(a) {
+		t.Errorf("HostIfName = %q: want dl + 13 hex digits, at most 15 characters", a)
+	}
+	if b := HostIfName("0123456789abcdef0123456789abcdef", "eth0"); b != a {
+		t.Errorf("not deterministic: %q then %q", a, b)
+	}
+	if b := HostIfName("0123456789abcdef0123456789abcdef", "net1"); b == a {
+		t.Errorf("two interfaces of one container share %q", a)
+	}
+	// Any container id works, including ones with characters an interface name may not hold.
+	if c := HostIfName("cnitool-77383ca0a0715733ca6f/x y", "eth0"); !hostIfPattern.MatchString(c) {
+		t.Errorf("HostIfName of an odd id = %q", c)
+	}
+}
+
+func TestParsePodArgs(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want podArgs
+	}{
+		{"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1",
+			podArgs{"default", "web-0", "u-1"}},
+		{"K8S_POD_NAME=p;K8S_POD_NAMESPACE=ns", podArgs{"ns", "p", ""}},
+		{"", podArgs{}},
+		{"garbage;=x;K8S_POD_NAME", podArgs{}},
+	} {
+		if got := parsePodArgs(tc.in); got != tc.want {
+			t.Errorf("parsePodArgs(%q) = %+v, want %+v", tc.in, got, tc.want)
+		}
+	}
+}
+
+func TestConfList(t *testing.T) {
+	b, err := confList("/run/x/cni.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var c struct {
+		CNIVersion string `json:"cniVersion"`
+		Name       string
+		Plugins    []map[string]string
+	}
+	if err := json.Unmarshal(b, &c); err != nil {
+		t.Fatal(err)
+	}
+	if c.CNIVersion != "1.1.0" || c.Name != NetworkName || len(c.Plugins) != 1 ||
+		c.Plugins[0]["type"] != cni.PluginType || c.Plugins[0]["cniSocket"] != "/run/x/cni.sock" {
+		t.Errorf("conflist %s", b)
+	}
+}
+
+func TestAddResultVersions(t *testing.T) {
+	mac, _ := net.ParseMAC("0a:58:0a:f4:00:05")
+	att := attachment{
+		Netns: "/var/run/netns/p", IfName: "eth0", HostIf: "dl0123456789abc", MAC: mac,
+		Addr: netip.MustParsePrefix("10.244.0.5/24"), Gateway: netip.MustParseAddr("10.244.0.1"), MTU: 1400,
+	}
+	hostMAC, _ := net.ParseMAC("aa:bb:cc:dd:ee:ff")
+	for _, v := range cni.SupportedVersions() {
+		out, err := addResult(v, att, hostMAC)
+		if err != nil {
+			t.Fatalf("cniVersion %s: %v", v, err)
+		}
+		s := string(out)
+		for _, want := range []string{`"cniVersion":"` + v + `"`, `"10.244.0.5/24"`, `"gateway":"10.244.0.1"`, `"0a:58:0a:f4:00:05"`, `"sandbox":"/var/run/netns/p"`} {
+			if !strings.Contains(s, want) {
+				t.Errorf("cniVersion %s result %s lacks %s", v, s, want)
+			}
+		}
+	}
+}
