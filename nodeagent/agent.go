@@ -36,6 +36,8 @@ type Config struct {
 	MTU          int    // pod MTU; 0: the encap interface's MTU minus the encapsulation overhead
 	DatapathType string // system or netdev
 	Bridge       string // integration bridge, br-int
+	// ClusterCIDR is routed from the host through the management port; invalid: no route.
+	ClusterCIDR netip.Prefix
 
 	CNISocket       string
 	CNIConfDir      string
@@ -56,6 +58,7 @@ func DefaultConfig() Config {
 		EncapType:           "geneve",
 		DatapathType:        "system",
 		Bridge:              "br-int",
+		ClusterCIDR:         netip.MustParsePrefix("10.244.0.0/16"),
 		CNISocket:           "/var/run/dunlin/cni.sock",
 		CNIConfDir:          "/etc/cni/net.d",
 		CNIBinDir:           "/opt/cni/bin",
@@ -185,6 +188,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 		defer msrv.Close()
 	}
+
+	go a.runManagementPort(ctx)
 
 	if err := installCNI(a.cfg.CNIConfDir, a.cfg.CNIBinDir, a.cfg.CNIPluginSource, a.cfg.CNISocket); err != nil {
 		return err

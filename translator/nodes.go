@@ -97,7 +97,7 @@ func hasPodNetwork(p *corev1.Pod) bool {
 // dunlin.io/node-subnet annotation, else a new allocation persisted in that annotation. An invalid
 // prefix (zero value) with a nil error means bad input that was reported and is not retried.
 func (c *Controller) nodeSubnet(ctx context.Context, node *corev1.Node) (netip.Prefix, error) {
-	if p, src, err := declaredSubnet(node); err != nil || p.IsValid() {
+	if p, src, err := annotations.DeclaredNodeSubnet(node); err != nil || p.IsValid() {
 		if err != nil {
 			c.ipam.ReleaseNodeSubnet(node.Name)
 			c.warn(node, reasonInvalidSubnet, "%v; remove or correct it", err)
@@ -126,24 +126,6 @@ func (c *Controller) nodeSubnet(ctx context.Context, node *corev1.Node) (netip.P
 	return p, nil
 }
 
-// declaredSubnet returns the subnet a node already has and where it came from, or a zero prefix.
-func declaredSubnet(node *corev1.Node) (netip.Prefix, string, error) {
-	for _, s := range node.Spec.PodCIDRs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return p, "spec.podCIDRs", fmt.Errorf("node spec.podCIDRs %q: %w", s, err)
-		}
-		if p.Addr().Is4() {
-			return p.Masked(), "spec.podCIDRs", nil
-		}
-	}
-	if s, ok := node.Annotations[annotations.NodeSubnet]; ok {
-		p, err := annotations.ParseNodeSubnet(s)
-		return p, "annotation " + annotations.NodeSubnet, err
-	}
-	return netip.Prefix{}, "", nil
-}
-
 // rebuildIPAM loads every persisted subnet and address, oldest object first so that when two claim
 // the same one the older keeps it; conflicts are reported by the syncs that follow.
 func (c *Controller) rebuildIPAM() error {
@@ -153,7 +135,7 @@ func (c *Controller) rebuildIPAM() error {
 	}
 	sort.Slice(nodes, func(i, j int) bool { return olderThan(&nodes[i].ObjectMeta, &nodes[j].ObjectMeta) })
 	for _, n := range nodes {
-		if p, _, err := declaredSubnet(n); err == nil && p.IsValid() {
+		if p, _, err := annotations.DeclaredNodeSubnet(n); err == nil && p.IsValid() {
 			if err := c.ipam.ReserveNodeSubnet(n.Name, p); err != nil {
 				klog.InfoS("Ignoring node subnet on start", "node", n.Name, "subnet", p, "err", err)
 			}

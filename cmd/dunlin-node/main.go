@@ -6,6 +6,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -23,7 +24,7 @@ import (
 func main() {
 	klog.InitFlags(nil)
 	cfg := nodeagent.DefaultConfig()
-	var kubeconfig string
+	var kubeconfig, clusterCIDR string
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file; empty means the in-cluster configuration")
 	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's Kubernetes name (default $NODE_NAME); also the OVS system-id unless one is set")
 	flag.StringVar(&cfg.OVSDB, "ovs-db", cfg.OVSDB, "local OVS database endpoint")
@@ -33,6 +34,7 @@ func main() {
 	flag.IntVar(&cfg.MTU, "mtu", 0, "pod interface MTU (default: the encap interface's MTU minus the encapsulation overhead)")
 	flag.StringVar(&cfg.DatapathType, "datapath-type", cfg.DatapathType, "OVS datapath of br-int: system (kernel) or netdev (userspace)")
 	flag.StringVar(&cfg.Bridge, "bridge", cfg.Bridge, "OVN integration bridge")
+	flag.StringVar(&clusterCIDR, "cluster-cidr", cfg.ClusterCIDR.String(), "pod CIDR of the cluster, routed from the host through the management port (as dunlin-controller's --cluster-cidr)")
 	flag.StringVar(&cfg.CNISocket, "cni-socket", cfg.CNISocket, "unix socket serving dunlin-cni")
 	flag.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "CNI configuration directory the runtime reads")
 	flag.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "CNI plugin directory the runtime executes from")
@@ -42,6 +44,13 @@ func main() {
 	flag.DurationVar(&cfg.PodNetworkTimeout, "pod-network-timeout", cfg.PodNetworkTimeout, "how long ADD waits for the pod's network annotation")
 	flag.DurationVar(&cfg.OVNInstalledTimeout, "ovn-installed-timeout", cfg.OVNInstalledTimeout, "how long ADD waits for ovn-controller to install the port")
 	flag.Parse()
+
+	if p, err := netip.ParsePrefix(clusterCIDR); err != nil {
+		fmt.Fprintf(os.Stderr, "--cluster-cidr: %v\n", err)
+		os.Exit(2)
+	} else {
+		cfg.ClusterCIDR = p.Masked()
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 const (
@@ -85,4 +87,24 @@ func ParseNodeSubnet(s string) (netip.Prefix, error) {
 		return p, fmt.Errorf("%s %q has host bits set (did you mean %s?)", NodeSubnet, s, p.Masked())
 	}
 	return p, nil
+}
+
+// DeclaredNodeSubnet returns the subnet a node already has and where it came from: the IPv4 entry of
+// spec.podCIDRs when the cluster allocates them, else the NodeSubnet annotation, else a zero prefix.
+// The controller and the node agent both read it, so they agree.
+func DeclaredNodeSubnet(node *corev1.Node) (netip.Prefix, string, error) {
+	for _, s := range node.Spec.PodCIDRs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return p, "spec.podCIDRs", fmt.Errorf("node spec.podCIDRs %q: %w", s, err)
+		}
+		if p.Addr().Is4() {
+			return p.Masked(), "spec.podCIDRs", nil
+		}
+	}
+	if s, ok := node.Annotations[NodeSubnet]; ok {
+		p, err := ParseNodeSubnet(s)
+		return p, "annotation " + NodeSubnet, err
+	}
+	return netip.Prefix{}, "", nil
 }

@@ -16,12 +16,14 @@ import (
 	"github.com/dunlinplugin/dunlin/nodeagent/ovsmodel"
 )
 
-// PortSpec is a system device (a veth end) to attach to a bridge, as a Port and an Interface both named
-// Name.
+// PortSpec is a device to attach to a bridge, as a Port and an Interface both named Name: a system
+// device (a veth end) by default, or an internal port that OVS creates.
 type PortSpec struct {
 	Bridge      string
 	Name        string
 	ExternalIDs map[string]string // of the Interface
+	Type        string            // Interface type: "" (system) or "internal"
+	MAC         string            // Interface mac, for internal ports; empty: OVS picks one
 }
 
 // AddPort attaches the device in one transaction. A port of that name that differs from the spec (other
@@ -42,7 +44,7 @@ func (c *Client) AddPort(ctx context.Context, p PortSpec) error {
 	port := &ovsmodel.Port{Name: p.Name}
 	switch err := c.cli.Get(ctx, port); {
 	case err == nil:
-		if iface := c.reusableIface(ctx, port, br); iface != nil {
+		if iface := c.reusableIface(ctx, port, br, p); iface != nil {
 			ops, err := c.ifaceUpdateOps(iface, p.ExternalIDs)
 			if err != nil {
 				return fmt.Errorf("build update of port %s: %w", p.Name, err)
@@ -65,7 +67,10 @@ func (c *Client) AddPort(ctx context.Context, p PortSpec) error {
 	default:
 		return fmt.Errorf("look up port %s: %w", p.Name, err)
 	}
-	iface := &ovsmodel.Interface{UUID: "newiface", Name: p.Name, ExternalIDs: maps.Clone(p.ExternalIDs)}
+	iface := &ovsmodel.Interface{UUID: "newiface", Name: p.Name, Type: p.Type, ExternalIDs: maps.Clone(p.ExternalIDs)}
+	if p.MAC != "" {
+		iface.MAC = &p.MAC
+	}
 	newPort := &ovsmodel.Port{UUID: "newport", Name: p.Name, Interfaces: []string{iface.UUID}}
 	for _, m := range []model.Model{iface, newPort} {
 		cops, err := c.cli.Create(m)
@@ -86,13 +91,16 @@ func (c *Client) AddPort(ctx context.Context, p PortSpec) error {
 }
 
 // reusableIface returns the interface of port when the port can be updated in place: on br, with one
-// system interface of the same name. Otherwise nil.
-func (c *Client) reusableIface(ctx context.Context, port *ovsmodel.Port, br *ovsmodel.Bridge) *ovsmodel.Interface {
+// interface of the same name, type and MAC. Otherwise nil.
+func (c *Client) reusableIface(ctx context.Context, port *ovsmodel.Port, br *ovsmodel.Bridge, p PortSpec) *ovsmodel.Interface {
 	if len(port.Interfaces) != 1 || !slices.Contains(br.Ports, port.UUID) {
 		return nil
 	}
 	iface := &ovsmodel.Interface{UUID: port.Interfaces[0]}
-	if err := c.cli.Get(ctx, iface); err != nil || iface.Name != port.Name || iface.Type != "" {
+	if err := c.cli.Get(ctx, iface); err != nil || iface.Name != port.Name || iface.Type != p.Type {
+		return nil
+	}
+	if p.MAC != "" && (iface.MAC == nil || *iface.MAC != p.MAC) {
 		return nil
 	}
 	return iface

@@ -45,6 +45,24 @@ func TestPodsTalk(t *testing.T) {
 	t.Run("gateway", func(t *testing.T) {
 		mustOK(t, ping(b1, gatewayOf(t, b1pod.Status.PodIP)))
 	})
+	t.Run("host to pods through the management port", func(t *testing.T) {
+		// As kubelet probes do: from each node's own network namespace to pods here and on the other node.
+		for _, n := range e.c.Nodes {
+			host := harness.Sandbox{NetnsName: n.Netns, Netns: "/var/run/netns/" + n.Netns}
+			e.eventually(30*time.Second, n.Name+" reaches a1 and b1", func() error {
+				if err := expectName(host, a1pod.Status.PodIP, "a1"); err != nil {
+					return err
+				}
+				return expectName(host, b1pod.Status.PodIP, "b1")
+			})
+			mustOK(t, ping(host, a2pod.Status.PodIP))
+		}
+		out, err := e.node("node1").Exec(context.Background(), "ip", "-4", "-o", "addr", "show", "dunlin-mp0")
+		mustOK(t, err)
+		if want := strings.TrimSuffix(gatewayOf(t, a1pod.Status.PodIP), "1") + "2/24"; !strings.Contains(out, want) {
+			t.Errorf("dunlin-mp0 on node1: %s, want %s", out, want)
+		}
+	})
 	t.Run("TCP transfer across nodes", func(t *testing.T) {
 		for _, n := range []int{4 << 20, 1 << 20} {
 			d, err := transfer(a1, b1pod.Status.PodIP, n)
