@@ -38,6 +38,13 @@ func (d *demo) printAccess() {
 	fmt.Printf("\n  # each node's stand-in kubelet runs podserver in any pod bound to it (ip netns list shows the new netns):\n")
 	fmt.Printf("  kubectl -n %s run %s-x --image=%s --overrides='{\"spec\":{\"nodeName\":\"%s\"}}'\n", namespace, last.Name, podImage, last.Name)
 
+	fmt.Printf("\n  # the CNI plugin as a container runtime calls it, with the CNI project's cnitool\n")
+	fmt.Printf("  # (go install github.com/containernetworking/cni/cnitool@v1.3.1). A second sandbox of %s takes\n", src.name)
+	fmt.Printf("  # over its logical port (one OVS port per pod); delete the pod afterwards and the kubelet makes a new one.\n")
+	fmt.Printf("  ip netns add by-hand\n")
+	fmt.Printf("  NETCONFPATH=%s CNI_PATH=%s CNI_ARGS='K8S_POD_NAMESPACE=%s;K8S_POD_NAME=%s' cnitool add dunlin /var/run/netns/by-hand\n",
+		src.node.ConfDir, src.node.BinDir, namespace, src.name)
+
 	fmt.Println()
 	fmt.Printf("  controller log:   %s\n", filepath.Join(c.Dir, "controller.log"))
 	fmt.Printf("  node logs:        %s/node*/{dunlin-node,ovn-controller,ovs-vswitchd}.log, pods/*.log\n", c.Dir)
