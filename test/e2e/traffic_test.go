@@ -115,16 +115,16 @@ func TestPodsTalk(t *testing.T) {
 		n := e.node("node1")
 		before := e.ovsPorts(n)
 		e.deletePod(ns, "a2")
-		e.eventually(30*time.Second, "a2's OVS port and veth removed", func() error {
+		e.eventually(30*time.Second, "a2's OVS port, veth and netns removed", func() error {
 			ports, veths := e.ovsPorts(n), e.veths(n)
 			if len(ports) != len(before)-1 || len(veths) != len(before)-1 {
 				return fmt.Errorf("ports %v veths %v (before: %v)", ports, veths, before)
 			}
+			if _, err := os.Stat(a2.Netns); err == nil {
+				return fmt.Errorf("a2's netns %s still exists", a2.Netns)
+			}
 			return nil
 		})
-		if _, err := os.Stat(a2.Netns); err == nil {
-			t.Errorf("a2's netns %s still exists", a2.Netns)
-		}
 		// The address is free once the pod has left the API and the controller removed its port.
 		e.eventually(30*time.Second, "a2 gone from the API and NB", func() error {
 			if _, err := e.client.CoreV1().Pods(ns).Get(context.Background(), "a2", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
