@@ -210,6 +210,12 @@ func listenUnix(path string) (net.Listener, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create socket directory %s: %w", dir, err)
 	}
+	// The directory is made root-only, so it must be Dunlin's own: never /tmp or /run.
+	if st, err := os.Stat(dir); err != nil {
+		return nil, fmt.Errorf("socket directory %s: %w", dir, err)
+	} else if st.Mode()&os.ModeSticky != 0 || dir == "/" || dir == "/run" || dir == "/var/run" {
+		return nil, fmt.Errorf("socket directory %s is shared: put --cni-socket in a directory of its own (e.g. /var/run/dunlin)", dir)
+	}
 	if err := os.Chmod(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("restrict socket directory %s: %w", dir, err)
 	}

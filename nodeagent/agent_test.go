@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -81,5 +82,21 @@ func TestAddResultVersions(t *testing.T) {
 				t.Errorf("cniVersion %s result %s lacks %s", v, s, want)
 			}
 		}
+	}
+}
+
+func TestListenUnixRefusesSharedDirectories(t *testing.T) {
+	if _, err := listenUnix("/tmp/dunlin-test.sock"); err == nil || !strings.Contains(err.Error(), "shared") {
+		t.Errorf("listenUnix in /tmp: %v, want a refusal", err)
+	}
+	dir := t.TempDir()
+	ln, err := listenUnix(dir + "/own/cni.sock")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	st, err := os.Stat(dir + "/own")
+	if err != nil || st.Mode().Perm() != 0o700 {
+		t.Errorf("socket directory mode %v (%v), want 0700", st.Mode().Perm(), err)
 	}
 }

@@ -38,7 +38,7 @@ func main() {
 	flag.StringVar(&cfg.CNISocket, "cni-socket", cfg.CNISocket, "unix socket serving dunlin-cni")
 	flag.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "CNI configuration directory the runtime reads")
 	flag.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "CNI plugin directory the runtime executes from")
-	flag.StringVar(&cfg.CNIPluginSource, "cni-plugin-source", "", "dunlin-cni binary to install (default: dunlin-cni beside this binary)")
+	flag.StringVar(&cfg.CNIPluginSource, "cni-plugin-source", "", "dunlin-cni binary to install into --cni-bin-dir (default: dunlin-cni beside this binary, if there)")
 	flag.StringVar(&cfg.OVNRunDir, "ovn-rundir", cfg.OVNRunDir, "ovn-controller's run directory (OVN_RUNDIR), for CNI STATUS")
 	flag.StringVar(&cfg.MetricsBindAddress, "metrics-bind-address", cfg.MetricsBindAddress, "address serving /metrics and /healthz; empty disables")
 	flag.DurationVar(&cfg.PodNetworkTimeout, "pod-network-timeout", cfg.PodNetworkTimeout, "how long ADD waits for the pod's network annotation")
@@ -64,11 +64,18 @@ func main() {
 
 func run(ctx context.Context, kubeconfig string, cfg nodeagent.Config) error {
 	if cfg.CNIPluginSource == "" {
+		// The image ships dunlin-cni beside dunlin-node. Without it (a binary built alone, a plugin
+		// installed by other means) only the configuration is written.
 		self, err := os.Executable()
 		if err != nil {
 			return fmt.Errorf("locate dunlin-cni: %w", err)
 		}
-		cfg.CNIPluginSource = filepath.Join(filepath.Dir(self), cni.PluginType)
+		if p := filepath.Join(filepath.Dir(self), cni.PluginType); fileExists(p) {
+			cfg.CNIPluginSource = p
+		} else {
+			klog.InfoS("No dunlin-cni beside dunlin-node: not installing the plugin binary, only the configuration",
+				"looked", p, "cniBinDir", cfg.CNIBinDir)
+		}
 	}
 	var restCfg *rest.Config
 	var err error
@@ -90,4 +97,9 @@ func run(ctx context.Context, kubeconfig string, cfg nodeagent.Config) error {
 		return err
 	}
 	return agent.Run(klog.NewContext(ctx, klog.Background()))
+}
+
+func fileExists(p string) bool {
+	st, err := os.Stat(p)
+	return err == nil && st.Mode().IsRegular()
 }
