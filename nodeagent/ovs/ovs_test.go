@@ -30,11 +30,11 @@ func newServer(t *testing.T) *server {
 	t.Helper()
 	for _, bin := range []string{"ovsdb-tool", "ovsdb-server", "ovs-vsctl"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("%s not installed", bin)
+			t.Fatalf("%s not installed (make deps installs it)", bin)
 		}
 	}
 	if _, err := os.Stat(schemaPath); err != nil {
-		t.Skipf("no OVS schema: %v", err)
+		t.Fatalf("no OVS schema (make deps installs openvswitch-switch): %v", err)
 	}
 	dir, err := os.MkdirTemp("/tmp", "ovst") // unix socket paths are short
 	if err != nil {

@@ -27,8 +27,8 @@ var bins harness.Binaries
 
 func TestMain(m *testing.M) {
 	if os.Geteuid() != 0 {
-		fmt.Println("e2e: skipped, needs root for network namespaces")
-		os.Exit(0)
+		fmt.Fprintln(os.Stderr, "e2e: needs root (network namespaces, veths, OVS); run make test as root")
+		os.Exit(1)
 	}
 	dir, err := os.MkdirTemp("", "dle2ebin")
 	if err != nil {

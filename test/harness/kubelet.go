@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -328,28 +327,6 @@ func (k *Kubelet) Stop() error {
 		}
 	}
 	return errors.Join(errs...)
-}
-
-// NewNetns creates a named network namespace (as `ip netns add`) with lo up, as a runtime's pause
-// sandbox has. A marker names this process, so that a later run removes it if this process dies.
-func NewNetns(ctx context.Context, name string) error { return newOwnedNetns(ctx, name) }
-
-// DeleteNetns removes a namespace made by NewNetns; a missing one is fine.
-func DeleteNetns(name string) error { return deleteOwnedNetns(name) }
-
-func ipNetnsAdd(ctx context.Context, name string) error {
-	if out, err := exec.CommandContext(ctx, "ip", "netns", "add", name).CombinedOutput(); err != nil {
-		return fmt.Errorf("ip netns add %s: %v: %s", name, err, out)
-	}
-	return nil
-}
-
-func ipNetnsDelete(name string) error {
-	out, err := exec.Command("ip", "netns", "delete", name).CombinedOutput()
-	if err != nil && !strings.Contains(string(out), "No such file") {
-		return fmt.Errorf("ip netns delete %s: %v: %s", name, err, out)
-	}
-	return nil
 }
 
 func randomHex(n int) string {

@@ -14,19 +14,21 @@ import (
 	"time"
 )
 
-// skipWithoutNodes skips a test that needs network namespaces and a userspace OVS.
-func skipWithoutNodes(t *testing.T) {
+// requireNodes fails a test that needs network namespaces and a userspace OVS when they are not
+// there: `make test` installs them and runs as root, so a missing piece is a broken setup, not a reason
+// to pass quietly.
+func requireNodes(t *testing.T) {
 	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("skipping: simulated nodes need root (network namespaces, veths, OVS)")
+		t.Fatal("simulated nodes need root (network namespaces, veths, OVS)")
 	}
 	for _, bin := range []string{"ovs-vswitchd", "ovsdb-server", "ovn-controller", "ovn-northd", "ip"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Skipf("skipping: %s not installed (apt-get install openvswitch-switch ovn-central ovn-host iproute2)", bin)
+			t.Fatalf("%s not installed (make deps, or apt-get install openvswitch-switch ovn-central ovn-host iproute2)", bin)
 		}
 	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
-		t.Skipf("skipping: the userspace datapath needs /dev/net/tun: %v", err)
+		t.Fatalf("the userspace datapath needs /dev/net/tun: %v", err)
 	}
 }
 
@@ -240,7 +242,7 @@ func assertTunnelled(t *testing.T, n *Node, encap string) {
 }
 
 func TestNodes(t *testing.T) {
-	skipWithoutNodes(t)
+	requireNodes(t)
 	testStart := time.Now()
 	t.Cleanup(func() { t.Logf("TestNodes total %s", time.Since(testStart).Round(time.Millisecond)) })
 	ctx := context.Background()
@@ -374,7 +376,7 @@ func TestNodes(t *testing.T) {
 
 // A namespace whose owner died is deleted by the next StartUnderlay; a live owner's is kept.
 func TestNodeNetnsSweep(t *testing.T) {
-	skipWithoutNodes(t)
+	requireNodes(t)
 	ctx := context.Background()
 	stale, live := "dlp"+randomHex(3), "dlp"+randomHex(3)
 	for _, ns := range []string{stale, live} {
@@ -384,7 +386,7 @@ func TestNodeNetnsSweep(t *testing.T) {
 		t.Cleanup(func() { _ = DeleteNetns(ns) })
 	}
 	// pid_max is at most 2^22, so this owner cannot exist.
-	if err := os.WriteFile(filepath.Join(netnsMarkerDir, stale), []byte("99999999 1\n"), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(netnsMarkerDir(), stale), []byte("99999999 1\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	u := startTestUnderlay(t)
@@ -394,7 +396,7 @@ func TestNodeNetnsSweep(t *testing.T) {
 			t.Errorf("netns %s exists = %v, want %v", ns, got, want)
 		}
 	}
-	if _, err := os.Stat(filepath.Join(netnsMarkerDir, stale)); err == nil {
+	if _, err := os.Stat(filepath.Join(netnsMarkerDir(), stale)); err == nil {
 		t.Errorf("marker of %s not removed", stale)
 	}
 }

@@ -32,7 +32,7 @@ func TestDeployManifests(t *testing.T) {
 	defer kube.Stop()
 	kubectl := filepath.Join(kube.BinDir, "kubectl")
 	if _, err := os.Stat(kubectl); err != nil {
-		t.Skipf("no kubectl in %s (test/kubebin/build.sh kubectl builds it)", kube.BinDir)
+		t.Fatalf("no kubectl in %s (make deps builds it with test/kubebin/build.sh)", kube.BinDir)
 	}
 	_, self, _, _ := runtime.Caller(0)
 	deploy := filepath.Join(filepath.Dir(self), "..", "..", "deploy")
