@@ -3,7 +3,6 @@ package nodeagent
 import (
 	"context"
 	"fmt"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -20,6 +19,7 @@ import (
 
 	"github.com/dunlinplugin/dunlin/cni"
 	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/internal/notify"
 )
 
 // podWatcher keeps the pods bound to this node in a cache and wakes ADDs waiting for a pod's network
@@ -31,8 +31,7 @@ type podWatcher struct {
 	informer cache.SharedIndexInformer
 	lister   corelisters.PodLister
 
-	mu      sync.Mutex
-	waiters map[string]map[chan struct{}]struct{} // namespace/name -> woken on any change of that pod
+	changed notify.Keyed // namespace/name -> woken on any change of that pod
 }
 
 func newPodWatcher(client kubernetes.Interface, node string, resync time.Duration) *podWatcher {
@@ -41,8 +40,7 @@ func newPodWatcher(client kubernetes.Interface, node string, resync time.Duratio
 			o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
 		}))
 	inf := f.Core().V1().Pods()
-	w := &podWatcher{client: client, node: node, factory: f, informer: inf.Informer(), lister: inf.Lister(),
-		waiters: map[string]map[chan struct{}]struct{}{}}
+	w := &podWatcher{client: client, node: node, factory: f, informer: inf.Informer(), lister: inf.Lister()}
 	_, _ = w.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    w.wake,
 		UpdateFunc: func(_, obj any) { w.wake(obj) },
@@ -60,35 +58,8 @@ func (w *podWatcher) start(ctx context.Context) error {
 }
 
 func (w *podWatcher) wake(obj any) {
-	key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj)
-	if err != nil {
-		return
-	}
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for ch := range w.waiters[key] {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
-	}
-}
-
-func (w *podWatcher) subscribe(key string) (chan struct{}, func()) {
-	ch := make(chan struct{}, 1)
-	w.mu.Lock()
-	if w.waiters[key] == nil {
-		w.waiters[key] = map[chan struct{}]struct{}{}
-	}
-	w.waiters[key][ch] = struct{}{}
-	w.mu.Unlock()
-	return ch, func() {
-		w.mu.Lock()
-		delete(w.waiters[key], ch)
-		if len(w.waiters[key]) == 0 {
-			delete(w.waiters, key)
-		}
-		w.mu.Unlock()
+	if key, err := cache.DeletionHandlingMetaNamespaceKeyFunc(obj); err == nil {
+		w.changed.Wake(key)
 	}
 }
 
@@ -97,8 +68,8 @@ func (w *podWatcher) subscribe(key string) (chan struct{}, func()) {
 // UID, and with ErrPodNetworkTimeout when the annotation does not come before ctx ends.
 func (w *podWatcher) podNetwork(ctx context.Context, namespace, name, uid string) (*corev1.Pod, annotations.PodNetworkInfo, error) {
 	key := namespace + "/" + name
-	ch, cancel := w.subscribe(key)
-	defer cancel()
+	ch, unsubscribe := w.changed.Subscribe(key)
+	defer unsubscribe()
 	checkedAPI := false
 	for {
 		pod, err := w.lister.Pods(namespace).Get(name)

@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -19,6 +18,7 @@ import (
 	"github.com/ovn-kubernetes/libovsdb/ovsdb"
 	"k8s.io/klog/v2"
 
+	"github.com/dunlinplugin/dunlin/internal/notify"
 	"github.com/dunlinplugin/dunlin/nodeagent/ovsmodel"
 )
 
@@ -35,8 +35,7 @@ type Client struct {
 
 	writes atomic.Int64 // transactions sent, so tests can tell that an idempotent call wrote nothing
 
-	mu      sync.Mutex
-	waiters map[string]map[chan struct{}]struct{} // interface name -> woken on any change of it
+	changed notify.Keyed // interface name -> woken on any change of it
 }
 
 // Connect dials endpoint (unix:PATH or tcp:IP:PORT), keeps reconnecting for ever, and monitors the
@@ -55,7 +54,7 @@ func Connect(ctx context.Context, endpoint string) (*Client, error) {
 	if klog.V(5).Enabled() {
 		logger = klog.Background().WithName("libovsdb")
 	}
-	c := &Client{waiters: map[string]map[chan struct{}]struct{}{}}
+	c := &Client{}
 	delay := 100 * time.Millisecond
 	for {
 		cli, err := client.NewOVSDBClient(dbModel,
@@ -182,16 +181,7 @@ func byIndex[T model.Model](c *Client, table string, m T) T {
 }
 
 func (c *Client) wake(table string, m model.Model) {
-	if table != ovsmodel.InterfaceTable {
-		return
-	}
-	name := m.(*ovsmodel.Interface).Name
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for ch := range c.waiters[name] {
-		select {
-		case ch <- struct{}{}:
-		default:
-		}
+	if table == ovsmodel.InterfaceTable {
+		c.changed.Wake(m.(*ovsmodel.Interface).Name)
 	}
 }
