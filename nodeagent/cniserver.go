@@ -157,11 +157,8 @@ func (a *Agent) cmdAdd(ctx context.Context, req cni.Request, conf *cni.NetConf) 
 			continue
 		}
 		logger.Info("Removing stale OVS port of the same pod", "pod", podKey, "port", p.Name, "sandbox", p.ExternalIDs[ExtSandboxID])
-		if err := a.ovs.DeletePort(ctx, p.Name); err != nil {
+		if err := a.detach(ctx, p.Name, p.ExternalIDs[ExtNetns], p.ExternalIDs[ExtIfName]); err != nil {
 			return nil, fmt.Errorf("remove stale port %s of pod %s: %w", p.Name, podKey, err)
-		}
-		if err := deleteLink(p.Name); err != nil {
-			return nil, err
 		}
 	}
 
@@ -218,14 +215,19 @@ func (a *Agent) cmdAdd(ctx context.Context, req cni.Request, conf *cni.NetConf) 
 	return addResult(conf.CNIVersion, att, hostMAC)
 }
 
+// detach removes an attachment's OVS port and veth; whatever is already gone counts as removed. netns
+// and ifName may be empty when unknown: the veth's host end takes its peer with it anyway.
+func (a *Agent) detach(ctx context.Context, hostIf, netns, ifName string) error {
+	if err := a.ovs.DeletePort(ctx, hostIf); err != nil {
+		return fmt.Errorf("delete OVS port %s: %w", hostIf, err)
+	}
+	return unplumb(hostIf, netns, ifName)
+}
+
 // undo removes a half-made attachment after a failed ADD, so that nothing stray is left.
 func (a *Agent) undo(ctx context.Context, att attachment) {
-	logger := klog.FromContext(ctx)
-	if err := a.ovs.DeletePort(context.WithoutCancel(ctx), att.HostIf); err != nil {
-		logger.Error(err, "Cleaning up after failed ADD", "port", att.HostIf)
-	}
-	if err := unplumb(att.HostIf, att.Netns, att.IfName); err != nil {
-		logger.Error(err, "Cleaning up after failed ADD", "port", att.HostIf)
+	if err := a.detach(context.WithoutCancel(ctx), att.HostIf, att.Netns, att.IfName); err != nil {
+		klog.FromContext(ctx).Error(err, "Cleaning up after failed ADD", "port", att.HostIf)
 	}
 }
 
@@ -299,10 +301,7 @@ func addResult(cniVersion string, att attachment, hostMAC net.HardwareAddr) ([]b
 // cmdDel removes the OVS port and the veth of the attachment. Whatever is already gone counts as removed.
 func (a *Agent) cmdDel(ctx context.Context, req cni.Request) error {
 	hostIf := HostIfName(req.ContainerID, req.IfName)
-	if err := a.ovs.DeletePort(ctx, hostIf); err != nil {
-		return fmt.Errorf("delete OVS port %s: %w", hostIf, err)
-	}
-	if err := unplumb(hostIf, req.Netns, req.IfName); err != nil {
+	if err := a.detach(ctx, hostIf, req.Netns, req.IfName); err != nil {
 		return err
 	}
 	klog.FromContext(ctx).V(2).Info("CNI DEL", "container", req.ContainerID, "port", hostIf, "args", req.Args)
@@ -349,7 +348,7 @@ func (a *Agent) cmdGC(ctx context.Context, conf *cni.NetConf) error {
 		if valid[p.Name] {
 			continue
 		}
-		if err := a.ovs.DeletePort(ctx, p.Name); err != nil {
+		if err := a.detach(ctx, p.Name, p.ExternalIDs[ExtNetns], p.ExternalIDs[ExtIfName]); err != nil {
 			errs = append(errs, err)
 			continue
 		}

@@ -119,16 +119,8 @@ func (e *env) node(name string) *harness.ClusterNode {
 
 func (e *env) eventually(timeout time.Duration, what string, f func() error) {
 	e.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			e.t.Fatalf("%s: still failing after %s: %v", what, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := harness.Eventually(timeout, f); err != nil {
+		e.t.Fatalf("%s: %v", what, err)
 	}
 }
 

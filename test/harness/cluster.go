@@ -212,21 +212,15 @@ func (n *ClusterNode) StartAgent(ctx context.Context, extra ...string) error {
 		return err
 	}
 	n.Agent = p
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if _, err := os.Stat(filepath.Join(n.ConfDir, "10-dunlin.conflist")); err == nil {
-			if _, err := os.Stat(n.Socket); err == nil {
-				return nil
+	// Serving once the conflist (written last) and the socket are there.
+	return waitReady(ctx, p.p, 60*time.Second, func(context.Context) error {
+		for _, f := range []string{filepath.Join(n.ConfDir, "10-dunlin.conflist"), n.Socket} {
+			if _, err := os.Stat(f); err != nil {
+				return err
 			}
 		}
-		if p.Exited() {
-			return fmt.Errorf("dunlin-node on %s exited:\n%s", n.Name, p.LogTail(30))
-		}
-		if time.Now().After(deadline) || ctx.Err() != nil {
-			return fmt.Errorf("dunlin-node on %s did not start serving:\n%s", n.Name, p.LogTail(30))
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return nil
+	})
 }
 
 // StopAgent stops dunlin-node (SIGTERM), leaving OVS, ovn-controller and the pods running.

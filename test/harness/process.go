@@ -138,6 +138,22 @@ func waitReady(ctx context.Context, p *process, timeout time.Duration, check fun
 	}
 }
 
+// Eventually retries f every 100 ms until it returns nil or timeout passes, and then returns f's last
+// error: the wait of tests that check a converging system.
+func Eventually(timeout time.Duration, f func() error) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		err := f()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("still failing after %s: %w", timeout, err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
 // freePorts returns n distinct TCP ports on 127.0.0.1 that were free a moment ago. All listeners stay
 // open until the end so that the kernel cannot hand out the same port twice.
 func freePorts(n int) ([]int, error) {

@@ -137,16 +137,8 @@ func (c *cluster) nbctl(args ...string) string {
 // eventually retries f until it returns nil or the timeout passes.
 func (c *cluster) eventually(timeout time.Duration, what string, f func() error) {
 	c.t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		err := f()
-		if err == nil {
-			return
-		}
-		if time.Now().After(deadline) {
-			c.t.Fatalf("%s: still failing after %s: %v", what, timeout, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := harness.Eventually(timeout, f); err != nil {
+		c.t.Fatalf("%s: %v", what, err)
 	}
 }
 
