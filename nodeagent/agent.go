@@ -38,6 +38,9 @@ type Config struct {
 	Bridge       string // integration bridge, br-int
 	// ClusterCIDR is routed from the host through the management port; invalid: no route.
 	ClusterCIDR netip.Prefix
+	// ServiceCIDR is routed the same way, so host processes reach ClusterIPs through OVN's load
+	// balancers on the node switch; invalid: no route.
+	ServiceCIDR netip.Prefix
 
 	CNISocket       string
 	CNIConfDir      string
@@ -59,6 +62,7 @@ func DefaultConfig() Config {
 		DatapathType:        "system",
 		Bridge:              "br-int",
 		ClusterCIDR:         netip.MustParsePrefix("10.244.0.0/16"),
+		ServiceCIDR:         netip.MustParsePrefix("10.96.0.0/16"),
 		CNISocket:           "/var/run/dunlin/cni.sock",
 		CNIConfDir:          "/etc/cni/net.d",
 		CNIBinDir:           "/opt/cni/bin",

@@ -96,10 +96,13 @@ func (a *Agent) ensureManagementPort(ctx context.Context) error {
 	if err := netlink.LinkSetUp(link); err != nil {
 		return fmt.Errorf("set %s up: %w", ManagementIfName, err)
 	}
-	if a.cfg.ClusterCIDR.IsValid() {
-		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: prefixToIPNet(a.cfg.ClusterCIDR), Gw: net.IP(gw.AsSlice())}
+	for _, dst := range []netip.Prefix{a.cfg.ClusterCIDR, a.cfg.ServiceCIDR} {
+		if !dst.IsValid() {
+			continue
+		}
+		r := &netlink.Route{LinkIndex: link.Attrs().Index, Dst: prefixToIPNet(dst), Gw: net.IP(gw.AsSlice())}
 		if err := netlink.RouteReplace(r); err != nil {
-			return fmt.Errorf("route %s via %s dev %s: %w", a.cfg.ClusterCIDR, gw, ManagementIfName, err)
+			return fmt.Errorf("route %s via %s dev %s: %w", dst, gw, ManagementIfName, err)
 		}
 	}
 	return nil

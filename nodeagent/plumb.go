@@ -7,9 +7,11 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"regexp"
 
 	"github.com/containernetworking/plugins/pkg/ns"
+	"github.com/containernetworking/plugins/pkg/utils/sysctl"
 	"github.com/safchain/ethtool"
 	"github.com/vishvananda/netlink"
 )
@@ -80,6 +82,9 @@ func plumb(a attachment) (hostMAC net.HardwareAddr, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("find veth %s: %w", a.HostIf, err)
 	}
+	if err := quietHostEnd(a.HostIf); err != nil {
+		return nil, err
+	}
 	if err := netlink.LinkSetUp(host); err != nil {
 		return nil, fmt.Errorf("set %s up: %w", a.HostIf, err)
 	}
@@ -87,6 +92,23 @@ func plumb(a attachment) (hostMAC net.HardwareAddr, err error) {
 		return nil, err
 	}
 	return host.Attrs().HardwareAddr, nil
+}
+
+// quietHostEnd keeps the host's own IP stack from talking to the pod through the host end of its
+// veth, which has no address of its own. Without it the host answers the pod's ARP for the
+// management address with the veth's MAC, and the pod's replies then reach the host directly,
+// bypassing OVN: load-balanced replies arrive before OVN un-NATs them and the host resets the
+// connection. (With the userspace datapath OVS reads the host end through a packet socket, which
+// leaves frames to the host stack too.)
+func quietHostEnd(ifName string) error {
+	if _, err := sysctl.Sysctl("net/ipv4/conf/"+ifName+"/arp_ignore", "8"); err != nil {
+		return fmt.Errorf("stop ARP replies on %s: %w", ifName, err)
+	}
+	// No IPv6 link-local address, so no neighbour discovery from the host into the pod either.
+	if _, err := sysctl.Sysctl("net/ipv6/conf/"+ifName+"/disable_ipv6", "1"); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("disable IPv6 on %s: %w", ifName, err)
+	}
+	return nil
 }
 
 // configureContainerIf runs inside the container netns.

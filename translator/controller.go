@@ -77,6 +77,12 @@ type Controller struct {
 	podLister  corelisters.PodLister
 	podIndexer cache.Indexer
 
+	serviceLister corelisters.ServiceLister
+	sliceIndexer  cache.Indexer
+	// ranges are the addresses Service backends may have; suspectServices had backends outside them.
+	ranges          atomic.Pointer[EndpointRanges]
+	suspectServices sync.Map
+
 	queues map[string]workqueue.TypedRateLimitingInterface[string]
 	syncs  map[string]func(context.Context, string) error
 	// observed holds, per kind/key, when a change was first seen and not yet committed.
@@ -114,6 +120,7 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		KindCluster: c.syncCluster,
 		KindNode:    c.syncNode,
 		KindPod:     c.syncPod,
+		KindService: c.syncService,
 	}
 	for kind := range c.syncs {
 		c.queues[kind] = workqueue.NewTypedRateLimitingQueueWithConfig(
@@ -138,6 +145,28 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		return nil, err
 	}
 	if _, err := podInformer.Informer().AddEventHandler(c.handler(KindPod)); err != nil {
+		return nil, err
+	}
+
+	serviceInformer := c.factory.Core().V1().Services()
+	sliceInformer := c.factory.Discovery().V1().EndpointSlices()
+	c.serviceLister = serviceInformer.Lister()
+	c.sliceIndexer = sliceInformer.Informer().GetIndexer()
+	if err := sliceInformer.Informer().AddIndexers(cache.Indexers{sliceServiceIndex: sliceServiceKey}); err != nil {
+		return nil, fmt.Errorf("endpointslice index: %w", err)
+	}
+	if _, err := serviceInformer.Informer().AddEventHandler(c.handler(KindService)); err != nil {
+		return nil, err
+	}
+	if _, err := sliceInformer.Informer().AddEventHandler(c.sliceHandler()); err != nil {
+		return nil, err
+	}
+	// Node addresses and subnets bound which endpoint addresses are believable.
+	if _, err := nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { c.refreshRanges() },
+		UpdateFunc: func(old, obj any) { c.refreshRangesIfChanged(old, obj) },
+		DeleteFunc: func(any) { c.refreshRanges() },
+	}); err != nil {
 		return nil, err
 	}
 	return c, nil
@@ -229,6 +258,10 @@ func (c *Controller) enqueueAll() {
 	pods, _ := c.podLister.List(labels.Everything())
 	for _, p := range pods {
 		c.queues[KindPod].Add(p.Namespace + "/" + p.Name)
+	}
+	services, _ := c.serviceLister.List(labels.Everything())
+	for _, s := range services {
+		c.queues[KindService].Add(s.Namespace + "/" + s.Name)
 	}
 	owners, err := c.store.Owners()
 	if err != nil {

@@ -33,10 +33,10 @@ func MACFromIP(a netip.Addr) string {
 
 // ClusterRows are the cluster-wide rows.
 func ClusterRows() []nbstore.Row {
-	return []nbstore.Row{{Model: &nbmodel.LogicalRouter{
-		Name:        ClusterRouter,
-		ExternalIDs: map[string]string{},
-	}}}
+	return []nbstore.Row{
+		{Model: &nbmodel.LogicalRouter{Name: ClusterRouter, ExternalIDs: map[string]string{}}},
+		{Model: &nbmodel.LoadBalancerGroup{Name: ClusterLBGroup}},
+	}
 }
 
 // NodeRows are a node's switch, its link to the cluster router, and its management port.
@@ -53,7 +53,7 @@ func NodeRows(n NodeNetwork) []nbstore.Row {
 				"exclude_ips": gw.String() + ".." + mgmt.String(),
 			},
 			ExternalIDs: ids,
-		}},
+		}, Refs: map[string][]nbstore.Ref{"load_balancer_group": {{Owner: ClusterOwner, Name: ClusterLBGroup}}}},
 		{Model: &nbmodel.LogicalRouterPort{
 			Name:        RouterPortName(n.Name),
 			MAC:         MACFromIP(gw),

@@ -8,6 +8,15 @@ const (
 	ClusterRouter = "ovn_cluster_router"
 	// ClusterOwner owns the cluster-wide rows.
 	ClusterOwner = "Cluster/dunlin"
+	// ClusterLBGroup holds every cluster-wide Service load balancer and is attached to every node
+	// switch, so a Service costs the same number of NB rows whatever the number of nodes.
+	ClusterLBGroup = "dunlin-cluster"
+
+	// HairpinSNATIPv4 and HairpinSNATIPv6 are the source addresses a pod sees when it reaches itself
+	// through a Service VIP. They come from Dunlin's masquerade ranges 169.254.169.0/29 and
+	// fd69::/125 (.1-.4 are kept for the gateway), so NetworkPolicy can recognise hairpin traffic.
+	HairpinSNATIPv4 = "169.254.169.5"
+	HairpinSNATIPv6 = "fd69::5"
 
 	routerToSwitchPrefix = "rtos-"
 	switchToRouterPrefix = "stor-"
@@ -19,6 +28,7 @@ const (
 	KindCluster = "Cluster"
 	KindNode    = "Node"
 	KindPod     = "Pod"
+	KindService = "Service"
 )
 
 // external_ids keys Dunlin sets besides nbstore.OwnerKey, for operators' ovn-nbctl find.
@@ -27,6 +37,7 @@ const (
 	extNamespace = "namespace"
 	extPod       = "pod"
 	extPodUID    = "pod-uid"
+	extService   = "service"
 )
 
 // Owner is the owner value of a queue key of kind (namespace/name or name).
@@ -44,13 +55,21 @@ func SwitchRouterPortName(node string) string { return switchToRouterPrefix + no
 // ManagementPortName is the node's management port (host to pods).
 func ManagementPortName(node string) string { return managementPortPrefix + node }
 
+// ServiceLBName is the load balancer of a Service for one protocol (TCP, UDP or SCTP).
+func ServiceLBName(namespace, name, protocol string) string {
+	return "Service_" + namespace + "/" + name + "_" + protocol
+}
+
 // TableSpecs is what Dunlin manages in NB and how (see nbstore.TableSpec).
 func TableSpecs() map[string]nbstore.TableSpec {
 	return map[string]nbstore.TableSpec{
 		"Logical_Router": {Columns: []string{"name", "options", "external_ids"}},
 		"Logical_Router_Port": {Columns: []string{"name", "mac", "networks", "external_ids"},
 			ParentTable: "Logical_Router", ParentColumn: "ports"},
-		"Logical_Switch": {Columns: []string{"name", "other_config", "external_ids"}},
+		"Logical_Switch": {Columns: []string{"name", "other_config", "load_balancer_group", "external_ids"}},
+		"Load_Balancer": {Columns: []string{"name", "protocol", "vips", "options", "selection_fields", "external_ids"},
+			ParentTable: "Load_Balancer_Group", ParentColumn: "load_balancer"},
+		"Load_Balancer_Group": {Columns: []string{"name"}, NameOwned: true},
 		"Logical_Switch_Port": {Columns: []string{"name", "type", "addresses", "port_security", "options", "external_ids"},
 			ParentTable: "Logical_Switch", ParentColumn: "ports"},
 	}

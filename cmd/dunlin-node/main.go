@@ -24,7 +24,7 @@ import (
 func main() {
 	klog.InitFlags(nil)
 	cfg := nodeagent.DefaultConfig()
-	var kubeconfig, clusterCIDR string
+	var kubeconfig, clusterCIDR, serviceCIDR string
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file; empty means the in-cluster configuration")
 	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's Kubernetes name (default $NODE_NAME); also the OVS system-id unless one is set")
 	flag.StringVar(&cfg.OVSDB, "ovs-db", cfg.OVSDB, "local OVS database endpoint")
@@ -35,6 +35,7 @@ func main() {
 	flag.StringVar(&cfg.DatapathType, "datapath-type", cfg.DatapathType, "OVS datapath of br-int: system (kernel) or netdev (userspace)")
 	flag.StringVar(&cfg.Bridge, "bridge", cfg.Bridge, "OVN integration bridge")
 	flag.StringVar(&clusterCIDR, "cluster-cidr", cfg.ClusterCIDR.String(), "pod CIDR of the cluster, routed from the host through the management port (as dunlin-controller's --cluster-cidr)")
+	flag.StringVar(&serviceCIDR, "service-cidr", cfg.ServiceCIDR.String(), "Service ClusterIP range, routed from the host through the management port (as the API server's --service-cluster-ip-range)")
 	flag.StringVar(&cfg.CNISocket, "cni-socket", cfg.CNISocket, "unix socket serving dunlin-cni")
 	flag.StringVar(&cfg.CNIConfDir, "cni-conf-dir", cfg.CNIConfDir, "CNI configuration directory the runtime reads")
 	flag.StringVar(&cfg.CNIBinDir, "cni-bin-dir", cfg.CNIBinDir, "CNI plugin directory the runtime executes from")
@@ -45,11 +46,17 @@ func main() {
 	flag.DurationVar(&cfg.OVNInstalledTimeout, "ovn-installed-timeout", cfg.OVNInstalledTimeout, "how long ADD waits for ovn-controller to install the port")
 	flag.Parse()
 
-	if p, err := netip.ParsePrefix(clusterCIDR); err != nil {
-		fmt.Fprintf(os.Stderr, "--cluster-cidr: %v\n", err)
-		os.Exit(2)
-	} else {
-		cfg.ClusterCIDR = p.Masked()
+	for _, f := range []struct {
+		flag string
+		val  string
+		dst  *netip.Prefix
+	}{{"cluster-cidr", clusterCIDR, &cfg.ClusterCIDR}, {"service-cidr", serviceCIDR, &cfg.ServiceCIDR}} {
+		p, err := netip.ParsePrefix(f.val)
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "--%s: %v\n", f.flag, err)
+			os.Exit(2)
+		}
+		*f.dst = p.Masked()
 	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)

@@ -26,7 +26,7 @@ func (d *demo) start(ctx context.Context) error {
 		"and %d nodes, each a netns with OVS (userspace datapath), ovn-controller, dunlin-node and a stand-in kubelet", d.o.nodes)
 	err = timed(what, func() error {
 		// StartCluster stops what it started when it fails, so only a running cluster is kept.
-		c, err := harness.StartCluster(ctx, harness.ClusterOptions{Dir: d.dir, Bins: bins, Nodes: d.o.nodes, EncapType: d.o.encap})
+		c, err := harness.StartCluster(ctx, harness.ClusterOptions{Dir: d.dir, Bins: bins, Nodes: d.o.nodes, EncapType: d.o.encap, ControllerManager: true})
 		if err != nil {
 			return fmt.Errorf("start cluster: %w", err)
 		}

@@ -55,6 +55,13 @@ type env struct {
 
 func newEnv(t *testing.T, encap string) *env {
 	t.Helper()
+	return newClusterEnv(t, harness.ClusterOptions{EncapType: encap})
+}
+
+// newClusterEnv starts a cluster with o (Dir and Bins are filled in).
+func newClusterEnv(t *testing.T, o harness.ClusterOptions) *env {
+	t.Helper()
+	encap := o.EncapType
 	dir, err := os.MkdirTemp("/tmp", "dle")
 	if err != nil {
 		t.Fatal(err)
@@ -62,7 +69,8 @@ func newEnv(t *testing.T, encap string) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	start := time.Now()
-	c, err := harness.StartCluster(ctx, harness.ClusterOptions{Dir: dir, Bins: bins, EncapType: encap})
+	o.Dir, o.Bins = dir, bins
+	c, err := harness.StartCluster(ctx, o)
 	if err != nil {
 		l := logs(dir)
 		os.RemoveAll(dir)

@@ -54,6 +54,8 @@ type ClusterOptions struct {
 	EncapType string // geneve (default) or vxlan
 	// ControllerFlags are added to dunlin-controller's.
 	ControllerFlags []string
+	// ControllerManager also runs kube-controller-manager (EndpointSlices for Services).
+	ControllerManager bool
 }
 
 // Cluster is OVN central (NB, SB, northd), kube-apiserver, dunlin-controller and simulated nodes, each
@@ -100,7 +102,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	if c.OVN, err = StartOVN(ctx, OVNOptions{Dir: filepath.Join(o.Dir, "ovn"), WithSB: true}); err != nil {
 		return c, err
 	}
-	if c.Kube, err = StartKube(ctx, KubeOptions{Dir: filepath.Join(o.Dir, "kube")}); err != nil {
+	if c.Kube, err = StartKube(ctx, KubeOptions{Dir: filepath.Join(o.Dir, "kube"), ControllerManager: o.ControllerManager}); err != nil {
 		return c, err
 	}
 	if err := c.StartController(); err != nil {

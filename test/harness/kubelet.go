@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -32,7 +33,8 @@ type KubeletOptions struct {
 	Client   kubernetes.Interface
 	// ConfDir and BinDir are the CNI directories the node agent installs into; CacheDir is libcni's.
 	ConfDir, BinDir, CacheDir string
-	// PodServer is a binary started inside every pod's netns with -listen :8080 -name <pod>; empty: none.
+	// PodServer is test/podserver, started inside every pod's netns to serve the pod's declared
+	// container ports (TCP 8080 when it declares none); empty: none.
 	PodServer string
 	Dir       string // logs of the pod servers
 	Workers   int    // sandboxes set up in parallel (default 8)
@@ -233,8 +235,8 @@ func (k *Kubelet) setup(ctx context.Context, key string, pod *corev1.Pod) (*Sand
 	}
 	sb.IP = r.IPs[0].Address.IP.String()
 	if k.o.PodServer != "" {
-		sb.server, err = startProcess("pod "+key, filepath.Join(k.o.Dir, pod.Namespace+"_"+pod.Name+".log"), nil,
-			"ip", "netns", "exec", sb.NetnsName, k.o.PodServer, "-listen", ":8080", "-name", pod.Name)
+		args := append([]string{"netns", "exec", sb.NetnsName, k.o.PodServer, "-name", pod.Name}, podServerPorts(pod)...)
+		sb.server, err = startProcess("pod "+key, filepath.Join(k.o.Dir, pod.Namespace+"_"+pod.Name+".log"), nil, "ip", args...)
 		if err != nil {
 			return nil, err
 		}
@@ -333,4 +335,23 @@ func randomHex(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b)
 	return hex.EncodeToString(b)
+}
+
+// podServerPorts are test/podserver's -tcp and -udp flags for the pod's declared container ports.
+func podServerPorts(pod *corev1.Pod) []string {
+	var tcp, udp []string
+	for _, c := range pod.Spec.Containers {
+		for _, p := range c.Ports {
+			switch p.Protocol {
+			case corev1.ProtocolUDP:
+				udp = append(udp, strconv.Itoa(int(p.ContainerPort)))
+			case corev1.ProtocolTCP, "":
+				tcp = append(tcp, strconv.Itoa(int(p.ContainerPort)))
+			}
+		}
+	}
+	if len(tcp) == 0 && len(udp) == 0 {
+		tcp = []string{"8080"}
+	}
+	return []string{"-tcp", strings.Join(tcp, ","), "-udp", strings.Join(udp, ",")}
 }

@@ -61,4 +61,13 @@ func TestDeployManifests(t *testing.T) {
 			t.Errorf("dunlin-node cannot %s %s: %v %s", verb[0], verb[1], err, out)
 		}
 	}
+	// What dunlin-controller watches.
+	for _, verb := range [][]string{{"watch", "nodes"}, {"patch", "pods"}, {"list", "services"}, {"watch", "services"},
+		{"list", "endpointslices.discovery.k8s.io"}, {"watch", "endpointslices.discovery.k8s.io"}, {"create", "events"}} {
+		out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", kube.Kubeconfig, "auth", "can-i", verb[0], verb[1],
+			"--all-namespaces", "--as=system:serviceaccount:dunlin-system:dunlin-controller").CombinedOutput()
+		if err != nil || strings.TrimSpace(string(out)) != "yes" {
+			t.Errorf("dunlin-controller cannot %s %s: %v %s", verb[0], verb[1], err, out)
+		}
+	}
 }

@@ -20,10 +20,13 @@ const OwnerKey = "dunlin.io/owner"
 // row within its owner and whose external_ids carry OwnerKey.
 type Row struct {
 	Model model.Model
-	// Parent is set for rows of non-root tables (ports): the row of the table's ParentTable that
-	// references this one. The parent may belong to another owner (a pod's port sits on its node's
-	// switch); only the reference is mutated, never the parent's other columns.
+	// Parent is set for rows of tables with a ParentTable: the row there that references this one. The
+	// parent may belong to another owner (a pod's port sits on its node's switch, a Service's load
+	// balancer in the cluster's group); only the reference is mutated, never the parent's other columns.
 	Parent *Ref
+	// Refs are reference columns of Model given by the rows they point to, for rows Dunlin owns: the
+	// store resolves them to UUIDs when it plans (a node switch's load_balancer_group).
+	Refs map[string][]Ref
 }
 
 // Ref names a row owned by Dunlin.

@@ -35,9 +35,14 @@ func (e *ConflictError) Error() string {
 type TableSpec struct {
 	// Columns are the columns Dunlin sets; others (a switch's ports, say) are never overwritten.
 	Columns []string
-	// ParentTable and ParentColumn are set for non-root tables: the rows there reference ours and
-	// removing that reference is how a row of ours is deleted.
+	// ParentTable and ParentColumn are set for tables whose rows hang in a set column of another row.
+	// A non-root row (a port) is deleted by removing that reference; a root row (a load balancer in
+	// a group) is deleted itself, its weak references vanishing with it, and a missing reference is
+	// restored on update.
 	ParentTable, ParentColumn string
+	// NameOwned is for tables without external_ids (Load_Balancer_Group): a row is Dunlin's by its
+	// reserved, schema-unique name. Such rows are created when missing and never deleted.
+	NameOwned bool
 }
 
 // Store plans the operations that bring the rows of one owner to their desired state.
@@ -49,7 +54,10 @@ type Store struct {
 	// uniqueName is true for tables whose schema indexes "name", so the server rejects duplicates;
 	// for the others an insert is guarded by a wait operation.
 	uniqueName map[string]bool
-	named      atomic.Uint64
+	root       map[string]bool
+	// refTable is, per table and column, the table a UUID column references.
+	refTable map[string]map[string]string
+	named    atomic.Uint64
 }
 
 // ClientDBModel returns the database model with the client indexes Store relies on: one on the owner
@@ -61,7 +69,10 @@ func ClientDBModel(base model.ClientDBModel, schema ovsdb.DatabaseSchema, specs 
 		if ts == nil {
 			return model.ClientDBModel{}, fmt.Errorf("table %s is not in schema %s", table, schema.Name)
 		}
-		idx := []model.ClientIndex{{Columns: []model.ColumnKey{{Column: "external_ids", Key: OwnerKey}}}}
+		var idx []model.ClientIndex
+		if !specs[table].NameOwned {
+			idx = append(idx, model.ClientIndex{Columns: []model.ColumnKey{{Column: "external_ids", Key: OwnerKey}}})
+		}
 		if !hasNameIndex(ts) {
 			idx = append(idx, model.ClientIndex{Columns: []model.ColumnKey{{Column: "name"}}})
 		}
@@ -82,13 +93,26 @@ func hasNameIndex(ts *ovsdb.TableSchema) bool {
 
 // New returns a Store writing through cli, whose database model dbModel must come from ClientDBModel.
 func New(cli client.Client, dbModel model.ClientDBModel, schema ovsdb.DatabaseSchema, specs map[string]TableSpec) *Store {
-	s := &Store{cli: cli, specs: specs, uniqueName: map[string]bool{}, types: map[reflect.Type]string{}}
+	s := &Store{cli: cli, specs: specs, uniqueName: map[string]bool{}, root: map[string]bool{},
+		refTable: map[string]map[string]string{}, types: map[reflect.Type]string{}}
 	types := dbModel.Types()
 	for table := range specs {
 		s.tables = append(s.tables, table)
 		s.types[types[table]] = table
-		if ts := schema.Table(table); ts != nil {
-			s.uniqueName[table] = hasNameIndex(ts)
+		ts := schema.Table(table)
+		if ts == nil {
+			continue
+		}
+		s.uniqueName[table] = hasNameIndex(ts)
+		s.root[table] = ts.IsRoot
+		s.refTable[table] = map[string]string{}
+		for col, cs := range ts.Columns {
+			if cs.TypeObj == nil || cs.TypeObj.Key == nil {
+				continue
+			}
+			if ref, err := cs.TypeObj.Key.RefTable(); err == nil && ref != "" {
+				s.refTable[table][col] = ref
+			}
 		}
 	}
 	sort.Strings(s.tables)
@@ -139,7 +163,18 @@ func (s *Store) Plan(txn *Txn, owner string, desired []Row) error {
 		}
 		spec := s.specs[table]
 		name := stringColumn(row.Model, "name")
+		if spec.NameOwned {
+			ops, err := s.ensureNamed(txn, table, spec, name, row)
+			if err != nil {
+				return err
+			}
+			creates = append(creates, ops...)
+			continue
+		}
 		if err := setOwner(row.Model, owner); err != nil {
+			return err
+		}
+		if err := s.resolveRefs(txn, table, row); err != nil {
 			return err
 		}
 		if existing := byName[table][name]; len(existing) > 0 {
@@ -151,6 +186,14 @@ func (s *Store) Plan(txn *Txn, owner string, desired []Row) error {
 				return err
 			}
 			updates = append(updates, ops...)
+			if spec.ParentTable != "" && s.root[table] {
+				// A root row outlives a lost reference (its group recreated, say): put it back.
+				ops, err := s.ensureRef(txn, table, spec, name, uuid, row.Parent)
+				if err != nil {
+					return err
+				}
+				updates = append(updates, ops...)
+			}
 			continue
 		}
 		if err := s.checkConflict(table, name, owner); err != nil {
@@ -186,6 +229,9 @@ func (s *Store) Plan(txn *Txn, owner string, desired []Row) error {
 func (s *Store) OwnedRows(owner string) (map[string]map[string]model.Model, error) {
 	out := map[string]map[string]model.Model{}
 	for _, table := range s.tables {
+		if s.specs[table].NameOwned {
+			continue
+		}
 		rows, err := s.lookup(table, "external_ids", map[string]string{OwnerKey: owner})
 		if err != nil {
 			return nil, err
@@ -304,26 +350,92 @@ func (s *Store) create(txn *Txn, table string, spec TableSpec, name string, row 
 		if row.Parent == nil {
 			return nil, fmt.Errorf("%s %q needs a parent %s", table, name, spec.ParentTable)
 		}
-		parentUUID := txn.created[spec.ParentTable+"/"+row.Parent.Name]
-		if parentUUID == "" {
-			rows, err := s.lookup(spec.ParentTable, "external_ids", map[string]string{OwnerKey: row.Parent.Owner})
-			if err != nil {
-				return nil, err
-			}
-			for uuid, m := range rows {
-				if stringColumn(m, "name") == row.Parent.Name {
-					parentUUID = uuid
-					break
-				}
-			}
-		}
-		if parentUUID == "" {
-			return nil, fmt.Errorf("%s %q owned by %s for %s %q: %w", spec.ParentTable, row.Parent.Name,
-				row.Parent.Owner, table, name, ErrParentMissing)
+		parentUUID, _, err := s.findOwned(txn, spec.ParentTable, *row.Parent)
+		if err != nil {
+			return nil, fmt.Errorf("%s %q: %w", table, name, err)
 		}
 		ops = append(ops, insertRef(spec, parentUUID, named))
 	}
 	return ops, nil
+}
+
+// findOwned returns the UUID of the row ref names, created earlier in txn or cached, and the cached
+// row (nil when created in txn). A missing row is ErrParentMissing: the caller waits for its owner.
+func (s *Store) findOwned(txn *Txn, table string, ref Ref) (string, model.Model, error) {
+	if named := txn.created[table+"/"+ref.Name]; named != "" {
+		return named, nil, nil
+	}
+	var rows map[string]model.Model
+	var err error
+	if s.specs[table].NameOwned {
+		rows, err = s.lookup(table, "name", ref.Name)
+	} else {
+		rows, err = s.lookup(table, "external_ids", map[string]string{OwnerKey: ref.Owner})
+	}
+	if err != nil {
+		return "", nil, err
+	}
+	for _, uuid := range slices.Sorted(maps.Keys(rows)) {
+		if stringColumn(rows[uuid], "name") == ref.Name {
+			return uuid, rows[uuid], nil
+		}
+	}
+	return "", nil, fmt.Errorf("%s %q owned by %s: %w", table, ref.Name, ref.Owner, ErrParentMissing)
+}
+
+// ensureNamed creates a NameOwned row when no row of that name exists; its columns are not managed
+// after creation.
+func (s *Store) ensureNamed(txn *Txn, table string, spec TableSpec, name string, row Row) ([]ovsdb.Operation, error) {
+	rows, err := s.lookup(table, "name", name)
+	if err != nil || len(rows) > 0 {
+		return nil, err
+	}
+	return s.create(txn, table, spec, name, row)
+}
+
+// resolveRefs sets the reference columns of row.Model from row.Refs.
+func (s *Store) resolveRefs(txn *Txn, table string, row Row) error {
+	for _, col := range slices.Sorted(maps.Keys(row.Refs)) {
+		target := s.refTable[table][col]
+		if target == "" {
+			return fmt.Errorf("%s column %q does not reference another table", table, col)
+		}
+		uuids := make([]string, 0, len(row.Refs[col]))
+		for _, ref := range row.Refs[col] {
+			uuid, _, err := s.findOwned(txn, target, ref)
+			if err != nil {
+				return fmt.Errorf("%s %q column %s: %w", table, stringColumn(row.Model, "name"), col, err)
+			}
+			uuids = append(uuids, uuid)
+		}
+		p, err := fieldPtr(row.Model, col)
+		if err != nil {
+			return err
+		}
+		setField(p, uuids)
+	}
+	return nil
+}
+
+// ensureRef returns the mutation that puts uuid back into its parent's set when it is missing there.
+func (s *Store) ensureRef(txn *Txn, table string, spec TableSpec, name, uuid string, parent *Ref) ([]ovsdb.Operation, error) {
+	if parent == nil {
+		return nil, fmt.Errorf("%s %q needs a parent %s", table, name, spec.ParentTable)
+	}
+	parentUUID, parentRow, err := s.findOwned(txn, spec.ParentTable, *parent)
+	if err != nil {
+		return nil, fmt.Errorf("%s %q: %w", table, name, err)
+	}
+	if parentRow != nil {
+		v, err := columnValue(parentRow, spec.ParentColumn)
+		if err != nil {
+			return nil, err
+		}
+		if set, _ := v.([]string); slices.Contains(set, uuid) {
+			return nil, nil
+		}
+	}
+	return []ovsdb.Operation{insertRef(spec, parentUUID, uuid)}, nil
 }
 
 func insertRef(spec TableSpec, parentUUID, child string) ovsdb.Operation {
@@ -366,7 +478,7 @@ func (s *Store) update(table string, spec TableSpec, uuid string, cur, want mode
 
 func (s *Store) delete(table string, spec TableSpec, uuid string) ([]ovsdb.Operation, error) {
 	ref := ovsdb.OvsSet{GoSet: []any{ovsdb.UUID{GoUUID: uuid}}}
-	if spec.ParentTable != "" {
+	if spec.ParentTable != "" && !s.root[table] {
 		// Dropping the reference lets the server garbage-collect the row, wherever it hangs.
 		return []ovsdb.Operation{{
 			Op: ovsdb.OperationMutate, Table: spec.ParentTable,

@@ -228,3 +228,57 @@ func TestCommitterBatchesAndIsolatesFailures(t *testing.T) {
 		t.Fatalf("cache has %d ports (%v), want 52", len(lsps), err)
 	}
 }
+
+func TestStoreLoadBalancersInGroup(t *testing.T) {
+	e := newEnv(t)
+	if _, err := e.apply(t, "Node/n1", node("n1", "10.244.1.0/24")); !errors.Is(err, nbstore.ErrParentMissing) {
+		t.Fatalf("node switch before the cluster's load balancer group: err = %v, want ErrParentMissing", err)
+	}
+	e.mustApply(t, translator.ClusterOwner, translator.ClusterRows())
+	e.mustApply(t, "Node/n1", node("n1", "10.244.1.0/24"))
+	group := e.nbctl(t, "--bare", "--columns=_uuid", "find", "Load_Balancer_Group", "name="+translator.ClusterLBGroup)
+	if got := e.nbctl(t, "--bare", "--columns=load_balancer_group", "list", "Logical_Switch", "n1"); got != group || group == "" {
+		t.Fatalf("n1 load_balancer_group = %q, want the cluster group %q", got, group)
+	}
+	proto := "tcp"
+	lb := func(backends string) []nbstore.Row {
+		return []nbstore.Row{{Model: &nbmodel.LoadBalancer{Name: "Service_default/web_TCP", Protocol: &proto,
+			Vips: map[string]string{"10.96.0.10:80": backends}, Options: map[string]string{"reject": "true"}},
+			Parent: &nbstore.Ref{Owner: translator.ClusterOwner, Name: translator.ClusterLBGroup}}}
+	}
+	e.mustApply(t, "Service/default/web", lb("10.244.1.5:8080"))
+	if got := e.nbctl(t, "ls-lb-list", "n1"); !strings.Contains(got, "10.96.0.10:80") || !strings.Contains(got, "10.244.1.5:8080") {
+		t.Fatalf("ls-lb-list n1:\n%s", got)
+	}
+	if n := e.mustApply(t, "Service/default/web", lb("10.244.1.5:8080")); n != 0 {
+		t.Fatalf("idempotent load balancer plan sent %d operations", n)
+	}
+	if n := e.mustApply(t, "Service/default/web", lb("10.244.1.5:8080,10.244.1.6:8080")); n != 1 {
+		t.Fatalf("backend change sent %d operations, want 1 update", n)
+	}
+	// A load balancer that lost its group membership gets it back.
+	uuid := e.nbctl(t, "--bare", "--columns=_uuid", "find", "Load_Balancer", "name=Service_default/web_TCP")
+	e.nbctl(t, "remove", "Load_Balancer_Group", translator.ClusterLBGroup, "load_balancer", uuid)
+	if n := e.mustApply(t, "Service/default/web", lb("10.244.1.5:8080,10.244.1.6:8080")); n != 1 {
+		t.Fatalf("restoring group membership sent %d operations, want 1", n)
+	}
+	if got := e.nbctl(t, "--bare", "--columns=load_balancer", "list", "Load_Balancer_Group", translator.ClusterLBGroup); got != uuid {
+		t.Fatalf("group load_balancer = %q, want %q", got, uuid)
+	}
+	// A foreign load balancer with the name of a Service's is left alone and reported.
+	e.nbctl(t, "lb-add", "Service_default/db_TCP", "10.96.0.20:5432", "192.0.2.1:5432", "tcp")
+	var conflict *nbstore.ConflictError
+	db := []nbstore.Row{{Model: &nbmodel.LoadBalancer{Name: "Service_default/db_TCP", Protocol: &proto,
+		Vips: map[string]string{"10.96.0.20:5432": ""}}, Parent: &nbstore.Ref{Owner: translator.ClusterOwner, Name: translator.ClusterLBGroup}}}
+	if _, err := e.apply(t, "Service/default/db", db); !errors.As(err, &conflict) || conflict.Owner != "" {
+		t.Fatalf("load balancer named like a foreign one: err = %v, want a conflict", err)
+	}
+	// Deleting the Service deletes its row; the group and the foreign row stay.
+	e.mustApply(t, "Service/default/web", nil)
+	if got := e.nbctl(t, "--bare", "--columns=name", "list", "Load_Balancer"); got != "Service_default/db_TCP" {
+		t.Fatalf("load balancers after deletion: %q", got)
+	}
+	if got := e.nbctl(t, "--bare", "--columns=load_balancer", "list", "Load_Balancer_Group", translator.ClusterLBGroup); got != "" {
+		t.Fatalf("group still references %q", got)
+	}
+}

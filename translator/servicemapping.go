@@ -1,0 +1,282 @@
+package translator
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strconv"
+	"strings"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/dunlinplugin/dunlin/nbmodel"
+	"github.com/dunlinplugin/dunlin/translator/nbstore"
+)
+
+// Service load balancer options.
+const (
+	// DefaultAffinityTimeout is Kubernetes' default sessionAffinityConfig.clientIP.timeoutSeconds.
+	DefaultAffinityTimeout = 10800
+	// maxAffinityTimeout is the largest affinity_timeout OVN can express (an OpenFlow idle timeout is
+	// 16 bits). Longer timeouts (Kubernetes allows up to 86400) hash on the client address instead.
+	maxAffinityTimeout = 65535
+)
+
+// EndpointRanges says which backend addresses can be real: pod addresses and node addresses. An
+// address outside both is reported and left out, so it cannot black-hole a share of connections.
+type EndpointRanges struct {
+	Pods  []netip.Prefix
+	Nodes map[netip.Addr]bool
+}
+
+func (r EndpointRanges) contains(a netip.Addr) bool {
+	if r.Nodes[a] {
+		return true
+	}
+	for _, p := range r.Pods {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// ServiceProblem is bad input found while mapping a Service; the rest of the Service is still mapped.
+type ServiceProblem struct {
+	Reason  string
+	Message string
+}
+
+// Reasons of ServiceProblem, also the reasons of the Warning events.
+const (
+	reasonEndpointPortMissing = "EndpointPortMissing"
+	reasonInvalidEndpoint     = "InvalidEndpointAddress"
+	reasonInvalidServiceIP    = "InvalidServiceIP"
+)
+
+// ServiceRows maps a Service and its EndpointSlices to one load balancer per protocol, holding every
+// VIP of that protocol (ClusterIPs, externalIPs, load balancer ingress IPs) with its backends. Headless
+// and ExternalName Services have no rows. Problems are bad input that was skipped.
+func ServiceRows(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, ranges EndpointRanges) ([]nbstore.Row, []ServiceProblem) {
+	if svc.Spec.Type == corev1.ServiceTypeExternalName || !hasClusterIP(svc) {
+		return nil, nil
+	}
+	var problems []ServiceProblem
+	vips, bad := serviceVIPs(svc)
+	problems = append(problems, bad...)
+
+	if svc.Namespace == metav1.NamespaceDefault && svc.Name == "kubernetes" {
+		// The API servers' own endpoints need not be nodes (an external control plane).
+		ranges = EndpointRanges{Pods: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}
+	}
+	backends, bad := serviceBackends(svc, slices, ranges)
+	problems = append(problems, bad...)
+
+	lbs := map[corev1.Protocol]*nbmodel.LoadBalancer{}
+	for _, sp := range svc.Spec.Ports {
+		proto := protocolOf(sp.Protocol)
+		lb := lbs[proto]
+		if lb == nil {
+			lb = newServiceLB(svc, proto)
+			lbs[proto] = lb
+		}
+		for _, vip := range vips {
+			key := netip.AddrPortFrom(vip, uint16(sp.Port)).String()
+			lb.Vips[key] = strings.Join(backends[backendKey{proto, sp.Name, family(vip)}], ",")
+		}
+	}
+	var rows []nbstore.Row
+	for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
+		if lb := lbs[proto]; lb != nil {
+			rows = append(rows, nbstore.Row{Model: lb, Parent: &nbstore.Ref{Owner: ClusterOwner, Name: ClusterLBGroup}})
+		}
+	}
+	return rows, problems
+}
+
+func hasClusterIP(svc *corev1.Service) bool {
+	ip := svc.Spec.ClusterIP
+	return ip != "" && ip != corev1.ClusterIPNone
+}
+
+func protocolOf(p corev1.Protocol) corev1.Protocol {
+	if p == "" {
+		return corev1.ProtocolTCP
+	}
+	return p
+}
+
+func newServiceLB(svc *corev1.Service, proto corev1.Protocol) *nbmodel.LoadBalancer {
+	lbProto := strings.ToLower(string(proto))
+	lb := &nbmodel.LoadBalancer{
+		Name:     ServiceLBName(svc.Namespace, svc.Name, string(proto)),
+		Protocol: &lbProto,
+		Vips:     map[string]string{},
+		Options: map[string]string{
+			// A VIP without backends refuses connections (TCP RST, ICMP unreachable) at once.
+			"reject":          "true",
+			"hairpin_snat_ip": HairpinSNATIPv4 + " " + HairpinSNATIPv6,
+		},
+		ExternalIDs: map[string]string{extNamespace: svc.Namespace, extService: svc.Name},
+	}
+	if svc.Spec.SessionAffinity == corev1.ServiceAffinityClientIP {
+		timeout := DefaultAffinityTimeout
+		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
+			timeout = int(*c.ClientIP.TimeoutSeconds)
+		}
+		if timeout > maxAffinityTimeout {
+			lb.SelectionFields = []string{nbmodel.LoadBalancerSelectionFieldsIPSrc, nbmodel.LoadBalancerSelectionFieldsIPDst}
+		} else {
+			lb.Options["affinity_timeout"] = strconv.Itoa(timeout)
+		}
+	}
+	return lb
+}
+
+// serviceVIPs are the Service's ClusterIPs, externalIPs and load balancer ingress IPs, deduplicated.
+// Ingress IPs in Proxy mode are skipped: the load balancer proxies, traffic never arrives for its IP.
+func serviceVIPs(svc *corev1.Service) ([]netip.Addr, []ServiceProblem) {
+	var raw []string
+	if len(svc.Spec.ClusterIPs) > 0 {
+		raw = append(raw, svc.Spec.ClusterIPs...)
+	} else {
+		raw = append(raw, svc.Spec.ClusterIP)
+	}
+	raw = append(raw, svc.Spec.ExternalIPs...)
+	for _, ing := range svc.Status.LoadBalancer.Ingress {
+		if ing.IP == "" || (ing.IPMode != nil && *ing.IPMode == corev1.LoadBalancerIPModeProxy) {
+			continue
+		}
+		raw = append(raw, ing.IP)
+	}
+	var vips []netip.Addr
+	var problems []ServiceProblem
+	for _, s := range raw {
+		a, err := netip.ParseAddr(s)
+		if err != nil || a.Zone() != "" {
+			problems = append(problems, ServiceProblem{reasonInvalidServiceIP, fmt.Sprintf("address %q is not an IP address; skipped", s)})
+			continue
+		}
+		a = a.Unmap()
+		if !slices.Contains(vips, a) {
+			vips = append(vips, a)
+		}
+	}
+	return vips, problems
+}
+
+type backendKey struct {
+	proto    corev1.Protocol
+	portName string
+	family   discoveryv1.AddressType
+}
+
+func family(a netip.Addr) discoveryv1.AddressType {
+	if a.Is4() {
+		return discoveryv1.AddressTypeIPv4
+	}
+	return discoveryv1.AddressTypeIPv6
+}
+
+// serviceBackends resolves, per Service port and address family, the sorted "ip:port" backends from
+// all slices. A port is matched by name and protocol in each slice, since a named targetPort may map
+// to different numbers in different slices. Ready endpoints are used; when a port has none, serving
+// terminating endpoints are used instead, as kube-proxy does, so connections drain gracefully.
+func serviceBackends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, ranges EndpointRanges) (map[backendKey][]string, []ServiceProblem) {
+	type candidates struct{ ready, terminating []string }
+	found := map[backendKey]*candidates{}
+	var problems []ServiceProblem
+	reported := map[string]bool{}
+	report := func(reason, msg string) {
+		if !reported[msg] {
+			reported[msg] = true
+			problems = append(problems, ServiceProblem{reason, msg})
+		}
+	}
+	// Slices in name order, so that backends and problems come out the same for the same input.
+	eps = slices.Clone(eps)
+	slices.SortFunc(eps, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
+	for _, sp := range svc.Spec.Ports {
+		proto := protocolOf(sp.Protocol)
+		for _, slice := range eps {
+			if slice.AddressType != discoveryv1.AddressTypeIPv4 && slice.AddressType != discoveryv1.AddressTypeIPv6 {
+				continue // FQDN slices cannot be load balancer backends
+			}
+			port, ok := slicePort(slice, sp.Name, proto)
+			if !ok {
+				if len(slice.Endpoints) > 0 {
+					report(reasonEndpointPortMissing, fmt.Sprintf("EndpointSlice %s has no %s port named %q for Service port %d; its endpoints get no traffic on that port",
+						slice.Name, proto, sp.Name, sp.Port))
+				}
+				continue
+			}
+			key := backendKey{proto, sp.Name, slice.AddressType}
+			c := found[key]
+			if c == nil {
+				c = &candidates{}
+				found[key] = c
+			}
+			for _, ep := range slice.Endpoints {
+				ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
+				serving := ready
+				if ep.Conditions.Serving != nil {
+					serving = *ep.Conditions.Serving
+				}
+				terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
+				if !ready && !(serving && terminating) {
+					continue
+				}
+				for _, s := range ep.Addresses {
+					a, err := netip.ParseAddr(s)
+					if err == nil {
+						a = a.Unmap()
+					}
+					if err != nil || family(a) != slice.AddressType {
+						report(reasonInvalidEndpoint, fmt.Sprintf("EndpointSlice %s: %q is not an %s address; skipped", slice.Name, s, slice.AddressType))
+						continue
+					}
+					if !ranges.contains(a) {
+						report(reasonInvalidEndpoint, fmt.Sprintf("EndpointSlice %s: endpoint %s is neither in the pod network nor a node address; skipped", slice.Name, a))
+						continue
+					}
+					b := netip.AddrPortFrom(a, port).String()
+					if ready {
+						c.ready = append(c.ready, b)
+					} else {
+						c.terminating = append(c.terminating, b)
+					}
+				}
+			}
+		}
+	}
+	out := map[backendKey][]string{}
+	for key, c := range found {
+		use := c.ready
+		if len(use) == 0 {
+			use = c.terminating
+		}
+		slices.Sort(use)
+		out[key] = slices.Compact(use)
+	}
+	return out, problems
+}
+
+// slicePort finds the slice's port for a Service port: same name ("" for an unnamed port) and protocol.
+func slicePort(slice *discoveryv1.EndpointSlice, name string, proto corev1.Protocol) (uint16, bool) {
+	for _, p := range slice.Ports {
+		pname := ""
+		if p.Name != nil {
+			pname = *p.Name
+		}
+		pproto := corev1.ProtocolTCP
+		if p.Protocol != nil {
+			pproto = *p.Protocol
+		}
+		if pname == name && pproto == proto && p.Port != nil && *p.Port > 0 && *p.Port < 65536 {
+			return uint16(*p.Port), true
+		}
+	}
+	return 0, false
+}
