@@ -37,6 +37,9 @@ type Config struct {
 	ClusterCIDR      netip.Prefix
 	NodeSubnetPrefix int
 	ServiceCIDR      netip.Prefix
+	// SessionAffinity is how ClientIP session affinity is done: AffinityTimeout or AffinityHash
+	// (see ServiceEnv.AffinityByHash).
+	SessionAffinity string
 	// Workers per kind. Workers wait for their commit, so this also bounds how many keys share a
 	// transaction.
 	Workers int
@@ -54,12 +57,19 @@ func DefaultConfig() Config {
 		ClusterCIDR:      netip.MustParsePrefix("10.244.0.0/16"),
 		NodeSubnetPrefix: 24,
 		ServiceCIDR:      netip.MustParsePrefix("10.96.0.0/16"),
+		SessionAffinity:  AffinityTimeout,
 		Workers:          32,
 		ResyncPeriod:     10 * time.Minute,
 		MaxTxnOps:        2000,
 		TxnTimeout:       15 * time.Second,
 	}
 }
+
+// Session affinity modes (Config.SessionAffinity).
+const (
+	AffinityTimeout = "timeout"
+	AffinityHash    = "hash"
+)
 
 // Controller is dunlin-controller's translator.
 type Controller struct {

@@ -43,6 +43,18 @@ func (r EndpointRanges) contains(a netip.Addr) bool {
 	return false
 }
 
+// ServiceEnv is what the mapping of every Service depends on besides the Service and its slices.
+type ServiceEnv struct {
+	Ranges EndpointRanges
+	// AffinityByHash implements ClientIP session affinity by hashing the client and VIP addresses
+	// (selection_fields) instead of OVN's affinity_timeout. OVN 23.03 drops the first packet of a
+	// client's first connection under affinity_timeout (its learn flow does not continue the
+	// pipeline); the kernel datapath recovers with a SYN retransmit, the userspace datapath stalls
+	// the connection for seconds. Hashing has no such cost but no timeout: a client stays on its
+	// backend while the backends do not change.
+	AffinityByHash bool
+}
+
 // ServiceProblem is bad input found while mapping a Service; the rest of the Service is still mapped.
 type ServiceProblem struct {
 	Reason  string
@@ -59,7 +71,7 @@ const (
 // ServiceRows maps a Service and its EndpointSlices to one load balancer per protocol, holding every
 // VIP of that protocol (ClusterIPs, externalIPs, load balancer ingress IPs) with its backends. Headless
 // and ExternalName Services have no rows. Problems are bad input that was skipped.
-func ServiceRows(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, ranges EndpointRanges) ([]nbstore.Row, []ServiceProblem) {
+func ServiceRows(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, env ServiceEnv) ([]nbstore.Row, []ServiceProblem) {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName || !hasClusterIP(svc) {
 		return nil, nil
 	}
@@ -67,6 +79,7 @@ func ServiceRows(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, range
 	vips, bad := serviceVIPs(svc)
 	problems = append(problems, bad...)
 
+	ranges := env.Ranges
 	if svc.Namespace == metav1.NamespaceDefault && svc.Name == "kubernetes" {
 		// The API servers' own endpoints need not be nodes (an external control plane).
 		ranges = EndpointRanges{Pods: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}
@@ -79,7 +92,7 @@ func ServiceRows(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, range
 		proto := protocolOf(sp.Protocol)
 		lb := lbs[proto]
 		if lb == nil {
-			lb = newServiceLB(svc, proto)
+			lb = newServiceLB(svc, proto, env.AffinityByHash)
 			lbs[proto] = lb
 		}
 		for _, vip := range vips {
@@ -108,7 +121,7 @@ func protocolOf(p corev1.Protocol) corev1.Protocol {
 	return p
 }
 
-func newServiceLB(svc *corev1.Service, proto corev1.Protocol) *nbmodel.LoadBalancer {
+func newServiceLB(svc *corev1.Service, proto corev1.Protocol, affinityByHash bool) *nbmodel.LoadBalancer {
 	lbProto := strings.ToLower(string(proto))
 	lb := &nbmodel.LoadBalancer{
 		Name:     ServiceLBName(svc.Namespace, svc.Name, string(proto)),
@@ -126,7 +139,7 @@ func newServiceLB(svc *corev1.Service, proto corev1.Protocol) *nbmodel.LoadBalan
 		if c := svc.Spec.SessionAffinityConfig; c != nil && c.ClientIP != nil && c.ClientIP.TimeoutSeconds != nil {
 			timeout = int(*c.ClientIP.TimeoutSeconds)
 		}
-		if timeout > maxAffinityTimeout {
+		if affinityByHash || timeout > maxAffinityTimeout {
 			lb.SelectionFields = []string{nbmodel.LoadBalancerSelectionFieldsIPSrc, nbmodel.LoadBalancerSelectionFieldsIPDst}
 		} else {
 			lb.Options["affinity_timeout"] = strconv.Itoa(timeout)

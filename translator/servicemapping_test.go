@@ -61,7 +61,7 @@ func slice(name string, family discoveryv1.AddressType, ports map[string]int32, 
 
 func lbs(t *testing.T, svc *corev1.Service, eps ...*discoveryv1.EndpointSlice) (map[string]*nbmodel.LoadBalancer, []ServiceProblem) {
 	t.Helper()
-	rows, problems := ServiceRows(svc, eps, testRanges)
+	rows, problems := ServiceRows(svc, eps, ServiceEnv{Ranges: testRanges})
 	out := map[string]*nbmodel.LoadBalancer{}
 	for _, r := range rows {
 		lb := r.Model.(*nbmodel.LoadBalancer)
@@ -267,5 +267,18 @@ func TestServiceRowsDeterministic(t *testing.T) {
 	y, _ := lbs(t, service(), b, a)
 	if !maps.Equal(x["Service_shop/web_TCP"].Vips, y["Service_shop/web_TCP"].Vips) {
 		t.Errorf("slice order changes the result: %v vs %v", x["Service_shop/web_TCP"].Vips, y["Service_shop/web_TCP"].Vips)
+	}
+}
+
+func TestServiceAffinityByHash(t *testing.T) {
+	svc := service(func(s *corev1.Service) { s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP })
+	rows, _ := ServiceRows(svc, nil, ServiceEnv{Ranges: testRanges, AffinityByHash: true})
+	lb := rows[0].Model.(*nbmodel.LoadBalancer)
+	if _, ok := lb.Options["affinity_timeout"]; ok || !slices.Equal(lb.SelectionFields, []string{"ip_src", "ip_dst"}) {
+		t.Errorf("hash affinity: options %v selection_fields %v", lb.Options, lb.SelectionFields)
+	}
+	rows, _ = ServiceRows(service(), nil, ServiceEnv{Ranges: testRanges, AffinityByHash: true})
+	if lb := rows[0].Model.(*nbmodel.LoadBalancer); len(lb.SelectionFields) != 0 {
+		t.Errorf("no affinity: selection_fields %v", lb.SelectionFields)
 	}
 }

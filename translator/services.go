@@ -76,7 +76,7 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 	for _, o := range objs {
 		eps = append(eps, o.(*discoveryv1.EndpointSlice))
 	}
-	rows, problems := ServiceRows(svc, eps, c.endpointRanges())
+	rows, problems := ServiceRows(svc, eps, ServiceEnv{Ranges: c.endpointRanges(), AffinityByHash: c.cfg.SessionAffinity == AffinityHash})
 	suspect := false
 	for _, p := range problems {
 		c.warn(svc, p.Reason, "%s", p.Message)

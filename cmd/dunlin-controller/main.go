@@ -38,6 +38,7 @@ type options struct {
 	nbCACert         string
 	clusterCIDR      string
 	nodeSubnetPrefix int
+	sessionAffinity  string
 	serviceCIDR      string
 	metricsAddr      string
 	workers          int
@@ -60,6 +61,8 @@ func main() {
 	flag.StringVar(&o.clusterCIDR, "cluster-cidr", def.ClusterCIDR.String(), "CIDR that node pod subnets are taken from")
 	flag.IntVar(&o.nodeSubnetPrefix, "node-subnet-prefix", def.NodeSubnetPrefix, "prefix length of each node's pod subnet")
 	flag.StringVar(&o.serviceCIDR, "service-cidr", def.ServiceCIDR.String(), "CIDR of Service cluster IPs")
+	flag.StringVar(&o.sessionAffinity, "session-affinity", def.SessionAffinity,
+		"how ClientIP session affinity is done: timeout (OVN affinity_timeout, honours timeoutSeconds; OVN 23.03 drops the first packet of each new client) or hash (hash of client and VIP address, no timeout)")
 	flag.StringVar(&o.metricsAddr, "metrics-bind-address", ":9476", "address serving /metrics, /healthz and /readyz; empty disables")
 	flag.IntVar(&o.workers, "workers", def.Workers, "workers per object kind (also bounds keys per NB transaction)")
 	flag.DurationVar(&o.resync, "resync-period", def.ResyncPeriod, "how often everything is reconciled again and orphans collected")
@@ -89,6 +92,12 @@ func (o options) config() (translator.Config, error) {
 	}
 	if cfg.ClusterCIDR.Overlaps(cfg.ServiceCIDR) {
 		return cfg, fmt.Errorf("--cluster-cidr %s overlaps --service-cidr %s", cfg.ClusterCIDR, cfg.ServiceCIDR)
+	}
+	switch o.sessionAffinity {
+	case translator.AffinityTimeout, translator.AffinityHash:
+		cfg.SessionAffinity = o.sessionAffinity
+	default:
+		return cfg, fmt.Errorf("--session-affinity must be %s or %s, not %q", translator.AffinityTimeout, translator.AffinityHash, o.sessionAffinity)
 	}
 	if o.workers < 1 {
 		return cfg, fmt.Errorf("--workers must be at least 1")

@@ -34,6 +34,15 @@ func (d *demo) printAccess() {
 		fmt.Printf("  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | ip netns exec %s nc -q 1 %s %d   # answers %s\n",
 			src.sb.NetnsName, dst.sb.IP, podPort, dst.name)
 	}
+	if d.serviceIP != "" {
+		vip := fmt.Sprintf("http://%s:%d/", d.serviceIP, servicePort)
+		if _, err := exec.LookPath("curl"); err == nil {
+			fmt.Printf("  ip netns exec %s curl -s %s   # Service %s/%s: a different pod at times\n", src.sb.NetnsName, vip, namespace, serviceName)
+		} else {
+			fmt.Printf("  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | ip netns exec %s nc -q 1 %s %d   # Service %s/%s: a different pod at times\n",
+				src.sb.NetnsName, d.serviceIP, servicePort, namespace, serviceName)
+		}
+	}
 	last := c.Nodes[len(c.Nodes)-1]
 	fmt.Printf("\n  # each node's stand-in kubelet runs podserver in any pod bound to it (ip netns list shows the new netns):\n")
 	fmt.Printf("  kubectl -n %s run %s-x --image=%s --overrides='{\"spec\":{\"nodeName\":\"%s\"}}'\n", namespace, last.Name, podImage, last.Name)

@@ -3,7 +3,8 @@
 // each with OVS on the userspace datapath, ovn-controller, dunlin-node and a stand-in kubelet that
 // creates pod sandboxes through the installed CNI plugin. Everything is built from this tree. The demo
 // creates pods, shows what an operator would look at (with the commands that produced it), sends HTTP
-// and ping between every pair of pods, and deletes and replaces a pod. `make demo` runs it; with -keep
+// and ping between every pair of pods, deletes and replaces a pod, and puts a ClusterIP Service (an OVN
+// load balancer) in front of the pods and sends requests to it. `make demo` runs it; with -keep
 // everything stays up until Ctrl-C. Everything lives in one temporary directory, removed at the end.
 package main
 
@@ -96,12 +97,13 @@ func main() {
 
 // demo is what the demo started and created; teardown stops whatever is set.
 type demo struct {
-	o        options
-	dir      string
-	cluster  *harness.Cluster
-	kubectl  string // path of kubectl, empty when it is not built
-	pods     []*pod // grouped by node, in node order: the matrices rely on it
-	failures []string
+	o         options
+	dir       string
+	cluster   *harness.Cluster
+	kubectl   string // path of kubectl, empty when it is not built
+	pods      []*pod // grouped by node, in node order: the matrices rely on it
+	serviceIP string // ClusterIP of the demo's Service, once created
+	failures  []string
 }
 
 func run(ctx context.Context, o options) (err error) {
@@ -134,8 +136,11 @@ func run(ctx context.Context, o options) (err error) {
 	if err := d.replacePod(ctx); err != nil {
 		return err
 	}
+	if err := d.service(ctx); err != nil {
+		return err
+	}
 	if len(d.failures) == 0 {
-		fmt.Println("\nAll pods reached each other.")
+		fmt.Printf("\nAll pods reached each other, and Service %s/%s from a pod and from a host.\n", namespace, serviceName)
 	} else {
 		fmt.Printf("\n%d connectivity checks failed.\n", len(d.failures))
 	}

