@@ -26,6 +26,7 @@ const (
 	servicePort     = 80
 	serviceRequests = 30 // each a new connection, so each is balanced anew
 	backendsTimeout = 60 * time.Second
+	clusterLBGroup  = "dunlin-cluster" // translator.ClusterLBGroup: attached to every node switch
 )
 
 // serviceSelector labels every demo pod (pods.go), so all of them are the Service's backends.
@@ -98,9 +99,6 @@ func (d *demo) service(ctx context.Context) error {
 	return d.fromHost(ctx, d.cluster.Nodes[0])
 }
 
-// clusterLBGroup is translator.ClusterLBGroup.
-const clusterLBGroup = "dunlin-cluster"
-
 func (d *demo) createService(ctx context.Context) error {
 	svc := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: serviceName, Namespace: namespace, Labels: serviceSelector},
@@ -157,7 +155,16 @@ func (d *demo) backendsReady() error {
 // viewer of lb-list would wonder about.
 func (d *demo) apiServiceEmpty() bool {
 	out, err := d.cluster.OVN.NBCtl("--bare", "--columns=vips", "find", "Load_Balancer", "name=Service_default/kubernetes_TCP")
-	return err == nil && strings.HasSuffix(out, `=""`)
+	if err != nil || out == "" {
+		return false
+	}
+	// --bare prints each VIP as vip=backends, with nothing after "=" when there are none.
+	for _, kv := range strings.Fields(out) {
+		if _, backends, _ := strings.Cut(kv, "="); strings.Trim(backends, `"`) != "" {
+			return false
+		}
+	}
+	return true
 }
 
 // printEndpointSlices stands in for kubectl when it is not built.

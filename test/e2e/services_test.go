@@ -207,7 +207,7 @@ func (e *env) createPodWith(namespace, name, node string, labels map[string]stri
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name, Labels: labels},
-		Spec: corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "podserver", Ports: ports}}},
+		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "podserver", Ports: ports}}},
 	}
 	if _, err := e.client.CoreV1().Pods(namespace).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
 		e.t.Fatalf("create pod %s/%s: %v", namespace, name, err)
