@@ -163,9 +163,11 @@ func TestForeignRowsUntouched(t *testing.T) {
 		{"ls-add", "taken"},
 		{"lsp-add", "neutron-net", "default_squatter"},
 		{"lb-add", "neutron-lb", "192.0.2.100:80", "192.0.2.10:8080"},
+		{"create", "Load_Balancer_Group", "name=neutron-lbg"},
 	} {
 		c.nbctl(args...)
 	}
+	c.nbctl("add", "Load_Balancer_Group", "neutron-lbg", "load_balancer", c.nbctl("--bare", "--columns=_uuid", "find", "Load_Balancer", "name=neutron-lb"))
 	before := foreignDump(c)
 	c.startController()
 	c.createNode("n1")
@@ -199,10 +201,10 @@ func TestForeignRowsUntouched(t *testing.T) {
 func foreignDump(c *cluster) string {
 	c.t.Helper()
 	var b strings.Builder
-	for _, tbl := range []string{"Logical_Router", "Logical_Router_Port", "Logical_Switch", "Logical_Switch_Port", "Load_Balancer"} {
+	for _, tbl := range []string{"Logical_Router", "Logical_Router_Port", "Logical_Switch", "Logical_Switch_Port", "Load_Balancer", "Load_Balancer_Group"} {
 		var rows []string
 		for _, row := range strings.Split(c.nbctl("--format=csv", "--no-headings", "list", tbl), "\n") {
-			if row != "" && !strings.Contains(row, "dunlin.io/owner") {
+			if row != "" && !strings.Contains(row, "dunlin.io/owner") && !strings.Contains(row, "dunlin-cluster") {
 				rows = append(rows, row)
 			}
 		}
