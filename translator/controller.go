@@ -92,6 +92,10 @@ type Controller struct {
 	// ranges are the addresses Service backends may have; suspectServices had backends outside them.
 	ranges          atomic.Pointer[EndpointRanges]
 	suspectServices sync.Map
+	// localServices have internalTrafficPolicy Local: one load balancer per node switch.
+	localServices sync.Map
+	// switchNodes are the nodes whose switch this process has written.
+	switchNodes sync.Map
 
 	queues map[string]workqueue.TypedRateLimitingInterface[string]
 	syncs  map[string]func(context.Context, string) error

@@ -60,6 +60,11 @@ func ServiceLBName(namespace, name, protocol string) string {
 	return "Service_" + namespace + "/" + name + "_" + protocol
 }
 
+// ServiceNodeLBName is a Service's load balancer on one node's switch, for internalTrafficPolicy Local.
+func ServiceNodeLBName(namespace, name, protocol, node string) string {
+	return ServiceLBName(namespace, name, protocol) + "_node_" + node
+}
+
 // TableSpecs is what Dunlin manages in NB and how (see nbstore.TableSpec).
 func TableSpecs() map[string]nbstore.TableSpec {
 	return map[string]nbstore.TableSpec{

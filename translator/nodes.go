@@ -59,6 +59,9 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 	node, err := c.nodeLister.Get(name)
 	if apierrors.IsNotFound(err) {
 		c.ipam.ReleaseNodeSubnet(name)
+		// Node-local load balancers go with the switch; the Services forget the node.
+		c.switchNodes.Delete(name)
+		c.requeueLocalServices()
 		return c.apply(ctx, owner, nil)
 	}
 	if err != nil {
@@ -71,11 +74,17 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 	if !subnet.IsValid() {
 		// Bad input already reported; remove rows of a subnet we no longer trust. An update of the
 		// node brings it back here.
+		if _, had := c.switchNodes.LoadAndDelete(name); had {
+			c.requeueLocalServices()
+		}
 		return c.apply(ctx, owner, nil)
 	}
 	if err := c.apply(ctx, owner, NodeRows(NodeNetwork{Name: name, Subnet: subnet})); err != nil {
 		c.warnNB(node, err)
 		return err
+	}
+	if _, existed := c.switchNodes.LoadOrStore(name, true); !existed {
+		c.requeueLocalServices()
 	}
 	// Pods scheduled before the node had its switch wait in their queue; wake them now.
 	pods, _ := c.podIndexer.ByIndex(podNodeIndex, name)

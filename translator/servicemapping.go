@@ -53,6 +53,8 @@ type ServiceEnv struct {
 	// the connection for seconds. Hashing has no such cost but no timeout: a client stays on its
 	// backend while the backends do not change.
 	AffinityByHash bool
+	// Nodes are the nodes whose switches exist, for Services with internalTrafficPolicy Local.
+	Nodes []string
 }
 
 // ServiceProblem is bad input found while mapping a Service; the rest of the Service is still mapped.
@@ -69,8 +71,10 @@ const (
 )
 
 // ServiceRows maps a Service and its EndpointSlices to one load balancer per protocol, holding every
-// VIP of that protocol (ClusterIPs, externalIPs, load balancer ingress IPs) with its backends. Headless
-// and ExternalName Services have no rows. Problems are bad input that was skipped.
+// VIP of that protocol (ClusterIPs, externalIPs, load balancer ingress IPs) with its backends, in the
+// cluster's load balancer group. With internalTrafficPolicy Local the ClusterIPs move to one load
+// balancer per node and protocol instead, on that node's switch. Headless and ExternalName Services
+// have no rows. Problems are bad input that was skipped.
 func ServiceRows(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, env ServiceEnv) ([]nbstore.Row, []ServiceProblem) {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName || !hasClusterIP(svc) {
 		return nil, nil
@@ -84,29 +88,91 @@ func ServiceRows(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, env S
 		// The API servers' own endpoints need not be nodes (an external control plane).
 		ranges = EndpointRanges{Pods: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}
 	}
-	backends, bad := serviceBackends(svc, slices, ranges)
+	cands, bad := serviceBackends(svc, slices, ranges)
 	problems = append(problems, bad...)
 
+	// With internalTrafficPolicy Local, traffic to a ClusterIP stays on the client's node: each node
+	// switch gets its own load balancer with the node's endpoints only. externalIPs and ingress IPs
+	// follow externalTrafficPolicy and stay in the cluster-wide load balancer.
+	clusterVIPs, localVIPs := vips, []netip.Addr(nil)
+	if local := svc.Spec.InternalTrafficPolicy; local != nil && *local == corev1.ServiceInternalTrafficPolicyLocal {
+		clusterVIPs, localVIPs = externalVIPs(svc, vips), clusterIPs(svc, vips)
+	}
+	var rows []nbstore.Row
+	rows = append(rows, serviceLBRows(svc, env, cands, clusterVIPs, "", nbstore.Row{
+		Parent: &nbstore.Ref{Owner: ClusterOwner, Name: ClusterLBGroup}})...)
+	if len(localVIPs) > 0 {
+		for _, node := range env.Nodes {
+			rows = append(rows, serviceLBRows(svc, env, cands, localVIPs, node, nbstore.Row{
+				Parent:      &nbstore.Ref{Owner: Owner(KindNode, node), Name: node},
+				ParentTable: "Logical_Switch", ParentColumn: "load_balancer"})...)
+		}
+	}
+	return rows, problems
+}
+
+// serviceLBRows are the load balancers, one per protocol, holding vips with the backends on node
+// ("" for all nodes), placed as in template.
+func serviceLBRows(svc *corev1.Service, env ServiceEnv, cands map[backendKey][]candidate, vips []netip.Addr, node string, template nbstore.Row) []nbstore.Row {
+	if len(vips) == 0 {
+		return nil
+	}
 	lbs := map[corev1.Protocol]*nbmodel.LoadBalancer{}
 	for _, sp := range svc.Spec.Ports {
 		proto := protocolOf(sp.Protocol)
 		lb := lbs[proto]
 		if lb == nil {
 			lb = newServiceLB(svc, proto, env.AffinityByHash)
+			if node != "" {
+				lb.Name = ServiceNodeLBName(svc.Namespace, svc.Name, string(proto), node)
+				lb.ExternalIDs[extNode] = node
+			}
 			lbs[proto] = lb
 		}
 		for _, vip := range vips {
 			key := netip.AddrPortFrom(vip, uint16(sp.Port)).String()
-			lb.Vips[key] = strings.Join(backends[backendKey{proto, sp.Name, family(vip)}], ",")
+			lb.Vips[key] = strings.Join(pick(cands[backendKey{proto, sp.Name, family(vip)}], node), ",")
 		}
 	}
 	var rows []nbstore.Row
 	for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
 		if lb := lbs[proto]; lb != nil {
-			rows = append(rows, nbstore.Row{Model: lb, Parent: &nbstore.Ref{Owner: ClusterOwner, Name: ClusterLBGroup}})
+			row := template
+			row.Model = lb
+			rows = append(rows, row)
 		}
 	}
-	return rows, problems
+	return rows
+}
+
+// clusterIPs are the VIPs among vips that are the Service's ClusterIPs.
+func clusterIPs(svc *corev1.Service, vips []netip.Addr) []netip.Addr {
+	var out []netip.Addr
+	for _, v := range vips {
+		if slices.ContainsFunc(svcClusterIPs(svc), func(s string) bool { a, err := netip.ParseAddr(s); return err == nil && a.Unmap() == v }) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// externalVIPs are the other VIPs: externalIPs and ingress IPs.
+func externalVIPs(svc *corev1.Service, vips []netip.Addr) []netip.Addr {
+	internal := clusterIPs(svc, vips)
+	var out []netip.Addr
+	for _, v := range vips {
+		if !slices.Contains(internal, v) {
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+func svcClusterIPs(svc *corev1.Service) []string {
+	if len(svc.Spec.ClusterIPs) > 0 {
+		return svc.Spec.ClusterIPs
+	}
+	return []string{svc.Spec.ClusterIP}
 }
 
 func hasClusterIP(svc *corev1.Service) bool {
@@ -151,12 +217,7 @@ func newServiceLB(svc *corev1.Service, proto corev1.Protocol, affinityByHash boo
 // serviceVIPs are the Service's ClusterIPs, externalIPs and load balancer ingress IPs, deduplicated.
 // Ingress IPs in Proxy mode are skipped: the load balancer proxies, traffic never arrives for its IP.
 func serviceVIPs(svc *corev1.Service) ([]netip.Addr, []ServiceProblem) {
-	var raw []string
-	if len(svc.Spec.ClusterIPs) > 0 {
-		raw = append(raw, svc.Spec.ClusterIPs...)
-	} else {
-		raw = append(raw, svc.Spec.ClusterIP)
-	}
+	raw := slices.Clone(svcClusterIPs(svc))
 	raw = append(raw, svc.Spec.ExternalIPs...)
 	for _, ing := range svc.Status.LoadBalancer.Ingress {
 		if ing.IP == "" || (ing.IPMode != nil && *ing.IPMode == corev1.LoadBalancerIPModeProxy) {
@@ -193,13 +254,18 @@ func family(a netip.Addr) discoveryv1.AddressType {
 	return discoveryv1.AddressTypeIPv6
 }
 
-// serviceBackends resolves, per Service port and address family, the sorted "ip:port" backends from
-// all slices. A port is matched by name and protocol in each slice, since a named targetPort may map
-// to different numbers in different slices. Ready endpoints are used; when a port has none, serving
-// terminating endpoints are used instead, as kube-proxy does, so connections drain gracefully.
-func serviceBackends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, ranges EndpointRanges) (map[backendKey][]string, []ServiceProblem) {
-	type candidates struct{ ready, terminating []string }
-	found := map[backendKey]*candidates{}
+// candidate is a usable endpoint address with its port: ready, or serving while terminating.
+type candidate struct {
+	backend string // ip:port
+	node    string
+	ready   bool
+}
+
+// serviceBackends resolves, per Service port and address family, the endpoints of all slices that
+// may take traffic. A port is matched by name and protocol in each slice, since a named targetPort
+// may map to different numbers in different slices.
+func serviceBackends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, ranges EndpointRanges) (map[backendKey][]candidate, []ServiceProblem) {
+	out := map[backendKey][]candidate{}
 	var problems []ServiceProblem
 	reported := map[string]bool{}
 	report := func(reason, msg string) {
@@ -208,7 +274,7 @@ func serviceBackends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, rang
 			problems = append(problems, ServiceProblem{reason, msg})
 		}
 	}
-	// Slices in name order, so that backends and problems come out the same for the same input.
+	// Slices in name order, so that problems come out the same for the same input.
 	eps = slices.Clone(eps)
 	slices.SortFunc(eps, func(a, b *discoveryv1.EndpointSlice) int { return strings.Compare(a.Name, b.Name) })
 	for _, sp := range svc.Spec.Ports {
@@ -226,11 +292,6 @@ func serviceBackends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, rang
 				continue
 			}
 			key := backendKey{proto, sp.Name, slice.AddressType}
-			c := found[key]
-			if c == nil {
-				c = &candidates{}
-				found[key] = c
-			}
 			for _, ep := range slice.Endpoints {
 				ready := ep.Conditions.Ready == nil || *ep.Conditions.Ready
 				serving := ready
@@ -240,6 +301,10 @@ func serviceBackends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, rang
 				terminating := ep.Conditions.Terminating != nil && *ep.Conditions.Terminating
 				if !ready && !(serving && terminating) {
 					continue
+				}
+				node := ""
+				if ep.NodeName != nil {
+					node = *ep.NodeName
 				}
 				for _, s := range ep.Addresses {
 					a, err := netip.ParseAddr(s)
@@ -254,26 +319,34 @@ func serviceBackends(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, rang
 						report(reasonInvalidEndpoint, fmt.Sprintf("EndpointSlice %s: endpoint %s is neither in the pod network nor a node address; skipped", slice.Name, a))
 						continue
 					}
-					b := netip.AddrPortFrom(a, port).String()
-					if ready {
-						c.ready = append(c.ready, b)
-					} else {
-						c.terminating = append(c.terminating, b)
-					}
+					out[key] = append(out[key], candidate{netip.AddrPortFrom(a, port).String(), node, ready})
 				}
 			}
 		}
 	}
-	out := map[backendKey][]string{}
-	for key, c := range found {
-		use := c.ready
-		if len(use) == 0 {
-			use = c.terminating
-		}
-		slices.Sort(use)
-		out[key] = slices.Compact(use)
-	}
 	return out, problems
+}
+
+// pick returns the sorted backends among cands on node ("" for any node): the ready ones, or when
+// none is ready the serving terminating ones, as kube-proxy does, so connections drain gracefully.
+func pick(cands []candidate, node string) []string {
+	var ready, terminating []string
+	for _, c := range cands {
+		if node != "" && c.node != node {
+			continue
+		}
+		if c.ready {
+			ready = append(ready, c.backend)
+		} else {
+			terminating = append(terminating, c.backend)
+		}
+	}
+	use := ready
+	if len(use) == 0 {
+		use = terminating
+	}
+	slices.Sort(use)
+	return slices.Compact(use)
 }
 
 // slicePort finds the slice's port for a Service port: same name ("" for an unnamed port) and protocol.

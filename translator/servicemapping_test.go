@@ -14,6 +14,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/dunlinplugin/dunlin/nbmodel"
+	"github.com/dunlinplugin/dunlin/translator/nbstore"
 )
 
 var testRanges = EndpointRanges{
@@ -280,5 +281,59 @@ func TestServiceAffinityByHash(t *testing.T) {
 	rows, _ = ServiceRows(service(), nil, ServiceEnv{Ranges: testRanges, AffinityByHash: true})
 	if lb := rows[0].Model.(*nbmodel.LoadBalancer); len(lb.SelectionFields) != 0 {
 		t.Errorf("no affinity: selection_fields %v", lb.SelectionFields)
+	}
+}
+
+func TestServiceInternalTrafficPolicyLocal(t *testing.T) {
+	v4 := discoveryv1.AddressTypeIPv4
+	svc := service(func(s *corev1.Service) {
+		s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
+		s.Spec.ExternalIPs = []string{"192.0.2.10"}
+	})
+	sl := slice("web-a", v4, map[string]int32{"http": 8080}, corev1.ProtocolTCP,
+		readyEP("10.244.1.5"), readyEP("10.244.1.6"), readyEP("10.244.2.7"))
+	for i, n := range []string{"n1", "n1", "n2"} {
+		sl.Endpoints[i].NodeName = ptr.To(n)
+	}
+	rows, _ := ServiceRows(svc, []*discoveryv1.EndpointSlice{sl}, ServiceEnv{Ranges: testRanges, Nodes: []string{"n1", "n2", "n3"}})
+	got := map[string]nbstore.Row{}
+	for _, r := range rows {
+		got[r.Model.(*nbmodel.LoadBalancer).Name] = r
+	}
+	want := map[string]struct {
+		vips             map[string]string
+		parent, parentTb string
+	}{
+		// externalIPs follow externalTrafficPolicy: cluster-wide, every endpoint.
+		"Service_shop/web_TCP":         {map[string]string{"192.0.2.10:80": "10.244.1.5:8080,10.244.1.6:8080,10.244.2.7:8080"}, ClusterLBGroup, ""},
+		"Service_shop/web_TCP_node_n1": {map[string]string{"10.96.0.10:80": "10.244.1.5:8080,10.244.1.6:8080"}, "n1", "Logical_Switch"},
+		"Service_shop/web_TCP_node_n2": {map[string]string{"10.96.0.10:80": "10.244.2.7:8080"}, "n2", "Logical_Switch"},
+		// No local endpoint: refused at once rather than sent to another node.
+		"Service_shop/web_TCP_node_n3": {map[string]string{"10.96.0.10:80": ""}, "n3", "Logical_Switch"},
+	}
+	if len(got) != len(want) {
+		t.Fatalf("load balancers %v", slices.Sorted(maps.Keys(got)))
+	}
+	for name, w := range want {
+		r, ok := got[name]
+		if !ok {
+			t.Fatalf("no %s; have %v", name, slices.Sorted(maps.Keys(got)))
+		}
+		lb := r.Model.(*nbmodel.LoadBalancer)
+		if !maps.Equal(lb.Vips, w.vips) {
+			t.Errorf("%s vips %v, want %v", name, lb.Vips, w.vips)
+		}
+		if r.Parent == nil || r.Parent.Name != w.parent || r.ParentTable != w.parentTb {
+			t.Errorf("%s parent %+v table %q, want %s in %q", name, r.Parent, r.ParentTable, w.parent, w.parentTb)
+		}
+		if w.parentTb != "" && (r.ParentColumn != "load_balancer" || lb.ExternalIDs["dunlin.io/node"] != w.parent) {
+			t.Errorf("%s: column %q external_ids %v", name, r.ParentColumn, lb.ExternalIDs)
+		}
+	}
+	// Without externalIPs there is no cluster-wide load balancer at all.
+	svc.Spec.ExternalIPs = nil
+	rows, _ = ServiceRows(svc, []*discoveryv1.EndpointSlice{sl}, ServiceEnv{Ranges: testRanges, Nodes: []string{"n1"}})
+	if len(rows) != 1 || rows[0].Model.(*nbmodel.LoadBalancer).Name != "Service_shop/web_TCP_node_n1" {
+		t.Errorf("rows %v", rows)
 	}
 }

@@ -63,6 +63,7 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 	svc, err := c.serviceLister.Services(ns).Get(name)
 	if apierrors.IsNotFound(err) {
 		c.suspectServices.Delete(key)
+		c.localServices.Delete(key)
 		return c.apply(ctx, owner, nil)
 	}
 	if err != nil {
@@ -76,7 +77,15 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 	for _, o := range objs {
 		eps = append(eps, o.(*discoveryv1.EndpointSlice))
 	}
-	rows, problems := ServiceRows(svc, eps, ServiceEnv{Ranges: c.endpointRanges(), AffinityByHash: c.cfg.SessionAffinity == AffinityHash})
+	env := ServiceEnv{Ranges: c.endpointRanges(), AffinityByHash: c.cfg.SessionAffinity == AffinityHash}
+	if itp := svc.Spec.InternalTrafficPolicy; itp != nil && *itp == corev1.ServiceInternalTrafficPolicyLocal {
+		// Its rows follow the node switches: node syncs requeue it.
+		c.localServices.Store(key, true)
+		env.Nodes = c.nodesWithSwitch()
+	} else {
+		c.localServices.Delete(key)
+	}
+	rows, problems := ServiceRows(svc, eps, env)
 	suspect := false
 	for _, p := range problems {
 		c.warn(svc, p.Reason, "%s", p.Message)
@@ -142,4 +151,25 @@ func (c *Controller) refreshRangesIfChanged(old, obj any) {
 		return
 	}
 	c.refreshRanges()
+}
+
+// nodesWithSwitch are the nodes that have a subnet, hence a switch (or one being written).
+func (c *Controller) nodesWithSwitch() []string {
+	nodes, _ := c.nodeLister.List(labels.Everything())
+	var names []string
+	for _, n := range nodes {
+		if _, ok := c.ipam.NodeSubnet(n.Name); ok {
+			names = append(names, n.Name)
+		}
+	}
+	slices.Sort(names)
+	return names
+}
+
+// requeueLocalServices queues the Services whose rows depend on the set of node switches.
+func (c *Controller) requeueLocalServices() {
+	c.localServices.Range(func(k, _ any) bool {
+		c.queues[KindService].Add(k.(string))
+		return true
+	})
 }

@@ -150,6 +150,44 @@ func TestServices(t *testing.T) {
 		}
 	})
 
+	t.Run("internalTrafficPolicy Local keeps traffic on the client's node", func(t *testing.T) {
+		local := e.createService(ns, "local", map[string]string{"app": "web"}, webPorts[:1], func(s *corev1.Service) {
+			s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
+		})
+		e.eventually(60*time.Second, "node-local load balancers", func() error {
+			for node, n := range map[string]int{"node1": 1, "node2": 2} {
+				out, err := e.c.OVN.NBCtl("--bare", "--columns=vips", "find", "Load_Balancer", "name=Service_default/local_TCP_node_"+node)
+				if err != nil || strings.Count(out, ",")+1 != n || strings.HasSuffix(out, `=""`) {
+					return fmt.Errorf("%s: %q %v", node, out, err)
+				}
+			}
+			return nil
+		})
+		seen := map[string]int{}
+		for i := range 10 {
+			body, err := client.HTTPGet(context.Background(), "http://"+local+":80/", 5*time.Second)
+			if err != nil {
+				t.Fatalf("request %d from node1: %v", i, err)
+			}
+			seen[strings.TrimSpace(string(body))]++
+		}
+		if len(seen) != 1 || seen["web-1"] != 10 {
+			t.Errorf("from node1 answered by %v, want only web-1 (the node1 backend)", seen)
+		}
+		host := harness.Sandbox{NetnsName: e.node("node2").Netns, Netns: "/var/run/netns/" + e.node("node2").Netns}
+		seen = map[string]int{}
+		for i := range 10 {
+			body, err := host.HTTPGet(context.Background(), "http://"+local+":80/", 5*time.Second)
+			if err != nil {
+				t.Fatalf("request %d from node2's host: %v", i, err)
+			}
+			seen[strings.TrimSpace(string(body))]++
+		}
+		if seen["web-1"] != 0 {
+			t.Errorf("from node2 answered by %v, want only node2's backends", seen)
+		}
+	})
+
 	t.Run("scaling backends to zero refuses at once", func(t *testing.T) {
 		solo := e.createService(ns, "solo", map[string]string{"app": "solo"},
 			[]corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}, nil)

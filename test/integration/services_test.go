@@ -323,3 +323,57 @@ func TestServiceBadInput(t *testing.T) {
 		t.Fatal("controller exited")
 	}
 }
+
+func TestServiceLocalTrafficPolicy(t *testing.T) {
+	c := newCluster(t)
+	c.createNode("n1")
+	c.createNode("n2")
+	s := c.createService("local", func(s *corev1.Service) {
+		s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyLocal)
+	})
+	vip := s.Spec.ClusterIP
+	c.applySlice("local", "local-a", []slicePort{{"http", 8080, corev1.ProtocolTCP}}, "10.244.0.5", "10.244.1.5")
+	// applySlice leaves nodeName empty; set it as the EndpointSlice controller does.
+	sl, err := c.client.DiscoveryV1().EndpointSlices("default").Get(context.Background(), "local-a", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sl.Endpoints[0].NodeName, sl.Endpoints[1].NodeName = ptr.To("n1"), ptr.To("n2")
+	if _, err := c.client.DiscoveryV1().EndpointSlices("default").Update(context.Background(), sl, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.expectVIPs("Service_default/local_TCP_node_n1", fmt.Sprintf(`{"%s:80"="10.244.0.5:8080"}`, vip))
+	c.expectVIPs("Service_default/local_TCP_node_n2", fmt.Sprintf(`{"%s:80"="10.244.1.5:8080"}`, vip))
+	if got := c.lbVIPs("Service_default/local_TCP"); got != "" {
+		t.Errorf("cluster-wide load balancer for a Local Service: %s", got)
+	}
+	for _, n := range []string{"n1", "n2"} {
+		uuid := c.nbctl("--bare", "--columns=_uuid", "find", "Load_Balancer", "name=Service_default/local_TCP_node_"+n)
+		if got := c.nbctl("--bare", "--columns=load_balancer", "list", "Logical_Switch", n); got != uuid {
+			t.Errorf("switch %s load_balancer %q, want its own %q", n, got, uuid)
+		}
+		if out := c.nbctl("ls-lb-list", n); !strings.Contains(out, vip+":80") {
+			t.Errorf("ls-lb-list %s:\n%s", n, out)
+		}
+	}
+	// A new node gets its own load balancer, refusing (no local endpoint); a deleted node's goes.
+	c.createNode("n3")
+	c.expectVIPs("Service_default/local_TCP_node_n3", fmt.Sprintf(`{"%s:80"=""}`, vip))
+	if err := c.client.CoreV1().Nodes().Delete(context.Background(), "n1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.expectVIPs("Service_default/local_TCP_node_n1", "")
+	// Back to Cluster: one cluster-wide load balancer, no node ones.
+	s = c.service("local")
+	s.Spec.InternalTrafficPolicy = ptr.To(corev1.ServiceInternalTrafficPolicyCluster)
+	if _, err := c.client.CoreV1().Services("default").Update(context.Background(), s, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.expectVIPs("Service_default/local_TCP", fmt.Sprintf(`{"%s:80"="10.244.0.5:8080,10.244.1.5:8080"}`, vip))
+	c.eventually(30*time.Second, "node load balancers gone", func() error {
+		if out := c.nbctl("--bare", "--columns=name", "find", "Load_Balancer", "external_ids:service=local", `external_ids:dunlin.io/node!=""`); out != "" {
+			return fmt.Errorf("left: %s", out)
+		}
+		return nil
+	})
+}

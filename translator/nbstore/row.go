@@ -24,6 +24,10 @@ type Row struct {
 	// parent may belong to another owner (a pod's port sits on its node's switch, a Service's load
 	// balancer in the cluster's group); only the reference is mutated, never the parent's other columns.
 	Parent *Ref
+	// ParentTable and ParentColumn, when set, replace the TableSpec's for this row: a root row that
+	// hangs in another parent than its table's usual one (a node-local load balancer referenced by its
+	// node's switch rather than by the cluster group).
+	ParentTable, ParentColumn string
 	// Refs are reference columns of Model given by the rows they point to, for rows Dunlin owns: the
 	// store resolves them to UUIDs when it plans (a node switch's load_balancer_group).
 	Refs map[string][]Ref

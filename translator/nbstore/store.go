@@ -163,6 +163,9 @@ func (s *Store) Plan(txn *Txn, owner string, desired []Row) error {
 		}
 		spec := s.specs[table]
 		name := stringColumn(row.Model, "name")
+		if row.ParentTable != "" && !s.root[table] {
+			return fmt.Errorf("%s %q: only rows of root tables may name their own parent table", table, name)
+		}
 		if spec.NameOwned {
 			ops, err := s.ensureNamed(txn, table, spec, name, row)
 			if err != nil {
@@ -186,9 +189,9 @@ func (s *Store) Plan(txn *Txn, owner string, desired []Row) error {
 				return err
 			}
 			updates = append(updates, ops...)
-			if spec.ParentTable != "" && s.root[table] {
+			if ps := parentSpec(spec, row); ps.ParentTable != "" && s.root[table] {
 				// A root row outlives a lost reference (its group recreated, say): put it back.
-				ops, err := s.ensureRef(txn, table, spec, name, uuid, row.Parent)
+				ops, err := s.ensureRef(txn, table, ps, name, uuid, row.Parent)
 				if err != nil {
 					return err
 				}
@@ -199,7 +202,7 @@ func (s *Store) Plan(txn *Txn, owner string, desired []Row) error {
 		if err := s.checkConflict(table, name, owner); err != nil {
 			return err
 		}
-		ops, err := s.create(txn, table, spec, name, row)
+		ops, err := s.create(txn, table, parentSpec(spec, row), name, row)
 		if err != nil {
 			return err
 		}
@@ -357,6 +360,14 @@ func (s *Store) create(txn *Txn, table string, spec TableSpec, name string, row 
 		ops = append(ops, insertRef(spec, parentUUID, named))
 	}
 	return ops, nil
+}
+
+// parentSpec is spec with the row's own parent table and column, if it names them.
+func parentSpec(spec TableSpec, row Row) TableSpec {
+	if row.ParentTable != "" {
+		spec.ParentTable, spec.ParentColumn = row.ParentTable, row.ParentColumn
+	}
+	return spec
 }
 
 // findOwned returns the UUID of the row ref names, created earlier in txn or cached, and the cached
