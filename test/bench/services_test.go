@@ -87,15 +87,13 @@ func BenchmarkServices(b *testing.B) {
 	b.Logf("created %d Services and EndpointSlices in %s", n, time.Since(t0).Round(time.Millisecond))
 
 	var syncTotal, floorTotal time.Duration
-	var lat, api []time.Duration
-	lost := 0
+	var res changeResults
 	for i := range b.N {
 		floorTotal += floorServices(b, filepath.Join(dir, fmt.Sprintf("floor-%d", i)), set)
 		run := startServices(b, dir, fmt.Sprintf("svc-%d", i), bin, kube, set)
 		syncTotal += run.took
 		b.Logf("controller metrics after cold sync:\n%s", scrapeMetrics(run.metricsURL))
-		l, a, lo := set.changeStream(b, kube.Client, run.watch, uint64(i))
-		lat, api, lost = append(lat, l...), append(api, a...), lost+lo
+		res.add(set.changeStream(b, kube.Client, run.watch, uint64(i)))
 		b.Logf("controller metrics after the change stream:\n%s", scrapeMetrics(run.metricsURL))
 		if err := run.proc.Stop(); err != nil {
 			b.Logf("stop controller: %v", err)
@@ -108,11 +106,13 @@ func BenchmarkServices(b *testing.B) {
 	b.ReportMetric(syncTotal.Seconds()/floorTotal.Seconds(), "x-floor")
 	b.Logf("cold sync of %d Services: controller %.2fs, floor %.2fs, %.1fx floor",
 		n, syncTotal.Seconds()/nf, floorTotal.Seconds()/nf, syncTotal.Seconds()/floorTotal.Seconds())
-	report(b, "endpoint_change", lat)
-	report(b, "api_update", api)
-	b.ReportMetric(float64(len(lat)), "changes")
-	b.ReportMetric(float64(lost), "lost-changes")
-	b.Logf("endpoint changes: %d seen in NB, %d not seen within %s", len(lat), lost, changeTimeout)
+	report(b, "endpoint_change", res.lat)
+	report(b, "api_update", res.api)
+	report(b, "after_reply", res.afterReply)
+	b.ReportMetric(float64(res.sent), "changes")
+	b.ReportMetric(float64(res.lost), "lost-changes")
+	b.Logf("endpoint changes: %d sent, %d seen in NB, %d not seen within %s, %d seen before the API reply",
+		res.sent, len(res.lat), res.lost, changeTimeout, res.early)
 	b.ReportMetric(0, "ns/op")
 }
 
@@ -269,14 +269,15 @@ type lbWatch struct {
 	nGood  int
 	done   chan struct{}
 	doneAt time.Time
-	// pending are the changes awaited in NB, by load balancer name; lat their latencies once seen.
+	// pending are the changes awaited in NB, by load balancer name; seenAt when each change was
+	// seen, by change number.
 	pending map[string]pendingChange
-	lat     []time.Duration
+	seenAt  map[int]time.Time
 }
 
 type pendingChange struct {
-	vips  map[string]string
-	start time.Time
+	id   int
+	vips map[string]string
 }
 
 func newLBWatch(b *testing.B, addr string, want map[string]map[string]string) *lbWatch {
@@ -295,7 +296,7 @@ func newLBWatch(b *testing.B, addr string, want map[string]map[string]string) *l
 	}
 	b.Cleanup(cli.Close)
 	w := &lbWatch{cli: cli, want: want, good: map[string]bool{}, done: make(chan struct{}),
-		pending: map[string]pendingChange{}}
+		pending: map[string]pendingChange{}, seenAt: map[int]time.Time{}}
 	// Events carry the time they are handled: that is when NB's content is known to this client.
 	cli.Cache().AddEventHandler(&cache.EventHandlerFuncs{
 		AddFunc:    func(_ string, m model.Model) { w.seen(m) },
@@ -331,7 +332,7 @@ func (w *lbWatch) seen(m model.Model) {
 		}
 	}
 	if p, ok := w.pending[lb.Name]; ok && maps.Equal(lb.Vips, p.vips) {
-		w.lat = append(w.lat, now.Sub(p.start))
+		w.seenAt[p.id] = now
 		delete(w.pending, lb.Name)
 	}
 }
@@ -364,10 +365,10 @@ func (w *lbWatch) complete() int {
 
 // expect registers a change to await; it is registered before the API call, so that an NB update
 // arriving before the call returns is not missed.
-func (w *lbWatch) expect(name string, vips map[string]string, start time.Time) {
+func (w *lbWatch) expect(name string, id int, vips map[string]string) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.pending[name] = pendingChange{vips: vips, start: start}
+	w.pending[name] = pendingChange{id: id, vips: vips}
 }
 
 func (w *lbWatch) isPending(name string) bool {
@@ -377,13 +378,19 @@ func (w *lbWatch) isPending(name string) bool {
 	return ok
 }
 
-// takeResults returns the latencies seen since the last call and how many changes are still pending.
-func (w *lbWatch) takeResults() ([]time.Duration, int) {
+// takeSeen returns when each change was seen, and forgets the changes.
+func (w *lbWatch) takeSeen() map[int]time.Time {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	lat := w.lat
-	w.lat = nil
-	return lat, len(w.pending)
+	seen := w.seenAt
+	w.seenAt, w.pending = map[int]time.Time{}, map[string]pendingChange{}
+	return seen
+}
+
+func (w *lbWatch) nPending() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return len(w.pending)
 }
 
 // floorServices writes the load balancers of set into an empty NB with no translation: the group,
@@ -464,7 +471,7 @@ func startServices(b *testing.B, dir, run, bin string, kube *harness.Kube, set *
 	start := time.Now()
 	p, err := harness.StartProcess("dunlin-controller", logPath, nil, bin,
 		"--kubeconfig", kube.Kubeconfig, "--nb-address", ovn.NBAddr,
-		"--metrics-bind-address", metricsAddr, "--leader-elect=false")
+		"--metrics-bind-address", metricsAddr, "--leader-elect=false", "--workers", os.Getenv("XW"))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -477,19 +484,38 @@ func startServices(b *testing.B, dir, run, bin string, kube *harness.Kube, set *
 		return true
 	}
 	took := w.wait(b, 10*time.Minute, alive).Sub(start)
+	b.Logf("start %s\n%s", start.Format("15:04:05.000000"), p.LogTail(15))
 	return servicesRun{took: took, watch: w, proc: p, metricsURL: "http://" + metricsAddr + "/metrics"}
 }
 
+// changeResults are the figures of change streams.
+type changeResults struct {
+	sent int
+	// lat runs from just before the API call until the watch saw the new backends; afterReply from
+	// the API reply (0 when NB was faster, counted in early); api is the API call alone.
+	lat, afterReply, api []time.Duration
+	lost, early          int
+}
+
+func (r *changeResults) add(o changeResults) {
+	r.sent += o.sent
+	r.lat = append(r.lat, o.lat...)
+	r.afterReply = append(r.afterReply, o.afterReply...)
+	r.api = append(r.api, o.api...)
+	r.lost += o.lost
+	r.early += o.early
+}
+
 // changeStream updates changeRate EndpointSlices per second for changeFor, each time replacing the
-// third endpoint of a random Service with a new address, and returns per change the time from just
-// before the API call until the watch saw the new backends, the API call durations, and the number of
-// changes not seen within changeTimeout.
-func (s *serviceSet) changeStream(b *testing.B, kube kubernetes.Interface, w *lbWatch, seed uint64) (lat, api []time.Duration, lost int) {
+// third endpoint of a random Service with a new address, and times each change until the watch sees
+// the new backends; a change not seen within changeTimeout is lost.
+func (s *serviceSet) changeStream(b *testing.B, kube kubernetes.Interface, w *lbWatch, seed uint64) changeResults {
 	ctx := context.Background()
 	rng := rand.New(rand.NewPCG(1, seed))
 	var wg sync.WaitGroup
-	var mu sync.Mutex // guards api, inFlight, firstErr and the slices in s.svcs
+	var mu sync.Mutex // guards inFlight, replied, firstErr and the slices in s.svcs
 	inFlight := map[int]bool{}
+	var starts, replied []time.Time // by change number
 	var firstErr error
 
 	// A Service with a change still unseen is not picked again: the controller would rightly coalesce
@@ -511,7 +537,6 @@ func (s *serviceSet) changeStream(b *testing.B, kube kubernetes.Interface, w *lb
 	tick := time.NewTicker(time.Second / changeRate)
 	defer tick.Stop()
 	begin := time.Now()
-	sent := 0
 	for time.Since(begin) < changeFor {
 		<-tick.C
 		i := pick()
@@ -519,6 +544,8 @@ func (s *serviceSet) changeStream(b *testing.B, kube kubernetes.Interface, w *lb
 		mu.Lock()
 		slice := bs.slice.DeepCopy()
 		inFlight[i] = true
+		id := len(starts)
+		starts, replied = append(starts, time.Time{}), append(replied, time.Time{})
 		mu.Unlock()
 		slice.Endpoints[2].Addresses = []string{addrAt(changeBase, s.next%changeAddrs).String()}
 		s.next++
@@ -526,23 +553,22 @@ func (s *serviceSet) changeStream(b *testing.B, kube kubernetes.Interface, w *lb
 		if err != nil {
 			b.Fatal(err)
 		}
+		// Awaited before the call: NB may show the change before the API reply arrives.
+		w.expect(lb.Name, id, lb.Vips)
 		start := time.Now()
-		w.expect(lb.Name, lb.Vips, start)
-		sent++
 		wg.Go(func() {
 			got, err := kube.DiscoveryV1().EndpointSlices(svcNamespace).Update(ctx, slice, metav1.UpdateOptions{})
-			took := time.Since(start)
+			now := time.Now()
 			mu.Lock()
 			defer mu.Unlock()
 			delete(inFlight, i)
-			if err != nil {
-				if firstErr == nil {
-					firstErr = err
-				}
-				return
+			starts[id], replied[id] = start, now
+			if err != nil && firstErr == nil {
+				firstErr = err
 			}
-			api = append(api, took)
-			bs.slice = got
+			if err == nil {
+				bs.slice = got
+			}
 		})
 	}
 	elapsed := time.Since(begin)
@@ -551,27 +577,26 @@ func (s *serviceSet) changeStream(b *testing.B, kube kubernetes.Interface, w *lb
 		b.Fatal(firstErr)
 	}
 	// Let the last changes arrive, then count what never did.
-	for deadline := time.Now().Add(changeTimeout); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
-		if _, pending := w.peek(); pending == 0 {
-			break
-		}
+	for deadline := time.Now().Add(changeTimeout); time.Now().Before(deadline) && w.nPending() > 0; {
+		time.Sleep(10 * time.Millisecond)
 	}
-	seen, lost := w.takeResults()
-	for _, d := range seen {
-		if d > changeTimeout {
-			lost++
+	seen := w.takeSeen()
+	r := changeResults{sent: len(starts)}
+	for id, start := range starts {
+		r.api = append(r.api, replied[id].Sub(start))
+		at, ok := seen[id]
+		if !ok || at.Sub(start) > changeTimeout {
+			r.lost++
 			continue
 		}
-		lat = append(lat, d)
+		r.lat = append(r.lat, at.Sub(start))
+		if at.Before(replied[id]) {
+			r.early++
+		}
+		r.afterReply = append(r.afterReply, max(0, at.Sub(replied[id])))
 	}
-	b.Logf("change stream: %d updates in %s (%.1f/s)", sent, elapsed.Round(time.Millisecond), float64(sent)/elapsed.Seconds())
-	return lat, api, lost
-}
-
-func (w *lbWatch) peek() (int, int) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return len(w.lat), len(w.pending)
+	b.Logf("change stream: %d updates in %s (%.1f/s)", r.sent, elapsed.Round(time.Millisecond), float64(r.sent)/elapsed.Seconds())
+	return r
 }
 
 // freeAddr returns a loopback address with a port free right now, for the controller's metrics.
