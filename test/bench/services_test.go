@@ -471,7 +471,7 @@ func startServices(b *testing.B, dir, run, bin string, kube *harness.Kube, set *
 	start := time.Now()
 	p, err := harness.StartProcess("dunlin-controller", logPath, nil, bin,
 		"--kubeconfig", kube.Kubeconfig, "--nb-address", ovn.NBAddr,
-		"--metrics-bind-address", metricsAddr, "--leader-elect=false", "--workers", os.Getenv("XW"))
+		"--metrics-bind-address", metricsAddr, "--leader-elect=false")
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -484,7 +484,6 @@ func startServices(b *testing.B, dir, run, bin string, kube *harness.Kube, set *
 		return true
 	}
 	took := w.wait(b, 10*time.Minute, alive).Sub(start)
-	b.Logf("start %s\n%s", start.Format("15:04:05.000000"), p.LogTail(15))
 	return servicesRun{took: took, watch: w, proc: p, metricsURL: "http://" + metricsAddr + "/metrics"}
 }
 
