@@ -40,6 +40,12 @@ type TableSpec struct {
 	// a group) is deleted itself, its weak references vanishing with it, and a missing reference is
 	// restored on update.
 	ParentTable, ParentColumn string
+	// NoInsertGuard skips the wait that otherwise guards an insert into a table without a name index
+	// against a row of that name created since the cache was read. ovsdb-server evaluates that wait by
+	// scanning the table, so on a big table (Load_Balancer) a cold start turns quadratic. Without it,
+	// a concurrent writer (a second controller in a leader handover) can leave a duplicate of a
+	// Dunlin row, which the owner's next plan deletes.
+	NoInsertGuard bool
 	// NameOwned is for tables without external_ids (Load_Balancer_Group): a row is Dunlin's by its
 	// reserved, schema-unique name. Such rows are created when missing and never deleted.
 	NameOwned bool
@@ -332,7 +338,7 @@ func (s *Store) create(txn *Txn, table string, spec TableSpec, name string, row 
 		return nil, err
 	}
 	var ops []ovsdb.Operation
-	if !s.uniqueName[table] {
+	if !s.uniqueName[table] && !spec.NoInsertGuard {
 		// Insert only if nobody created a row of that name since our cache was read: the wait fails at
 		// once when the rows named so are exactly one. (An empty "rows" cannot be sent: libovsdb omits it.)
 		timeout := 0
