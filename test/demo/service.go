@@ -89,8 +89,8 @@ func (d *demo) service(ctx context.Context) error {
 		return err
 	}
 	if d.apiServiceEmpty() {
-		fmt.Println("# Service_default/kubernetes is the API server's Service; it has no backends here because its endpoint, the")
-		fmt.Println("# API server on this machine's loopback, is neither a pod nor a node address, which dunlin-controller skips.")
+		fmt.Println("# Service_default/kubernetes is the API server's Service; it has no backends here because this demo's API")
+		fmt.Println("# server, on this machine's loopback, publishes no endpoints for itself (--endpoint-reconciler-type=none).")
 	}
 
 	if err := d.spread(ctx, d.pods[0]); err != nil {
