@@ -282,3 +282,39 @@ func TestStoreLoadBalancersInGroup(t *testing.T) {
 		t.Fatalf("group still references %q", got)
 	}
 }
+
+func TestStoreRowWithItsOwnParent(t *testing.T) {
+	e := newEnv(t)
+	e.mustApply(t, translator.ClusterOwner, translator.ClusterRows())
+	e.mustApply(t, "Node/n1", node("n1", "10.244.1.0/24"))
+	proto := "tcp"
+	local := []nbstore.Row{{Model: &nbmodel.LoadBalancer{Name: "Service_default/web_TCP_node_n1", Protocol: &proto,
+		Vips: map[string]string{"10.96.0.10:80": "10.244.1.5:8080"}},
+		Parent: &nbstore.Ref{Owner: "Node/n1", Name: "n1"}, ParentTable: "Logical_Switch", ParentColumn: "load_balancer"}}
+	e.mustApply(t, "Service/default/web", local)
+	uuid := e.nbctl(t, "--bare", "--columns=_uuid", "find", "Load_Balancer", "name=Service_default/web_TCP_node_n1")
+	if got := e.nbctl(t, "--bare", "--columns=load_balancer", "list", "Logical_Switch", "n1"); got != uuid {
+		t.Fatalf("n1 load_balancer = %q, want %q", got, uuid)
+	}
+	if got := e.nbctl(t, "--bare", "--columns=load_balancer", "list", "Load_Balancer_Group", translator.ClusterLBGroup); got != "" {
+		t.Fatalf("the node load balancer went into the group too: %q", got)
+	}
+	// The node's own plan leaves the reference alone; a lost one is restored by the Service's.
+	if n := e.mustApply(t, "Node/n1", node("n1", "10.244.1.0/24")); n != 0 {
+		t.Fatalf("node plan sent %d operations", n)
+	}
+	e.nbctl(t, "clear", "Logical_Switch", "n1", "load_balancer")
+	if n := e.mustApply(t, "Service/default/web", local); n != 1 {
+		t.Fatalf("restoring the reference sent %d operations, want 1", n)
+	}
+	e.mustApply(t, "Service/default/web", nil)
+	if got := e.nbctl(t, "--bare", "--columns=name", "list", "Load_Balancer"); got != "" {
+		t.Fatalf("load balancers left: %q", got)
+	}
+	// Only root rows may choose their parent.
+	port := []nbstore.Row{{Model: &nbmodel.LogicalSwitchPort{Name: "x"}, Parent: &nbstore.Ref{Owner: "Node/n1", Name: "n1"},
+		ParentTable: "Logical_Switch", ParentColumn: "ports"}}
+	if _, err := e.apply(t, "Pod/default/x", port); err == nil {
+		t.Fatal("a port naming its own parent table was accepted")
+	}
+}
