@@ -153,6 +153,14 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("configure OVS for OVN: %w", err)
 	}
 	logger.Info("Configured OVS", "systemID", systemID, "bridge", a.cfg.Bridge)
+	// Pods plumbed by an older dunlin-node may lack the host-end settings; apply them again.
+	if links, err := ourHostLinks(); err == nil {
+		for _, l := range links {
+			if err := quietHostEnd(l); err != nil {
+				logger.Error(err, "Cannot quiet a pod veth's host end", "link", l)
+			}
+		}
+	}
 
 	a.pods = newPodWatcher(a.client, a.cfg.NodeName, 0)
 	if err := a.pods.start(ctx); err != nil {
