@@ -89,11 +89,10 @@ type Controller struct {
 
 	serviceLister corelisters.ServiceLister
 	sliceIndexer  cache.Indexer
-	// ranges are the addresses Service backends may have; suspectServices had backends outside them.
-	ranges          atomic.Pointer[EndpointRanges]
-	suspectServices sync.Map
-	// localServices have internalTrafficPolicy Local: one load balancer per node switch.
-	localServices sync.Map
+	// ranges are the addresses Service backends may have.
+	ranges atomic.Pointer[EndpointRanges]
+	// nodeDependent holds the keys of Services whose rows change with the nodes (see requeueNodeDependent).
+	nodeDependent sync.Map
 	// switchNodes are the nodes whose switch this process has written.
 	switchNodes sync.Map
 

@@ -61,7 +61,7 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 		c.ipam.ReleaseNodeSubnet(name)
 		// Node-local load balancers go with the switch; the Services forget the node.
 		c.switchNodes.Delete(name)
-		c.requeueLocalServices()
+		c.requeueNodeDependent()
 		return c.apply(ctx, owner, nil)
 	}
 	if err != nil {
@@ -75,7 +75,7 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 		// Bad input already reported; remove rows of a subnet we no longer trust. An update of the
 		// node brings it back here.
 		if _, had := c.switchNodes.LoadAndDelete(name); had {
-			c.requeueLocalServices()
+			c.requeueNodeDependent()
 		}
 		return c.apply(ctx, owner, nil)
 	}
@@ -84,7 +84,7 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 		return err
 	}
 	if _, existed := c.switchNodes.LoadOrStore(name, true); !existed {
-		c.requeueLocalServices()
+		c.requeueNodeDependent()
 	}
 	// Pods scheduled before the node had its switch wait in their queue; wake them now.
 	pods, _ := c.podIndexer.ByIndex(podNodeIndex, name)

@@ -95,7 +95,7 @@ func ServiceRows(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, env S
 	// switch gets its own load balancer with the node's endpoints only. externalIPs and ingress IPs
 	// follow externalTrafficPolicy and stay in the cluster-wide load balancer.
 	clusterVIPs, localVIPs := vips, []netip.Addr(nil)
-	if local := svc.Spec.InternalTrafficPolicy; local != nil && *local == corev1.ServiceInternalTrafficPolicyLocal {
+	if internalLocal(svc) {
 		clusterVIPs, localVIPs = externalVIPs(svc, vips), clusterIPs(svc, vips)
 	}
 	var rows []nbstore.Row
@@ -173,6 +173,12 @@ func svcClusterIPs(svc *corev1.Service) []string {
 		return svc.Spec.ClusterIPs
 	}
 	return []string{svc.Spec.ClusterIP}
+}
+
+// internalLocal is true for internalTrafficPolicy Local.
+func internalLocal(svc *corev1.Service) bool {
+	p := svc.Spec.InternalTrafficPolicy
+	return p != nil && *p == corev1.ServiceInternalTrafficPolicyLocal
 }
 
 func hasClusterIP(svc *corev1.Service) bool {

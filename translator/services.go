@@ -62,8 +62,7 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 	}
 	svc, err := c.serviceLister.Services(ns).Get(name)
 	if apierrors.IsNotFound(err) {
-		c.suspectServices.Delete(key)
-		c.localServices.Delete(key)
+		c.nodeDependent.Delete(key)
 		return c.apply(ctx, owner, nil)
 	}
 	if err != nil {
@@ -78,24 +77,21 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 		eps = append(eps, o.(*discoveryv1.EndpointSlice))
 	}
 	env := ServiceEnv{Ranges: c.endpointRanges(), AffinityByHash: c.cfg.SessionAffinity == AffinityHash}
-	if itp := svc.Spec.InternalTrafficPolicy; itp != nil && *itp == corev1.ServiceInternalTrafficPolicyLocal {
-		// Its rows follow the node switches: node syncs requeue it.
-		c.localServices.Store(key, true)
+	local := internalLocal(svc)
+	if local {
 		env.Nodes = c.nodesWithSwitch()
-	} else {
-		c.localServices.Delete(key)
 	}
 	rows, problems := ServiceRows(svc, eps, env)
-	suspect := false
+	dependsOnNodes := local // its rows follow the node switches
 	for _, p := range problems {
 		c.warn(svc, p.Reason, "%s", p.Message)
-		suspect = suspect || p.Reason == reasonInvalidEndpoint
+		// A node that appears later may make a skipped endpoint address valid.
+		dependsOnNodes = dependsOnNodes || p.Reason == reasonInvalidEndpoint
 	}
-	if suspect {
-		// A node that appears later may make its address valid: node changes requeue these.
-		c.suspectServices.Store(key, true)
+	if dependsOnNodes {
+		c.nodeDependent.Store(key, true)
 	} else {
-		c.suspectServices.Delete(key)
+		c.nodeDependent.Delete(key)
 	}
 	if err := c.apply(ctx, owner, rows); err != nil {
 		c.warnNB(svc, err)
@@ -114,7 +110,7 @@ func (c *Controller) endpointRanges() EndpointRanges {
 }
 
 // refreshRanges recomputes the ranges from the nodes and, when they changed, requeues the Services
-// that had endpoints outside them.
+// that depend on them.
 func (c *Controller) refreshRanges() EndpointRanges {
 	r := EndpointRanges{Pods: []netip.Prefix{c.cfg.ClusterCIDR}, Nodes: map[netip.Addr]bool{}}
 	nodes, _ := c.nodeLister.List(labels.Everything())
@@ -133,10 +129,7 @@ func (c *Controller) refreshRanges() EndpointRanges {
 	}
 	old := c.ranges.Swap(&r)
 	if old != nil && (!maps.Equal(old.Nodes, r.Nodes) || !slices.Equal(old.Pods, r.Pods)) {
-		c.suspectServices.Range(func(k, _ any) bool {
-			c.queues[KindService].Add(k.(string))
-			return true
-		})
+		c.requeueNodeDependent()
 	}
 	return r
 }
@@ -166,9 +159,10 @@ func (c *Controller) nodesWithSwitch() []string {
 	return names
 }
 
-// requeueLocalServices queues the Services whose rows depend on the set of node switches.
-func (c *Controller) requeueLocalServices() {
-	c.localServices.Range(func(k, _ any) bool {
+// requeueNodeDependent queues the Services whose rows depend on the nodes: those with
+// internalTrafficPolicy Local and those with endpoints outside the known ranges.
+func (c *Controller) requeueNodeDependent() {
+	c.nodeDependent.Range(func(k, _ any) bool {
 		c.queues[KindService].Add(k.(string))
 		return true
 	})
