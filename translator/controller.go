@@ -90,7 +90,8 @@ type Controller struct {
 	serviceLister corelisters.ServiceLister
 	sliceIndexer  cache.Indexer
 	// ranges are the addresses Service backends may have.
-	ranges atomic.Pointer[EndpointRanges]
+	ranges        atomic.Pointer[EndpointRanges]
+	rangesPending atomic.Bool
 	// nodeDependent holds the keys of Services whose rows change with the nodes (see requeueNodeDependent).
 	nodeDependent sync.Map
 	// switchNodes are the nodes whose switch this process has written.
@@ -176,9 +177,9 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 	}
 	// Node addresses and subnets bound which endpoint addresses are believable.
 	if _, err := nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(any) { c.refreshRanges() },
-		UpdateFunc: func(old, obj any) { c.refreshRangesIfChanged(old, obj) },
-		DeleteFunc: func(any) { c.refreshRanges() },
+		AddFunc:    func(any) { c.rangesChanged() },
+		UpdateFunc: func(old, obj any) { c.rangesChangedIf(old, obj) },
+		DeleteFunc: func(any) { c.rangesChanged() },
 	}); err != nil {
 		return nil, err
 	}

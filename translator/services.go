@@ -134,8 +134,19 @@ func (c *Controller) refreshRanges() EndpointRanges {
 	return r
 }
 
-// refreshRangesIfChanged skips node updates that change neither addresses nor subnet (heartbeats).
-func (c *Controller) refreshRangesIfChanged(old, obj any) {
+// rangesChanged schedules a recomputation of the endpoint ranges. The node events of a burst (a
+// start, a rolling update) share one, rather than each scanning every node.
+func (c *Controller) rangesChanged() {
+	if c.rangesPending.CompareAndSwap(false, true) {
+		time.AfterFunc(100*time.Millisecond, func() {
+			c.rangesPending.Store(false)
+			c.refreshRanges()
+		})
+	}
+}
+
+// rangesChangedIf skips node updates that change neither addresses nor subnet (heartbeats).
+func (c *Controller) rangesChangedIf(old, obj any) {
 	o, ok1 := old.(*corev1.Node)
 	n, ok2 := obj.(*corev1.Node)
 	if ok1 && ok2 && slices.Equal(o.Status.Addresses, n.Status.Addresses) &&
@@ -143,7 +154,7 @@ func (c *Controller) refreshRangesIfChanged(old, obj any) {
 		o.Annotations[annotations.NodeSubnet] == n.Annotations[annotations.NodeSubnet] {
 		return
 	}
-	c.refreshRanges()
+	c.rangesChanged()
 }
 
 // nodesWithSwitch are the nodes that have a subnet, hence a switch (or one being written).

@@ -13,6 +13,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/utils/ptr"
 )
 
@@ -322,6 +323,21 @@ func TestServiceBadInput(t *testing.T) {
 	if c.ctrl.Exited() {
 		t.Fatal("controller exited")
 	}
+	// A node that turns out to own the skipped address makes it a valid (host-network) backend.
+	c.createNode("n2")
+	// The controller annotates the new node meanwhile: retry on conflicts.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+		n, err := c.client.CoreV1().Nodes().Get(context.Background(), "n2", metav1.GetOptions{})
+		if err != nil {
+			return err
+		}
+		n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "203.0.113.9"}}
+		_, err = c.client.CoreV1().Nodes().UpdateStatus(context.Background(), n, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	c.expectVIPs("Service_default/outside_TCP", fmt.Sprintf(`{"%s:80"="10.244.0.9:8080,203.0.113.9:8080"}`, outside.Spec.ClusterIP))
 }
 
 func TestServiceLocalTrafficPolicy(t *testing.T) {
