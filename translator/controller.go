@@ -225,6 +225,11 @@ func (c *Controller) Run(ctx context.Context) error {
 		return err
 	}
 	go c.committer.Run(ctx)
+	// The cluster rows (the router, the load balancer group) are parents of every node's and Service's
+	// rows: write them first so the first syncs do not wait for them. Failure is retried by the queue.
+	if err := c.syncCluster(ctx, ""); err != nil {
+		klog.ErrorS(err, "Cannot write the cluster rows yet, will retry")
+	}
 	for kind, q := range c.queues {
 		for range c.cfg.Workers {
 			go wait.UntilWithContext(ctx, func(ctx context.Context) {
