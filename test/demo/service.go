@@ -17,6 +17,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/dunlinplugin/dunlin/test/harness"
+	"github.com/dunlinplugin/dunlin/translator"
 )
 
 const (
@@ -36,7 +37,9 @@ func selectorString() string { return "app=" + serviceSelector["app"] }
 
 // loadBalancerName is the NB Load_Balancer dunlin-controller writes for the Service's TCP port
 // (translator.LoadBalancerName, not imported to keep the demo an outside view).
-func loadBalancerName() string { return "Service_" + namespace + "/" + serviceName + "_TCP" }
+func loadBalancerName() string {
+	return translator.ServiceLBName(namespace, serviceName, string(corev1.ProtocolTCP))
+}
 
 // service puts a ClusterIP Service in front of the pods, shows it in the API and in OVN, and sends
 // requests to it from a pod and from a node's host.
@@ -124,43 +127,38 @@ func (d *demo) createService(ctx context.Context) error {
 // backendsReady checks that the Service's load balancer maps its VIP to exactly the pods' podserver
 // ports.
 func (d *demo) backendsReady() error {
-	out, err := d.cluster.OVN.NBCtl("--bare", "--columns=vips", "find", "Load_Balancer", "name="+loadBalancerName())
+	vips, err := d.cluster.OVN.LBVIPs(loadBalancerName())
 	switch {
 	case err != nil:
 		return err
-	case out == "":
+	case vips == nil:
 		return errors.New("no load balancer yet")
 	}
 	vip := net.JoinHostPort(d.serviceIP, fmt.Sprint(servicePort))
-	for _, kv := range strings.Fields(out) {
-		k, v, _ := strings.Cut(kv, "=")
-		if strings.Trim(k, `"`) != vip {
-			continue
-		}
-		got := strings.Split(strings.Trim(v, `"`), ",")
-		for _, p := range d.pods {
-			if !slices.Contains(got, net.JoinHostPort(p.sb.IP, fmt.Sprint(podPort))) {
-				return fmt.Errorf("vips %s: %s missing", out, p.name)
-			}
-		}
-		if len(got) != len(d.pods) {
-			return fmt.Errorf("vips %s: want %d backends", out, len(d.pods))
-		}
-		return nil
+	got, ok := vips[vip]
+	if !ok {
+		return fmt.Errorf("vips %v: no %s", vips, vip)
 	}
-	return fmt.Errorf("vips %s: no %s", out, vip)
+	for _, p := range d.pods {
+		if !slices.Contains(got, net.JoinHostPort(p.sb.IP, fmt.Sprint(podPort))) {
+			return fmt.Errorf("vips %v: %s missing", vips, p.name)
+		}
+	}
+	if len(got) != len(d.pods) {
+		return fmt.Errorf("vips %v: want %d backends", vips, len(d.pods))
+	}
+	return nil
 }
 
 // apiServiceEmpty reports whether default/kubernetes has a load balancer without backends, which a
 // viewer of lb-list would wonder about.
 func (d *demo) apiServiceEmpty() bool {
-	out, err := d.cluster.OVN.NBCtl("--bare", "--columns=vips", "find", "Load_Balancer", "name=Service_default/kubernetes_TCP")
-	if err != nil || out == "" {
+	vips, err := d.cluster.OVN.LBVIPs(translator.ServiceLBName(metav1.NamespaceDefault, "kubernetes", string(corev1.ProtocolTCP)))
+	if err != nil || vips == nil {
 		return false
 	}
-	// --bare prints each VIP as vip=backends, with nothing after "=" when there are none.
-	for _, kv := range strings.Fields(out) {
-		if _, backends, _ := strings.Cut(kv, "="); strings.Trim(backends, `"`) != "" {
+	for _, backends := range vips {
+		if len(backends) > 0 {
 			return false
 		}
 	}

@@ -134,13 +134,7 @@ func (e *env) eventually(timeout time.Duration, what string, f func() error) {
 
 func (e *env) createPod(namespace, name, node string) {
 	e.t.Helper()
-	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Namespace: namespace, Name: name},
-		Spec:       corev1.PodSpec{NodeName: node, Containers: []corev1.Container{{Name: "c", Image: "podserver"}}},
-	}
-	if _, err := e.client.CoreV1().Pods(namespace).Create(context.Background(), pod, metav1.CreateOptions{}); err != nil {
-		e.t.Fatalf("create pod %s/%s: %v", namespace, name, err)
-	}
+	e.createPodWith(namespace, name, node, nil)
 }
 
 func (e *env) deletePod(namespace, name string) {

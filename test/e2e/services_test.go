@@ -55,7 +55,7 @@ func TestServices(t *testing.T) {
 
 	t.Run("NB rows: one load balancer per protocol, in the group on every node switch", func(t *testing.T) {
 		lbs := e.nbctl("--bare", "--columns=name", "find", "Load_Balancer", "external_ids:service=web")
-		if got := strings.Fields(lbs); !slices.Equal(sortedCopy(got), []string{"Service_default/web_TCP", "Service_default/web_UDP"}) {
+		if got := slices.Sorted(slices.Values(strings.Fields(lbs))); !slices.Equal(got, []string{"Service_default/web_TCP", "Service_default/web_UDP"}) {
 			t.Errorf("load balancers of web: %q", lbs)
 		}
 		for _, node := range []string{"node1", "node2"} {
@@ -156,9 +156,9 @@ func TestServices(t *testing.T) {
 		})
 		e.eventually(60*time.Second, "node-local load balancers", func() error {
 			for node, n := range map[string]int{"node1": 1, "node2": 2} {
-				out, err := e.c.OVN.NBCtl("--bare", "--columns=vips", "find", "Load_Balancer", "name=Service_default/local_TCP_node_"+node)
-				if err != nil || strings.Count(out, ",")+1 != n || strings.HasSuffix(out, `=""`) {
-					return fmt.Errorf("%s: %q %v", node, out, err)
+				vips, err := e.c.OVN.LBVIPs("Service_default/local_TCP_node_" + node)
+				if err != nil || len(vips) != 1 || len(vips[local+":80"]) != n {
+					return fmt.Errorf("%s: %v %v", node, vips, err)
 				}
 			}
 			return nil
@@ -221,12 +221,6 @@ func TestServices(t *testing.T) {
 	})
 }
 
-func sortedCopy(s []string) []string {
-	c := slices.Clone(s)
-	slices.Sort(c)
-	return c
-}
-
 func (e *env) nbctl(args ...string) string {
 	e.t.Helper()
 	out, err := e.c.OVN.NBCtl(args...)
@@ -274,18 +268,13 @@ func (e *env) waitBackends(namespace, name, proto string, n int) {
 	e.t.Helper()
 	lb := "Service_" + namespace + "/" + name + "_" + proto
 	e.eventually(60*time.Second, lb+" with "+fmt.Sprint(n)+" backends", func() error {
-		out, err := e.c.OVN.NBCtl("--bare", "--columns=vips", "find", "Load_Balancer", "name="+lb)
-		if err != nil {
-			return err
+		vips, err := e.c.OVN.LBVIPs(lb)
+		if err != nil || vips == nil {
+			return fmt.Errorf("no load balancer (%v)", err)
 		}
-		if out == "" {
-			return fmt.Errorf("no load balancer")
-		}
-		for _, vip := range strings.Fields(out) {
-			_, backends, _ := strings.Cut(vip, "=")
-			backends = strings.Trim(backends, `"`)
-			if got := len(strings.FieldsFunc(backends, func(r rune) bool { return r == ',' })); got != n {
-				return fmt.Errorf("vips %s", out)
+		for vip, backends := range vips {
+			if len(backends) != n {
+				return fmt.Errorf("%s has backends %v", vip, backends)
 			}
 		}
 		return nil

@@ -231,3 +231,23 @@ func (o *OVN) Stop() error {
 	}
 	return nil
 }
+
+// LBVIPs reads the vips of the NB load balancer named name through ovn-nbctl: VIP to backends (none
+// for a VIP without backends), or nil when there is no such load balancer.
+func (o *OVN) LBVIPs(name string) (map[string][]string, error) {
+	out, err := o.NBCtl("--bare", "--columns=vips", "find", "Load_Balancer", "name="+name)
+	if err != nil || out == "" {
+		return nil, err
+	}
+	vips := map[string][]string{}
+	// --bare prints each entry as vip=backends, quoted where needed.
+	for _, kv := range strings.Fields(out) {
+		k, v, _ := strings.Cut(kv, "=")
+		var backends []string
+		if v = strings.Trim(v, `"`); v != "" {
+			backends = strings.Split(v, ",")
+		}
+		vips[strings.Trim(k, `"`)] = backends
+	}
+	return vips, nil
+}
