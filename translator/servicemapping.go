@@ -75,28 +75,26 @@ const (
 // cluster's load balancer group. With internalTrafficPolicy Local the ClusterIPs move to one load
 // balancer per node and protocol instead, on that node's switch. Headless and ExternalName Services
 // have no rows. Problems are bad input that was skipped.
-func ServiceRows(svc *corev1.Service, slices []*discoveryv1.EndpointSlice, env ServiceEnv) ([]nbstore.Row, []ServiceProblem) {
+func ServiceRows(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, env ServiceEnv) ([]nbstore.Row, []ServiceProblem) {
 	if svc.Spec.Type == corev1.ServiceTypeExternalName || !hasClusterIP(svc) {
 		return nil, nil
 	}
-	var problems []ServiceProblem
-	vips, bad := serviceVIPs(svc)
-	problems = append(problems, bad...)
+	internal, external, problems := serviceVIPs(svc)
 
 	ranges := env.Ranges
 	if svc.Namespace == metav1.NamespaceDefault && svc.Name == "kubernetes" {
 		// The API servers' own endpoints need not be nodes (an external control plane).
 		ranges = EndpointRanges{Pods: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}}
 	}
-	cands, bad := serviceBackends(svc, slices, ranges)
+	cands, bad := serviceBackends(svc, eps, ranges)
 	problems = append(problems, bad...)
 
 	// With internalTrafficPolicy Local, traffic to a ClusterIP stays on the client's node: each node
 	// switch gets its own load balancer with the node's endpoints only. externalIPs and ingress IPs
 	// follow externalTrafficPolicy and stay in the cluster-wide load balancer.
-	clusterVIPs, localVIPs := vips, []netip.Addr(nil)
+	clusterVIPs, localVIPs := append(slices.Clone(internal), external...), []netip.Addr(nil)
 	if internalLocal(svc) {
-		clusterVIPs, localVIPs = externalVIPs(svc, vips), clusterIPs(svc, vips)
+		clusterVIPs, localVIPs = external, internal
 	}
 	var rows []nbstore.Row
 	rows = append(rows, serviceLBRows(svc, env, cands, clusterVIPs, "", nbstore.Row{
@@ -145,36 +143,6 @@ func serviceLBRows(svc *corev1.Service, env ServiceEnv, cands map[backendKey][]c
 	return rows
 }
 
-// clusterIPs are the VIPs among vips that are the Service's ClusterIPs.
-func clusterIPs(svc *corev1.Service, vips []netip.Addr) []netip.Addr {
-	var out []netip.Addr
-	for _, v := range vips {
-		if slices.ContainsFunc(svcClusterIPs(svc), func(s string) bool { a, err := netip.ParseAddr(s); return err == nil && a.Unmap() == v }) {
-			out = append(out, v)
-		}
-	}
-	return out
-}
-
-// externalVIPs are the other VIPs: externalIPs and ingress IPs.
-func externalVIPs(svc *corev1.Service, vips []netip.Addr) []netip.Addr {
-	internal := clusterIPs(svc, vips)
-	var out []netip.Addr
-	for _, v := range vips {
-		if !slices.Contains(internal, v) {
-			out = append(out, v)
-		}
-	}
-	return out
-}
-
-func svcClusterIPs(svc *corev1.Service) []string {
-	if len(svc.Spec.ClusterIPs) > 0 {
-		return svc.Spec.ClusterIPs
-	}
-	return []string{svc.Spec.ClusterIP}
-}
-
 // internalLocal is true for internalTrafficPolicy Local.
 func internalLocal(svc *corev1.Service) bool {
 	p := svc.Spec.InternalTrafficPolicy
@@ -220,31 +188,40 @@ func newServiceLB(svc *corev1.Service, proto corev1.Protocol, affinityByHash boo
 	return lb
 }
 
-// serviceVIPs are the Service's ClusterIPs, externalIPs and load balancer ingress IPs, deduplicated.
-// Ingress IPs in Proxy mode are skipped: the load balancer proxies, traffic never arrives for its IP.
-func serviceVIPs(svc *corev1.Service) ([]netip.Addr, []ServiceProblem) {
-	raw := slices.Clone(svcClusterIPs(svc))
-	raw = append(raw, svc.Spec.ExternalIPs...)
+// serviceVIPs are the Service's ClusterIPs (internal) and its externalIPs and load balancer ingress IPs
+// (external), each deduplicated. Ingress IPs in Proxy mode are skipped: the load balancer proxies,
+// traffic never arrives for its IP.
+func serviceVIPs(svc *corev1.Service) (internal, external []netip.Addr, problems []ServiceProblem) {
+	clusterIPs := svc.Spec.ClusterIPs
+	if len(clusterIPs) == 0 {
+		clusterIPs = []string{svc.Spec.ClusterIP}
+	}
+	externalIPs := slices.Clone(svc.Spec.ExternalIPs)
 	for _, ing := range svc.Status.LoadBalancer.Ingress {
 		if ing.IP == "" || (ing.IPMode != nil && *ing.IPMode == corev1.LoadBalancerIPModeProxy) {
 			continue
 		}
-		raw = append(raw, ing.IP)
+		externalIPs = append(externalIPs, ing.IP)
 	}
-	var vips []netip.Addr
-	var problems []ServiceProblem
-	for _, s := range raw {
-		a, err := netip.ParseAddr(s)
-		if err != nil || a.Zone() != "" {
-			problems = append(problems, ServiceProblem{reasonInvalidServiceIP, fmt.Sprintf("address %q is not an IP address; skipped", s)})
-			continue
+	seen := map[netip.Addr]bool{}
+	parse := func(raw []string) []netip.Addr {
+		var out []netip.Addr
+		for _, s := range raw {
+			a, err := netip.ParseAddr(s)
+			if err != nil || a.Zone() != "" {
+				problems = append(problems, ServiceProblem{reasonInvalidServiceIP, fmt.Sprintf("address %q is not an IP address; skipped", s)})
+				continue
+			}
+			if a = a.Unmap(); !seen[a] {
+				seen[a] = true
+				out = append(out, a)
+			}
 		}
-		a = a.Unmap()
-		if !slices.Contains(vips, a) {
-			vips = append(vips, a)
-		}
+		return out
 	}
-	return vips, problems
+	internal = parse(clusterIPs)
+	external = parse(externalIPs)
+	return internal, external, problems
 }
 
 type backendKey struct {
