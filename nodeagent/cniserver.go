@@ -18,8 +18,8 @@ import (
 
 	"github.com/dunlinplugin/dunlin/cni"
 	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/internal/conventions"
 	"github.com/dunlinplugin/dunlin/nodeagent/ovs"
-	"github.com/dunlinplugin/dunlin/translator"
 )
 
 // Interface external_ids dunlin-node sets on the OVS port of a pod, besides iface-id (what ovn-controller
@@ -149,7 +149,7 @@ func (a *Agent) cmdAdd(ctx context.Context, req cni.Request, conf *cni.NetConf) 
 	if err != nil {
 		return nil, cnitypes.NewError(cnitypes.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s: %v", podKey, err), "")
 	}
-	ifaceID := translator.PodPortName(pa.Namespace, pa.Name)
+	ifaceID := conventions.PodPortName(pa.Namespace, pa.Name)
 
 	// A sandbox of the same pod that was never deleted would compete for the logical port.
 	for _, p := range a.ovs.PortsByIfaceID(ifaceID) {
@@ -236,9 +236,18 @@ func (a *Agent) attachmentFor(req cni.Request, info annotations.PodNetworkInfo) 
 	if err != nil {
 		return attachment{}, fmt.Errorf("MAC %q: %w", info.MACAddress, err)
 	}
-	gw, err := netip.ParseAddr(info.GatewayIP)
-	if err != nil {
-		return attachment{}, fmt.Errorf("gateway %q: %w", info.GatewayIP, err)
+	addr, ok := info.IPv4()
+	if !ok {
+		return attachment{}, fmt.Errorf("no IPv4 address in %v", info.IPAddresses)
+	}
+	var gw netip.Addr
+	for _, g := range info.Gateways() {
+		if g.Is4() {
+			gw = g
+		}
+	}
+	if !gw.IsValid() {
+		return attachment{}, fmt.Errorf("no IPv4 gateway in %v", info.GatewayIPs)
 	}
 	att := attachment{
 		ContainerID:   req.ContainerID,
@@ -246,7 +255,7 @@ func (a *Agent) attachmentFor(req cni.Request, info annotations.PodNetworkInfo) 
 		IfName:        req.IfName,
 		HostIf:        HostIfName(req.ContainerID, req.IfName),
 		MAC:           mac,
-		Addr:          info.Prefix(),
+		Addr:          addr,
 		Gateway:       gw,
 		MTU:           a.cfg.MTU,
 		TxChecksumOff: a.cfg.DatapathType == "netdev",
@@ -327,8 +336,8 @@ func (a *Agent) cmdCheck(ctx context.Context, req cni.Request) error {
 	switch {
 	case !ok:
 		return fmt.Errorf("OVS port %s of pod %s/%s is missing", att.HostIf, pa.Namespace, pa.Name)
-	case port.ExternalIDs[ExtIfaceID] != translator.PodPortName(pa.Namespace, pa.Name):
-		return fmt.Errorf("OVS port %s has iface-id %q, want %q", att.HostIf, port.ExternalIDs[ExtIfaceID], translator.PodPortName(pa.Namespace, pa.Name))
+	case port.ExternalIDs[ExtIfaceID] != conventions.PodPortName(pa.Namespace, pa.Name):
+		return fmt.Errorf("OVS port %s has iface-id %q, want %q", att.HostIf, port.ExternalIDs[ExtIfaceID], conventions.PodPortName(pa.Namespace, pa.Name))
 	case port.ExternalIDs[extInstalled] != "true":
 		return fmt.Errorf("OVS port %s is not marked ovn-installed by ovn-controller", att.HostIf)
 	}

@@ -13,9 +13,8 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/internal/conventions"
 	"github.com/dunlinplugin/dunlin/nodeagent/ovs"
-	"github.com/dunlinplugin/dunlin/translator"
-	"github.com/dunlinplugin/dunlin/translator/ipam"
 )
 
 // ManagementIfName is the host device of the node's management port. The logical port is named after
@@ -54,18 +53,19 @@ func (a *Agent) ensureManagementPort(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("read node %s: %w", a.cfg.NodeName, err)
 	}
-	subnet, source, err := annotations.DeclaredNodeSubnet(node)
+	subnets, source, err := annotations.DeclaredNodeSubnets(node)
 	if err != nil {
 		return fmt.Errorf("node %s subnet from %s: %w", a.cfg.NodeName, source, err)
 	}
+	subnet := annotations.IPv4Subnet(subnets)
 	if !subnet.IsValid() {
 		return fmt.Errorf("node %s has no pod subnet yet (dunlin-controller allocates it)", a.cfg.NodeName)
 	}
-	mgmt, gw := ipam.ManagementIP(subnet), ipam.Gateway(subnet)
-	mac := translator.MACFromIP(mgmt)
+	mgmt, gw := conventions.ManagementIP(subnet), conventions.GatewayIP(subnet)
+	mac := conventions.MACFromIP(mgmt)
 	err = a.ovs.AddPort(ctx, ovs.PortSpec{
 		Bridge: a.cfg.Bridge, Name: ManagementIfName, Type: "internal", MAC: mac,
-		ExternalIDs: map[string]string{ExtIfaceID: translator.ManagementPortName(a.cfg.NodeName)},
+		ExternalIDs: map[string]string{ExtIfaceID: conventions.ManagementPortName(a.cfg.NodeName)},
 	})
 	if err != nil {
 		return fmt.Errorf("add management port to %s: %w", a.cfg.Bridge, err)

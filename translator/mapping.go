@@ -1,11 +1,10 @@
 package translator
 
 import (
-	"fmt"
 	"net/netip"
 
+	"github.com/dunlinplugin/dunlin/internal/conventions"
 	"github.com/dunlinplugin/dunlin/nbmodel"
-	"github.com/dunlinplugin/dunlin/translator/ipam"
 	"github.com/dunlinplugin/dunlin/translator/nbstore"
 )
 
@@ -24,13 +23,6 @@ type PodNetwork struct {
 	Addr                 netip.Addr
 }
 
-// MACFromIP derives a MAC address from an IPv4 address (0a:58 followed by the address), so a pod's
-// MAC never needs to be stored or learnt separately.
-func MACFromIP(a netip.Addr) string {
-	b := a.As4()
-	return fmt.Sprintf("0a:58:%02x:%02x:%02x:%02x", b[0], b[1], b[2], b[3])
-}
-
 // ClusterRows are the cluster-wide rows.
 func ClusterRows() []nbstore.Row {
 	return []nbstore.Row{
@@ -41,7 +33,7 @@ func ClusterRows() []nbstore.Row {
 
 // NodeRows are a node's switch, its link to the cluster router, and its management port.
 func NodeRows(n NodeNetwork) []nbstore.Row {
-	gw, mgmt := ipam.Gateway(n.Subnet), ipam.ManagementIP(n.Subnet)
+	gw, mgmt := conventions.GatewayIP(n.Subnet), conventions.ManagementIP(n.Subnet)
 	ids := map[string]string{extNode: n.Name}
 	nodeOwner := Owner(KindNode, n.Name)
 	onSwitch := &nbstore.Ref{Owner: nodeOwner, Name: n.Name}
@@ -56,7 +48,7 @@ func NodeRows(n NodeNetwork) []nbstore.Row {
 		}, Refs: map[string][]nbstore.Ref{"load_balancer_group": {{Owner: ClusterOwner, Name: ClusterLBGroup}}}},
 		{Model: &nbmodel.LogicalRouterPort{
 			Name:        RouterPortName(n.Name),
-			MAC:         MACFromIP(gw),
+			MAC:         conventions.MACFromIP(gw),
 			Networks:    []string{netip.PrefixFrom(gw, n.Subnet.Bits()).String()},
 			ExternalIDs: ids,
 		}, Parent: &nbstore.Ref{Owner: ClusterOwner, Name: ClusterRouter}},
@@ -68,8 +60,8 @@ func NodeRows(n NodeNetwork) []nbstore.Row {
 			ExternalIDs: ids,
 		}, Parent: onSwitch},
 		{Model: &nbmodel.LogicalSwitchPort{
-			Name:        ManagementPortName(n.Name),
-			Addresses:   []string{MACFromIP(mgmt) + " " + mgmt.String()},
+			Name:        conventions.ManagementPortName(n.Name),
+			Addresses:   []string{conventions.MACFromIP(mgmt) + " " + mgmt.String()},
 			Options:     map[string]string{"requested-chassis": n.Name},
 			ExternalIDs: ids,
 		}, Parent: onSwitch},
@@ -78,9 +70,9 @@ func NodeRows(n NodeNetwork) []nbstore.Row {
 
 // PodRows is a pod's logical switch port on its node's switch.
 func PodRows(p PodNetwork) []nbstore.Row {
-	addr := MACFromIP(p.Addr) + " " + p.Addr.String()
+	addr := conventions.MACFromIP(p.Addr) + " " + p.Addr.String()
 	return []nbstore.Row{{Model: &nbmodel.LogicalSwitchPort{
-		Name:         PodPortName(p.Namespace, p.Name),
+		Name:         conventions.PodPortName(p.Namespace, p.Name),
 		Addresses:    []string{addr},
 		PortSecurity: []string{addr},
 		Options:      map[string]string{"requested-chassis": p.Node},

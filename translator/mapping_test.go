@@ -9,12 +9,6 @@ import (
 	"github.com/dunlinplugin/dunlin/translator/nbstore"
 )
 
-func TestMACFromIP(t *testing.T) {
-	if got := MACFromIP(netip.MustParseAddr("10.244.1.5")); got != "0a:58:0a:f4:01:05" {
-		t.Fatalf("MACFromIP = %s", got)
-	}
-}
-
 func TestNodeRows(t *testing.T) {
 	rows := NodeRows(NodeNetwork{Name: "n1", Subnet: netip.MustParsePrefix("10.244.1.0/24")})
 	ls := rows[0].Model.(*nbmodel.LogicalSwitch)

@@ -20,7 +20,6 @@ const (
 
 	routerToSwitchPrefix = "rtos-"
 	switchToRouterPrefix = "stor-"
-	managementPortPrefix = "k8s-"
 )
 
 // Kinds of owner, the first part of an owner value and the name of a work queue.
@@ -43,17 +42,11 @@ const (
 // Owner is the owner value of a queue key of kind (namespace/name or name).
 func Owner(kind, key string) string { return kind + "/" + key }
 
-// PodPortName is the logical switch port of a pod: <namespace>_<name>, also the OVS iface-id.
-func PodPortName(namespace, name string) string { return namespace + "_" + name }
-
 // RouterPortName is the cluster router's port towards a node switch.
 func RouterPortName(node string) string { return routerToSwitchPrefix + node }
 
 // SwitchRouterPortName is the node switch's peer of RouterPortName.
 func SwitchRouterPortName(node string) string { return switchToRouterPrefix + node }
-
-// ManagementPortName is the node's management port (host to pods).
-func ManagementPortName(node string) string { return managementPortPrefix + node }
 
 // ServiceLBName is the load balancer of a Service for one protocol (TCP, UDP or SCTP).
 func ServiceLBName(namespace, name, protocol string) string {

@@ -106,7 +106,8 @@ func hasPodNetwork(p *corev1.Pod) bool {
 // dunlin.io/node-subnet annotation, else a new allocation persisted in that annotation. An invalid
 // prefix (zero value) with a nil error means bad input that was reported and is not retried.
 func (c *Controller) nodeSubnet(ctx context.Context, node *corev1.Node) (netip.Prefix, error) {
-	if p, src, err := annotations.DeclaredNodeSubnet(node); err != nil || p.IsValid() {
+	if ps, src, err := annotations.DeclaredNodeSubnets(node); err != nil || annotations.IPv4Subnet(ps).IsValid() {
+		p := annotations.IPv4Subnet(ps)
 		if err != nil {
 			c.ipam.ReleaseNodeSubnet(node.Name)
 			c.warn(node, reasonInvalidSubnet, "%v; remove or correct it", err)
@@ -126,7 +127,7 @@ func (c *Controller) nodeSubnet(ctx context.Context, node *corev1.Node) (netip.P
 		}
 		return netip.Prefix{}, err
 	}
-	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, annotations.NodeSubnet, p.String())
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, annotations.NodeSubnet, annotations.FormatNodeSubnets([]netip.Prefix{p}))
 	if _, err := c.kube.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: fieldManager}); err != nil {
 		c.ipam.ReleaseNodeSubnet(node.Name)
 		return netip.Prefix{}, fmt.Errorf("annotate node %s with subnet %s: %w", node.Name, p, err)
@@ -144,7 +145,8 @@ func (c *Controller) rebuildIPAM() error {
 	}
 	sort.Slice(nodes, func(i, j int) bool { return olderThan(&nodes[i].ObjectMeta, &nodes[j].ObjectMeta) })
 	for _, n := range nodes {
-		if p, _, err := annotations.DeclaredNodeSubnet(n); err == nil && p.IsValid() {
+		if ps, _, err := annotations.DeclaredNodeSubnets(n); err == nil && annotations.IPv4Subnet(ps).IsValid() {
+			p := annotations.IPv4Subnet(ps)
 			if err := c.ipam.ReserveNodeSubnet(n.Name, p); err != nil {
 				klog.InfoS("Ignoring node subnet on start", "node", n.Name, "subnet", p, "err", err)
 			}
@@ -164,7 +166,11 @@ func (c *Controller) rebuildIPAM() error {
 		if err != nil || info == nil {
 			continue
 		}
-		pa := ipam.PodAddr{Node: p.Spec.NodeName, UID: string(p.UID), Addr: info.Prefix().Addr()}
+		v4, ok := info.IPv4()
+		if !ok {
+			continue
+		}
+		pa := ipam.PodAddr{Node: p.Spec.NodeName, UID: string(p.UID), Addr: v4.Addr()}
 		if err := c.ipam.ReservePod(p.Namespace+"/"+p.Name, pa); err != nil {
 			klog.InfoS("Ignoring pod address on start", "pod", klog.KObj(p), "addr", pa.Addr, "err", err)
 			continue

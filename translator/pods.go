@@ -14,6 +14,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/internal/conventions"
 	"github.com/dunlinplugin/dunlin/translator/ipam"
 )
 
@@ -91,7 +92,8 @@ func (c *Controller) podAddress(ctx context.Context, pod *corev1.Pod, key string
 		return netip.Addr{}, nil
 	}
 	if info != nil {
-		a := info.Prefix().Addr()
+		v4, _ := info.IPv4()
+		a := v4.Addr()
 		if !subnet.Contains(a) {
 			c.ipam.ReleasePod(key)
 			c.warn(pod, reasonInvalidAnnotation, "address %s is outside the subnet %s of node %s", a, subnet, pod.Spec.NodeName)
@@ -116,12 +118,8 @@ func (c *Controller) podAddress(ctx context.Context, pod *corev1.Pod, key string
 		}
 		return netip.Addr{}, err
 	}
-	gw := ipam.Gateway(subnet)
-	value := annotations.PodNetworkInfo{
-		IPAddress:  netip.PrefixFrom(pa.Addr, subnet.Bits()).String(),
-		MACAddress: MACFromIP(pa.Addr),
-		GatewayIP:  gw.String(),
-	}.Marshal()
+	value := annotations.NewPodNetworkInfo([]netip.Prefix{netip.PrefixFrom(pa.Addr, subnet.Bits())},
+		[]netip.Addr{conventions.GatewayIP(subnet)}, conventions.MACFromIP(pa.Addr)).Marshal()
 	// The UID precondition keeps a recreated pod of the same name from inheriting this address.
 	patch := fmt.Sprintf(`{"metadata":{"uid":%q,"annotations":{%q:%q}}}`, uid, annotations.PodNetwork, value)
 	if _, err := c.kube.CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: fieldManager}); err != nil {

@@ -115,8 +115,12 @@ func (c *Controller) refreshRanges() EndpointRanges {
 	r := EndpointRanges{Pods: []netip.Prefix{c.cfg.ClusterCIDR}, Nodes: map[netip.Addr]bool{}}
 	nodes, _ := c.nodeLister.List(labels.Everything())
 	for _, n := range nodes {
-		if p, _, err := annotations.DeclaredNodeSubnet(n); err == nil && p.IsValid() && !c.cfg.ClusterCIDR.Contains(p.Addr()) {
-			r.Pods = append(r.Pods, p)
+		if ps, _, err := annotations.DeclaredNodeSubnets(n); err == nil {
+			for _, p := range ps {
+				if !c.cfg.ClusterCIDR.Contains(p.Addr()) {
+					r.Pods = append(r.Pods, p)
+				}
+			}
 		}
 		for _, a := range n.Status.Addresses {
 			if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {

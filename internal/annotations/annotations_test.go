@@ -1,21 +1,63 @@
 package annotations
 
-import "testing"
+import (
+	"net/netip"
+	"strings"
+	"testing"
 
-func TestParsePodNetwork(t *testing.T) {
-	good := PodNetworkInfo{IPAddress: "10.244.1.5/24", MACAddress: "0a:58:0a:f4:01:05", GatewayIP: "10.244.1.1", MTU: 1400}
-	got, err := ParsePodNetwork(good.Marshal())
-	if err != nil || got.Prefix().String() != "10.244.1.5/24" || got.MTU != 1400 {
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+func TestPodNetworkRoundTrip(t *testing.T) {
+	good := NewPodNetworkInfo([]netip.Prefix{netip.MustParsePrefix("10.244.1.5/24")},
+		[]netip.Addr{netip.MustParseAddr("10.244.1.1")}, "0a:58:0a:f4:01:05")
+	good.MTU = 1400
+	s := good.Marshal()
+	// Format 1 readers (older dunlin-node) find their fields.
+	for _, want := range []string{`"ip_address":"10.244.1.5/24"`, `"gateway_ip":"10.244.1.1"`, `"ip_addresses":["10.244.1.5/24"]`, `"gateway_ips":["10.244.1.1"]`} {
+		if !strings.Contains(s, want) {
+			t.Errorf("%s lacks %s", s, want)
+		}
+	}
+	got, err := ParsePodNetwork(s)
+	if err != nil || got.Addresses()[0].String() != "10.244.1.5/24" || got.MTU != 1400 || got.Gateways()[0].String() != "10.244.1.1" {
 		t.Fatalf("round trip: %+v, %v", got, err)
 	}
+}
+
+func TestPodNetworkReadsFormat1(t *testing.T) {
+	got, err := ParsePodNetwork(`{"ip_address":"10.244.1.5/24","mac_address":"0a:58:0a:f4:01:05","gateway_ip":"10.244.1.1"}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v4, ok := got.IPv4(); !ok || v4.String() != "10.244.1.5/24" || len(got.Gateways()) != 1 {
+		t.Fatalf("format 1: %+v", got)
+	}
+}
+
+func TestPodNetworkDualStack(t *testing.T) {
+	got, err := ParsePodNetwork(`{"ip_addresses":["fd00:10:244:1::5/64","10.244.1.5/24"],"mac_address":"0a:58:0a:f4:01:05","gateway_ips":["fd00:10:244:1::1","10.244.1.1"]}`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if v4, _ := got.IPv4(); v4.String() != "10.244.1.5/24" || len(got.Addresses()) != 2 {
+		t.Fatalf("dual stack: %+v", got)
+	}
+}
+
+func TestParsePodNetworkRejects(t *testing.T) {
 	for name, bad := range map[string]string{
 		"not json":        `{"ip_address":`,
+		"no address":      `{"mac_address":"0a:58:0a:f4:01:05","gateway_ip":"10.244.1.1"}`,
 		"bad ip":          `{"ip_address":"10.244.1.500/24","mac_address":"0a:58:0a:f4:01:05","gateway_ip":"10.244.1.1"}`,
 		"no prefix":       `{"ip_address":"10.244.1.5","mac_address":"0a:58:0a:f4:01:05","gateway_ip":"10.244.1.1"}`,
 		"bad mac":         `{"ip_address":"10.244.1.5/24","mac_address":"zz","gateway_ip":"10.244.1.1"}`,
 		"gateway outside": `{"ip_address":"10.244.1.5/24","mac_address":"0a:58:0a:f4:01:05","gateway_ip":"10.244.2.1"}`,
 		"bad route":       `{"ip_address":"10.244.1.5/24","mac_address":"0a:58:0a:f4:01:05","gateway_ip":"10.244.1.1","routes":[{"dest":"x","nextHop":"10.244.1.1"}]}`,
 		"bad mtu":         `{"ip_address":"10.244.1.5/24","mac_address":"0a:58:0a:f4:01:05","gateway_ip":"10.244.1.1","mtu":-1}`,
+		"two v4":          `{"ip_addresses":["10.244.1.5/24","10.244.1.6/24"],"mac_address":"0a:58:0a:f4:01:05","gateway_ips":["10.244.1.1"]}`,
+		"forms disagree":  `{"ip_addresses":["10.244.1.5/24"],"ip_address":"10.244.1.6/24","mac_address":"0a:58:0a:f4:01:05","gateway_ips":["10.244.1.1"]}`,
 	} {
 		if _, err := ParsePodNetwork(bad); err == nil {
 			t.Errorf("%s: ParsePodNetwork(%s) succeeded", name, bad)
@@ -23,13 +65,35 @@ func TestParsePodNetwork(t *testing.T) {
 	}
 }
 
-func TestParseNodeSubnet(t *testing.T) {
-	if p, err := ParseNodeSubnet("10.244.3.0/24"); err != nil || p.String() != "10.244.3.0/24" {
-		t.Fatalf("ParseNodeSubnet = %v, %v", p, err)
-	}
-	for _, bad := range []string{"", "10.244.3.0", "10.244.3.1/24", "banana"} {
-		if _, err := ParseNodeSubnet(bad); err == nil {
-			t.Errorf("ParseNodeSubnet(%q) succeeded", bad)
+func TestParseNodeSubnets(t *testing.T) {
+	for in, want := range map[string]string{
+		"10.244.3.0/24":                        "10.244.3.0/24",
+		"10.244.3.0/24,fd00:10:244:3::/64":     "10.244.3.0/24,fd00:10:244:3::/64",
+		" 10.244.3.0/24 , fd00:10:244:3::/64 ": "10.244.3.0/24,fd00:10:244:3::/64",
+	} {
+		p, err := ParseNodeSubnets(in)
+		if err != nil || FormatNodeSubnets(p) != want {
+			t.Errorf("ParseNodeSubnets(%q) = %v, %v", in, p, err)
 		}
+	}
+	for _, bad := range []string{"", "10.244.3.0", "10.244.3.1/24", "banana", "10.244.3.0/24,10.244.4.0/24", "10.244.3.0/24,"} {
+		if _, err := ParseNodeSubnets(bad); err == nil {
+			t.Errorf("ParseNodeSubnets(%q) succeeded", bad)
+		}
+	}
+}
+
+func TestDeclaredNodeSubnets(t *testing.T) {
+	n := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{NodeSubnet: "10.244.3.0/24"}}}
+	if p, src, err := DeclaredNodeSubnets(n); err != nil || IPv4Subnet(p).String() != "10.244.3.0/24" || !strings.Contains(src, "annotation") {
+		t.Fatalf("annotation: %v %s %v", p, src, err)
+	}
+	n.Spec.PodCIDRs = []string{"fd00::/64", "10.244.9.0/24"}
+	if p, src, err := DeclaredNodeSubnets(n); err != nil || IPv4Subnet(p).String() != "10.244.9.0/24" || len(p) != 2 || src != "spec.podCIDRs" {
+		t.Fatalf("podCIDRs: %v %s %v", p, src, err)
+	}
+	n.Spec.PodCIDRs = []string{"fd00::/64"}
+	if p, _, _ := DeclaredNodeSubnets(n); IPv4Subnet(p).IsValid() {
+		t.Fatalf("IPv6-only podCIDRs gave an IPv4 subnet %v", p)
 	}
 }

@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/internal/conventions"
 	"github.com/dunlinplugin/dunlin/nbmodel"
 	"github.com/dunlinplugin/dunlin/test/harness"
 	"github.com/dunlinplugin/dunlin/translator"
@@ -172,9 +173,9 @@ func populate(b *testing.B, kube kubernetes.Interface, ns string, annotated bool
 			}
 			if annotated {
 				pod.Annotations = map[string]string{annotations.PodNetwork: annotations.PodNetworkInfo{
-					IPAddress:  netip.PrefixFrom(addr, 24).String(),
-					MACAddress: translator.MACFromIP(addr),
-					GatewayIP:  n.Subnet.Addr().Next().String(),
+					IPAddresses: []string{netip.PrefixFrom(addr, 24).String()},
+					MACAddress:  conventions.MACFromIP(addr),
+					GatewayIPs:  []string{conventions.GatewayIP(n.Subnet).String()},
 				}.Marshal()}
 			}
 			jobs <- func() error {

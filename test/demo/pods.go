@@ -21,7 +21,7 @@ type pod struct {
 	sb   harness.Sandbox
 }
 
-// portName is the pod's logical switch port and OVS iface-id (translator.PodPortName, not imported to
+// portName is the pod's logical switch port and OVS iface-id (conventions.PodPortName, not imported to
 // keep the demo an outside view).
 func (p *pod) portName() string { return namespace + "_" + p.name }
 

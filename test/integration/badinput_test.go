@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -53,7 +54,8 @@ func TestMalformedAnnotations(t *testing.T) {
 		p.Annotations = map[string]string{annotations.PodNetwork: fine.Marshal()}
 	})
 	c.warning("default", "copycat", "PodAddressConflict")
-	stray := annotations.PodNetworkInfo{IPAddress: "10.99.0.5/24", MACAddress: "0a:58:0a:63:00:05", GatewayIP: "10.99.0.1"}
+	stray := annotations.NewPodNetworkInfo([]netip.Prefix{netip.MustParsePrefix("10.99.0.5/24")},
+		[]netip.Addr{netip.MustParseAddr("10.99.0.1")}, "0a:58:0a:63:00:05")
 	c.createPod("default", "stray", "n1", func(p *corev1.Pod) {
 		p.Annotations = map[string]string{annotations.PodNetwork: stray.Marshal()}
 	})

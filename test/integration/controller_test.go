@@ -29,7 +29,8 @@ func (c *cluster) nodeSubnet(name string) netip.Prefix {
 		if !ok {
 			return fmt.Errorf("no annotation yet")
 		}
-		p, err = annotations.ParseNodeSubnet(s)
+		ps, err := annotations.ParseNodeSubnets(s)
+		p = annotations.IPv4Subnet(ps)
 		return err
 	})
 	return p
@@ -45,7 +46,7 @@ func (c *cluster) expectPort(ns, name, node string) annotations.PodNetworkInfo {
 		if info, err = c.podNetwork(ns, name); err != nil {
 			return err
 		}
-		want := info.MACAddress + " " + info.Prefix().Addr().String()
+		want := info.MACAddress + " " + podIPv4(info).String()
 		got, err := c.ovn.NBCtl("lsp-get-addresses", port)
 		if err != nil {
 			return err
@@ -119,7 +120,7 @@ func TestNodesAndPods(t *testing.T) {
 	a := c.expectPort("default", "a", "n1")
 	b := c.expectPort("default", "b", "n1")
 	cc := c.expectPort("default", "c", "n2")
-	if !s1.Contains(a.Prefix().Addr()) || !s1.Contains(b.Prefix().Addr()) || !s2.Contains(cc.Prefix().Addr()) {
+	if !s1.Contains(podIPv4(a)) || !s1.Contains(podIPv4(b)) || !s2.Contains(podIPv4(cc)) {
 		t.Fatalf("addresses %s %s %s outside their node subnets %s %s", a.IPAddress, b.IPAddress, cc.IPAddress, s1, s2)
 	}
 	if a.IPAddress == b.IPAddress || a.GatewayIP != s1.Addr().Next().String() {

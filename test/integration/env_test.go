@@ -5,6 +5,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -229,6 +230,12 @@ func (c *cluster) warning(ns, name, reason string) *corev1.Event {
 		return nil
 	})
 	return found
+}
+
+// podIPv4 is the IPv4 address of a parsed pod annotation.
+func podIPv4(info annotations.PodNetworkInfo) netip.Addr {
+	p, _ := info.IPv4()
+	return p.Addr()
 }
 
 func freeAddr(t *testing.T) string {

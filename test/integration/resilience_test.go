@@ -40,7 +40,7 @@ func (c *cluster) checkConverged(nodes []string) error {
 			return fmt.Errorf("address %s given to both %s and %s", info.IPAddress, other, p.Name)
 		}
 		byAddr[info.IPAddress] = p.Name
-		want[p.Namespace+"_"+p.Name] = info.MACAddress + " " + info.Prefix().Addr().String()
+		want[p.Namespace+"_"+p.Name] = info.MACAddress + " " + podIPv4(info).String()
 	}
 	for _, n := range nodes {
 		want["stor-"+n], want["k8s-"+n] = "", ""

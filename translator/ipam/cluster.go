@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"net/netip"
 	"sync"
+
+	"github.com/dunlinplugin/dunlin/internal/conventions"
 )
 
 // PodAddr is the address a pod holds.
@@ -30,12 +32,6 @@ func NewCluster(clusterCIDR netip.Prefix, nodePrefix int) (*Cluster, error) {
 	}
 	return &Cluster{subnets: s, pools: map[string]*Pool{}, pods: map[string]PodAddr{}}, nil
 }
-
-// Gateway is the first host address of a node subnet: the router port, the pods' default gateway.
-func Gateway(subnet netip.Prefix) netip.Addr { return subnet.Addr().Next() }
-
-// ManagementIP is the second host address of a node subnet, held for the node's management port.
-func ManagementIP(subnet netip.Prefix) netip.Addr { return subnet.Addr().Next().Next() }
 
 // NodeSubnet returns the node's subnet.
 func (c *Cluster) NodeSubnet(node string) (netip.Prefix, bool) {
@@ -69,7 +65,7 @@ func (c *Cluster) ensurePool(node string, p netip.Prefix) error {
 	if pool, ok := c.pools[node]; ok && pool.Subnet() == p {
 		return nil
 	}
-	pool, err := NewPool(p, Gateway(p), ManagementIP(p))
+	pool, err := NewPool(p, conventions.GatewayIP(p), conventions.ManagementIP(p))
 	if err != nil {
 		c.subnets.Release(node)
 		return err

@@ -4,11 +4,13 @@ import (
 	"errors"
 	"net/netip"
 	"testing"
+
+	"github.com/dunlinplugin/dunlin/internal/conventions"
 )
 
 func TestPoolLowestFreeAndReuse(t *testing.T) {
 	subnet := netip.MustParsePrefix("10.244.1.0/29")
-	p, err := NewPool(subnet, Gateway(subnet), ManagementIP(subnet))
+	p, err := NewPool(subnet, conventions.GatewayIP(subnet), conventions.ManagementIP(subnet))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +43,7 @@ func TestPoolLowestFreeAndReuse(t *testing.T) {
 
 func TestPoolReserve(t *testing.T) {
 	subnet := netip.MustParsePrefix("10.244.1.0/24")
-	p, _ := NewPool(subnet, Gateway(subnet), ManagementIP(subnet))
+	p, _ := NewPool(subnet, conventions.GatewayIP(subnet), conventions.ManagementIP(subnet))
 	tests := []struct {
 		addr, owner string
 		conflict    bool
