@@ -26,7 +26,17 @@ type Binaries struct {
 	PodServer  string
 }
 
-// BuildBinaries builds dunlin-controller, dunlin-node, dunlin-cni and the test pod server into dir.
+// GoBuildFlags are `go build` and its flags for the programs a test starts: with -race when the test
+// binary has it, so that their data races are caught too (see DataRaces).
+func GoBuildFlags() []string {
+	if RaceEnabled {
+		return []string{"build", "-race"}
+	}
+	return []string{"build"}
+}
+
+// BuildBinaries builds dunlin-controller, dunlin-node, dunlin-cni and the test pod server into dir,
+// with -race when the calling binary has it.
 func BuildBinaries(ctx context.Context, dir string) (Binaries, error) {
 	b := Binaries{
 		Dir:        dir,
@@ -37,8 +47,8 @@ func BuildBinaries(ctx context.Context, dir string) (Binaries, error) {
 	}
 	_, self, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(self), "..", "..")
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", dir+"/",
-		"./cmd/dunlin-controller", "./cmd/dunlin-node", "./cmd/dunlin-cni", "./test/podserver")
+	cmd := exec.CommandContext(ctx, "go", append(GoBuildFlags(), "-o", dir+"/",
+		"./cmd/dunlin-controller", "./cmd/dunlin-node", "./cmd/dunlin-cni", "./test/podserver")...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return b, fmt.Errorf("go build: %w\n%s", err, out)

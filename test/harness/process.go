@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/exec"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -29,6 +30,8 @@ type process struct {
 	cmd     *exec.Cmd
 	done    chan struct{} // closed once the process has been reaped
 	waitErr error         // valid after done is closed
+	// stopping is set by Stop and Kill: an exit after it is expected, any other exit is a death.
+	stopping atomic.Bool
 }
 
 // startProcess runs bin with args, appending stdout and stderr to logPath.
@@ -57,6 +60,7 @@ func startProcess(name, logPath string, env []string, bin string, args ...string
 	go func() {
 		p.waitErr = cmd.Wait()
 		close(p.done)
+		p.reportDeath()
 	}()
 	return p, nil
 }
@@ -77,6 +81,7 @@ func (p *process) Stop() error {
 	if p == nil || p.exited() {
 		return nil
 	}
+	p.stopping.Store(true)
 	pgid := p.cmd.Process.Pid
 	// The leader is not reaped until done is closed, so its pid (= pgid) cannot have been reused yet.
 	if err := syscall.Kill(-pgid, syscall.SIGTERM); err != nil && !errors.Is(err, syscall.ESRCH) {
@@ -154,6 +159,23 @@ func Eventually(timeout time.Duration, f func() error) error {
 	}
 }
 
+// EventuallyWhile is Eventually that gives up at once when alive returns an error (a daemon the
+// check depends on has died), returning that error with f's last one.
+func EventuallyWhile(timeout time.Duration, alive func() error, f func() error) error {
+	var dead, last error
+	err := Eventually(timeout, func() error {
+		if dead = alive(); dead != nil {
+			return nil
+		}
+		last = f()
+		return last
+	})
+	if dead != nil {
+		return fmt.Errorf("gave up: %w (last check: %v)", dead, last)
+	}
+	return err
+}
+
 // freePorts returns n distinct TCP ports on 127.0.0.1 that were free a moment ago. All listeners stay
 // open until the end so that the kernel cannot hand out the same port twice.
 func freePorts(n int) ([]int, error) {
@@ -200,6 +222,7 @@ func (p *Process) Kill() error {
 	if p.p.exited() {
 		return nil
 	}
+	p.p.stopping.Store(true)
 	if err := syscall.Kill(-p.p.cmd.Process.Pid, syscall.SIGKILL); err != nil && !errors.Is(err, syscall.ESRCH) {
 		return fmt.Errorf("kill %s: %w", p.p.name, err)
 	}
