@@ -89,9 +89,7 @@ func TestExhaustedNodeSubnet(t *testing.T) {
 	// Freeing an address heals the waiting pod.
 	c.deletePod("default", "p1")
 	c.expectPort("default", "p4", "n1")
-	if err := c.checkConverged([]string{"n1", "n2"}); err != nil {
-		t.Fatal(err)
-	}
+	c.eventually(converge, "convergence", func() error { return c.checkConverged([]string{"n1", "n2"}) })
 }
 
 func TestNBDownAndBack(t *testing.T) {
@@ -116,9 +114,7 @@ func TestNBDownAndBack(t *testing.T) {
 	c.expectPort("default", "during", "n1")
 	c.createPod("default", "after", "n1")
 	c.expectPort("default", "after", "n1")
-	if err := c.checkConverged([]string{"n1"}); err != nil {
-		t.Fatal(err)
-	}
+	c.eventually(converge, "convergence", func() error { return c.checkConverged([]string{"n1"}) })
 }
 
 func TestControllerStartsBeforeNB(t *testing.T) {

@@ -11,71 +11,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-
-	"github.com/dunlinplugin/dunlin/internal/annotations"
 )
-
-// checkConverged asserts that NB holds exactly one port per networked pod, with its annotated address,
-// plus the two ports of every node, and that no address is used twice.
-func (c *cluster) checkConverged(nodes []string) error {
-	pods, err := c.client.CoreV1().Pods("").List(context.Background(), metav1.ListOptions{})
-	if err != nil {
-		return err
-	}
-	want := map[string]string{}
-	byAddr := map[string]string{}
-	for _, p := range pods.Items {
-		if p.Spec.NodeName == "" || p.Spec.HostNetwork {
-			continue
-		}
-		s, ok := p.Annotations[annotations.PodNetwork]
-		if !ok {
-			return fmt.Errorf("pod %s has no address yet", p.Name)
-		}
-		info, err := annotations.ParsePodNetwork(s)
-		if err != nil {
-			return err
-		}
-		if other, dup := byAddr[info.IPAddress]; dup {
-			return fmt.Errorf("address %s given to both %s and %s", info.IPAddress, other, p.Name)
-		}
-		byAddr[info.IPAddress] = p.Name
-		want[p.Namespace+"_"+p.Name] = info.MACAddress + " " + podIPv4(info).String()
-	}
-	for _, n := range nodes {
-		want["stor-"+n], want["k8s-"+n] = "", ""
-	}
-	out, err := c.ovn.NBCtl("--format=csv", "--data=bare", "--no-headings", "--columns=name,addresses", "list", "Logical_Switch_Port")
-	if err != nil {
-		return err
-	}
-	got := map[string]string{}
-	for _, line := range strings.Split(out, "\n") {
-		if line == "" {
-			continue
-		}
-		name, addr, _ := strings.Cut(line, ",")
-		if _, dup := got[name]; dup {
-			return fmt.Errorf("port %s exists twice", name)
-		}
-		got[name] = addr
-	}
-	for name, addr := range want {
-		g, ok := got[name]
-		if !ok {
-			return fmt.Errorf("port %s missing", name)
-		}
-		if addr != "" && g != addr {
-			return fmt.Errorf("port %s has %q, want %q", name, g, addr)
-		}
-	}
-	for name := range got {
-		if _, ok := want[name]; !ok {
-			return fmt.Errorf("orphan port %s", name)
-		}
-	}
-	return nil
-}
 
 func TestRestartWhilePodsChurnConverges(t *testing.T) {
 	c := newCluster(t)

@@ -1,0 +1,576 @@
+package harness
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"maps"
+	"net/netip"
+	"slices"
+	"sort"
+	"strconv"
+	"strings"
+
+	"github.com/ovn-kubernetes/libovsdb/model"
+	"github.com/ovn-kubernetes/libovsdb/ovsdb"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+
+	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/translator"
+	"github.com/dunlinplugin/dunlin/translator/nbstore"
+)
+
+// Convergence: NB holds exactly the rows that Dunlin's mapping gives for the objects in the API, whole
+// rows compared. The expected rows come from the translator's pure mapping functions (ClusterRows,
+// NodeRows, PodRows, ServiceRows) fed with the nodes', pods', Services' and EndpointSlices' current
+// state, so the check follows the mapping as it evolves; NB is read with ovn-nbctl, the real client.
+// For every row of every table Dunlin manages (translator.TableSpecs) it compares each column Dunlin
+// sets (external_ids with the owner key included), and every reference between rows of those tables
+// that starts or ends at a Dunlin row: which switch a port is on, which router a router port, which
+// group or switch a load balancer is attached to, which groups a switch has. Dunlin's rows beyond the
+// expected ones are orphans.
+
+// ConvergeOptions are the controller settings the expected rows depend on.
+type ConvergeOptions struct {
+	// ClusterCIDR is dunlin-controller's --cluster-cidr; the zero value means its default.
+	ClusterCIDR netip.Prefix
+	// AffinityByHash is --session-affinity=hash.
+	AffinityByHash bool
+	// Nodes, when not nil, are exactly the nodes that must have a switch: it is an error while one of
+	// them has no subnet yet or another node has one.
+	Nodes []string
+}
+
+// ConvergeOptionsFromFlags reads the ConvergeOptions that dunlin-controller flags imply.
+func ConvergeOptionsFromFlags(flags []string) (ConvergeOptions, error) {
+	o := ConvergeOptions{ClusterCIDR: translator.DefaultConfig().ClusterCIDR}
+	for i := 0; i < len(flags); i++ {
+		name, value, hasValue := strings.Cut(strings.TrimLeft(flags[i], "-"), "=")
+		if name != "cluster-cidr" && name != "session-affinity" {
+			continue
+		}
+		if !hasValue && i+1 < len(flags) {
+			i++
+			value = flags[i]
+		}
+		switch name {
+		case "cluster-cidr":
+			p, err := netip.ParsePrefix(value)
+			if err != nil {
+				return o, fmt.Errorf("--cluster-cidr %q: %w", value, err)
+			}
+			o.ClusterCIDR = p
+		case "session-affinity":
+			o.AffinityByHash = value == translator.AffinityHash
+		}
+	}
+	return o, nil
+}
+
+// CheckConverged compares NB with what the cluster's API objects map to (see OVN.CheckConverged),
+// with the options the cluster's controller flags imply.
+func (c *Cluster) CheckConverged(ctx context.Context) error {
+	o, err := ConvergeOptionsFromFlags(c.ctrlFlags)
+	if err != nil {
+		return err
+	}
+	return c.OVN.CheckConverged(ctx, c.Kube.Client, o)
+}
+
+// CheckConverged returns nil when NB holds exactly Dunlin's rows for the nodes, pods, Services and
+// EndpointSlices in the API, else the first difference: the row (table, name, owner), the column or
+// reference, what it should be and what it is. It also fails while the API is not settled: a pod
+// without its address annotation, two pods with one address. Call it in a retry loop: NB converges
+// after the API.
+func (o *OVN) CheckConverged(ctx context.Context, kube kubernetes.Interface, opts ConvergeOptions) error {
+	if !opts.ClusterCIDR.IsValid() {
+		opts.ClusterCIDR = translator.DefaultConfig().ClusterCIDR
+	}
+	nb, err := newNBDescriber()
+	if err != nil {
+		return err
+	}
+	want, err := nb.expected(ctx, kube, opts)
+	if err != nil {
+		return err
+	}
+	got, err := nb.read(o, want)
+	if err != nil {
+		return err
+	}
+	return nb.compare(want, got)
+}
+
+// expectedRow is a row the mapping gives: its owner and the row with its parent and references.
+type expectedRow struct {
+	owner string
+	row   nbstore.Row
+}
+
+// expectedRows computes every row Dunlin should have for what is in the API.
+func expectedRows(ctx context.Context, kube kubernetes.Interface, opts ConvergeOptions) ([]expectedRow, error) {
+	var rows []expectedRow
+	add := func(owner string, rs []nbstore.Row) {
+		for _, r := range rs {
+			rows = append(rows, expectedRow{owner, r})
+		}
+	}
+	add(translator.ClusterOwner, translator.ClusterRows())
+
+	nodes, err := kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	subnets := map[string]netip.Prefix{}
+	for i := range nodes.Items {
+		n := &nodes.Items[i]
+		ps, _, err := annotations.DeclaredNodeSubnets(n)
+		if p := annotations.IPv4Subnet(ps); err == nil && p.IsValid() {
+			subnets[n.Name] = p
+		}
+	}
+	switchNodes := slices.Sorted(maps.Keys(subnets))
+	if opts.Nodes != nil {
+		if want := slices.Sorted(slices.Values(opts.Nodes)); !slices.Equal(switchNodes, want) {
+			return nil, fmt.Errorf("nodes with a subnet: %v, want %v", switchNodes, want)
+		}
+	}
+	for _, name := range switchNodes {
+		add(translator.Owner(translator.KindNode, name), translator.NodeRows(translator.NodeNetwork{Name: name, Subnet: subnets[name]}))
+	}
+
+	pods, err := kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	byAddr := map[netip.Addr]string{}
+	for _, p := range pods.Items {
+		if p.Spec.NodeName == "" || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		key := p.Namespace + "/" + p.Name
+		subnet, ok := subnets[p.Spec.NodeName]
+		if !ok {
+			return nil, fmt.Errorf("pod %s is on node %s, which has no subnet", key, p.Spec.NodeName)
+		}
+		s, ok := p.Annotations[annotations.PodNetwork]
+		if !ok {
+			return nil, fmt.Errorf("pod %s has no address yet", key)
+		}
+		info, err := annotations.ParsePodNetwork(s)
+		if err != nil {
+			return nil, fmt.Errorf("pod %s: %w", key, err)
+		}
+		v4, _ := info.IPv4()
+		addr := v4.Addr()
+		if !subnet.Contains(addr) {
+			return nil, fmt.Errorf("pod %s: address %s outside the subnet %s of node %s", key, addr, subnet, p.Spec.NodeName)
+		}
+		if other, dup := byAddr[addr]; dup {
+			return nil, fmt.Errorf("address %s given to both %s and %s", addr, other, key)
+		}
+		byAddr[addr] = key
+		add(translator.Owner(translator.KindPod, key), translator.PodRows(translator.PodNetwork{
+			Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), Node: p.Spec.NodeName, Addr: addr,
+		}))
+	}
+
+	svcs, err := kube.CoreV1().Services("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	slicesList, err := kube.DiscoveryV1().EndpointSlices("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	bySvc := map[string][]*discoveryv1.EndpointSlice{}
+	for i := range slicesList.Items {
+		s := &slicesList.Items[i]
+		if name := s.Labels[discoveryv1.LabelServiceName]; name != "" {
+			bySvc[s.Namespace+"/"+name] = append(bySvc[s.Namespace+"/"+name], s)
+		}
+	}
+	env := translator.ServiceEnv{
+		Ranges:         endpointRanges(nodes.Items, opts.ClusterCIDR),
+		AffinityByHash: opts.AffinityByHash,
+		Nodes:          switchNodes,
+	}
+	for i := range svcs.Items {
+		svc := &svcs.Items[i]
+		key := svc.Namespace + "/" + svc.Name
+		rs, _ := translator.ServiceRows(svc, bySvc[key], env)
+		add(translator.Owner(translator.KindService, key), rs)
+	}
+	return rows, nil
+}
+
+// endpointRanges are the addresses Service backends may have, as the controller computes them: the
+// cluster CIDR, node subnets outside it, and the nodes' internal and external addresses.
+func endpointRanges(nodes []corev1.Node, clusterCIDR netip.Prefix) translator.EndpointRanges {
+	r := translator.EndpointRanges{Pods: []netip.Prefix{clusterCIDR}, Nodes: map[netip.Addr]bool{}}
+	for i := range nodes {
+		if ps, _, err := annotations.DeclaredNodeSubnets(&nodes[i]); err == nil {
+			for _, p := range ps {
+				if !clusterCIDR.Contains(p.Addr()) {
+					r.Pods = append(r.Pods, p)
+				}
+			}
+		}
+		for _, a := range nodes[i].Status.Addresses {
+			if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
+				continue
+			}
+			if ip, err := netip.ParseAddr(a.Address); err == nil {
+				r.Nodes[ip.Unmap()] = true
+			}
+		}
+	}
+	return r
+}
+
+// rowID names a row: its table and name.
+type rowID struct{ table, name string }
+
+func (id rowID) String() string { return id.table + " " + id.name }
+
+// edge is a reference from a row's column to another row.
+type edge struct {
+	from   rowID
+	column string
+	to     rowID
+}
+
+// rowState is a row as compared: owner, the columns Dunlin sets in canonical text, its references.
+type rowState struct {
+	owner   string
+	columns map[string]string
+}
+
+// nbState is the rows of the managed tables and the references among them.
+type nbState struct {
+	rows  map[rowID]rowState
+	edges map[edge]bool
+}
+
+// nbDescriber knows the managed tables, their columns and how to put rows into canonical text.
+type nbDescriber struct {
+	db     model.DatabaseModel
+	schema ovsdb.DatabaseSchema
+	specs  map[string]nbstore.TableSpec
+	tables []string // managed tables, sorted
+}
+
+func newNBDescriber() (*nbDescriber, error) {
+	client, schema, err := translator.NBModel()
+	if err != nil {
+		return nil, err
+	}
+	db, errs := model.NewDatabaseModel(schema, client)
+	if len(errs) > 0 {
+		return nil, fmt.Errorf("NB model: %w", errors.Join(errs...))
+	}
+	specs := translator.TableSpecs()
+	d := &nbDescriber{db: db, schema: schema, specs: specs, tables: slices.Sorted(maps.Keys(specs))}
+	for _, t := range d.tables {
+		if d.schema.Table(t).Column("name") == nil {
+			return nil, fmt.Errorf("table %s has no name column: CheckConverged identifies rows by name and needs extending", t)
+		}
+	}
+	return d, nil
+}
+
+// compared reports whether a column of table is compared as a value: a column Dunlin sets, other than
+// the name (the row's identity) and references to managed tables (compared as edges).
+func (d *nbDescriber) compared(table, column string) bool {
+	return column != "name" && d.refTable(table, column) == "" && slices.Contains(d.specs[table].Columns, column)
+}
+
+// refTable is the managed table a column references, or "".
+func (d *nbDescriber) refTable(table, column string) string {
+	c := d.schema.Table(table).Column(column)
+	if c == nil || c.TypeObj == nil || c.TypeObj.Key == nil {
+		return ""
+	}
+	if ref, err := c.TypeObj.Key.RefTable(); err == nil && d.specs[ref].Columns != nil {
+		return ref
+	}
+	return ""
+}
+
+// expected turns the mapping's rows into rows and edges.
+func (d *nbDescriber) expected(ctx context.Context, kube kubernetes.Interface, opts ConvergeOptions) (nbState, error) {
+	rows, err := expectedRows(ctx, kube, opts)
+	if err != nil {
+		return nbState{}, err
+	}
+	st := nbState{rows: map[rowID]rowState{}, edges: map[edge]bool{}}
+	for _, er := range rows {
+		info, err := d.db.NewModelInfo(er.row.Model)
+		if err != nil {
+			return st, err
+		}
+		table := info.Metadata.TableName
+		name, err := info.FieldByColumn("name")
+		if err != nil {
+			return st, err
+		}
+		id := rowID{table, name.(string)}
+		if other, dup := st.rows[id]; dup {
+			return st, fmt.Errorf("the mapping gives %s twice (owners %s and %s)", id, other.owner, er.owner)
+		}
+		rs := rowState{owner: er.owner, columns: map[string]string{}}
+		for _, col := range d.specs[table].Columns {
+			if !d.compared(table, col) {
+				continue
+			}
+			native, err := info.FieldByColumn(col)
+			if err != nil {
+				return st, err
+			}
+			if col == "external_ids" && !d.specs[table].NameOwned {
+				ids := maps.Clone(native.(map[string]string))
+				if ids == nil {
+					ids = map[string]string{}
+				}
+				ids[nbstore.OwnerKey] = er.owner
+				native = ids
+			}
+			cs := info.Metadata.TableSchema.Column(col)
+			ovs, err := ovsdb.NativeToOvs(cs, native)
+			if err != nil {
+				return st, fmt.Errorf("%s column %s: %w", id, col, err)
+			}
+			rs.columns[col] = canonical(cs, ovs)
+		}
+		st.rows[id] = rs
+		if er.row.Parent != nil {
+			pt, pc := d.specs[table].ParentTable, d.specs[table].ParentColumn
+			if er.row.ParentTable != "" {
+				pt, pc = er.row.ParentTable, er.row.ParentColumn
+			}
+			st.edges[edge{rowID{pt, er.row.Parent.Name}, pc, id}] = true
+		}
+		for col, refs := range er.row.Refs {
+			for _, ref := range refs {
+				st.edges[edge{id, col, rowID{d.refTable(table, col), ref.Name}}] = true
+			}
+		}
+	}
+	return st, nil
+}
+
+// read reads the managed tables with ovn-nbctl and keeps Dunlin's rows (by owner key, or in a
+// NameOwned table by one of the names want has) and every reference from or to one of them.
+func (d *nbDescriber) read(o *OVN, want nbState) (nbState, error) {
+	type nbRow struct {
+		id  rowID
+		row ovsdb.Row
+	}
+	var all []nbRow
+	names := map[string]rowID{} // uuid -> row
+	for _, table := range d.tables {
+		out, err := o.NBCtl("--format=json", "list", table)
+		if err != nil {
+			return nbState{}, err
+		}
+		var list struct {
+			Headings []string            `json:"headings"`
+			Data     [][]json.RawMessage `json:"data"`
+		}
+		if err := json.Unmarshal([]byte(out), &list); err != nil {
+			return nbState{}, fmt.Errorf("ovn-nbctl list %s: %w", table, err)
+		}
+		for _, cells := range list.Data {
+			obj := map[string]json.RawMessage{}
+			for i, h := range list.Headings {
+				obj[h] = cells[i]
+			}
+			b, _ := json.Marshal(obj)
+			var row ovsdb.Row
+			if err := json.Unmarshal(b, &row); err != nil {
+				return nbState{}, fmt.Errorf("ovn-nbctl list %s: %w", table, err)
+			}
+			name, _ := row["name"].(string)
+			uuid, _ := row["_uuid"].(ovsdb.UUID)
+			id := rowID{table, name}
+			names[uuid.GoUUID] = id
+			all = append(all, nbRow{id, row})
+		}
+	}
+	st := nbState{rows: map[rowID]rowState{}, edges: map[edge]bool{}}
+	owned := map[rowID]bool{}
+	dups := map[rowID]int{}
+	for _, r := range all {
+		owner := ""
+		if ids, ok := r.row["external_ids"].(ovsdb.OvsMap); ok {
+			owner, _ = ids.GoMap[nbstore.OwnerKey].(string)
+		}
+		if w, ok := want.rows[r.id]; ok && d.specs[r.id.table].NameOwned {
+			owner = w.owner
+		}
+		if owner == "" {
+			continue
+		}
+		owned[r.id] = true
+		if dups[r.id]++; dups[r.id] > 1 {
+			return st, fmt.Errorf("%s (owner %s) exists %d times", r.id, owner, dups[r.id])
+		}
+		rs := rowState{owner: owner, columns: map[string]string{}}
+		ts := d.schema.Table(r.id.table)
+		for _, col := range d.specs[r.id.table].Columns {
+			if d.compared(r.id.table, col) {
+				rs.columns[col] = canonical(ts.Column(col), r.row[col])
+			}
+		}
+		st.rows[r.id] = rs
+	}
+	for _, r := range all {
+		for col := range r.row {
+			if d.refTable(r.id.table, col) == "" {
+				continue
+			}
+			for _, u := range uuids(r.row[col]) {
+				to, ok := names[u]
+				if !ok {
+					continue // a reference to a row of a table we did not read
+				}
+				if owned[r.id] || owned[to] {
+					st.edges[edge{r.id, col, to}] = true
+				}
+			}
+		}
+	}
+	return st, nil
+}
+
+// uuids lists the UUIDs in a reference column's value.
+func uuids(v any) []string {
+	switch v := v.(type) {
+	case ovsdb.UUID:
+		return []string{v.GoUUID}
+	case ovsdb.OvsSet:
+		var out []string
+		for _, e := range v.GoSet {
+			if u, ok := e.(ovsdb.UUID); ok {
+				out = append(out, u.GoUUID)
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// compare returns the first difference between want and got: rows in table and name order (missing,
+// then their columns), then Dunlin rows nobody wants, then references per row and column.
+func (d *nbDescriber) compare(want, got nbState) error {
+	ids := slices.SortedFunc(maps.Keys(want.rows), cmpRowID)
+	for _, id := range ids {
+		w := want.rows[id]
+		g, ok := got.rows[id]
+		if !ok {
+			return fmt.Errorf("%s (owner %s): missing", id, w.owner)
+		}
+		for _, col := range slices.Sorted(maps.Keys(w.columns)) {
+			if w.columns[col] != g.columns[col] {
+				return fmt.Errorf("%s (owner %s): column %s: want %s, got %s", id, w.owner, col, w.columns[col], g.columns[col])
+			}
+		}
+	}
+	for _, id := range slices.SortedFunc(maps.Keys(got.rows), cmpRowID) {
+		if _, ok := want.rows[id]; !ok {
+			return fmt.Errorf("%s (owner %s): exists, but nothing in the API maps to it", id, got.rows[id].owner)
+		}
+	}
+	// References, grouped by the referring row and column: want and got are the referenced rows.
+	type refCol struct {
+		from   rowID
+		column string
+	}
+	targets := func(edges map[edge]bool) map[refCol][]string {
+		m := map[refCol][]string{}
+		for e := range edges {
+			k := refCol{e.from, e.column}
+			m[k] = append(m[k], e.to.String())
+		}
+		return m
+	}
+	wt, gt := targets(want.edges), targets(got.edges)
+	keys := slices.Collect(maps.Keys(wt))
+	for k := range gt {
+		if _, ok := wt[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	sort.Slice(keys, func(i, j int) bool {
+		if c := cmpRowID(keys[i].from, keys[j].from); c != 0 {
+			return c < 0
+		}
+		return keys[i].column < keys[j].column
+	})
+	for _, k := range keys {
+		w, g := slices.Sorted(slices.Values(wt[k])), slices.Sorted(slices.Values(gt[k]))
+		if !slices.Equal(w, g) {
+			owner := want.rows[k.from].owner
+			if owner == "" {
+				owner = got.rows[k.from].owner
+			}
+			if owner == "" {
+				owner = "none: not Dunlin's"
+			}
+			return fmt.Errorf("%s (owner %s): references in column %s: want %q, got %q", k.from, owner, k.column, w, g)
+		}
+	}
+	return nil
+}
+
+func cmpRowID(a, b rowID) int {
+	if c := strings.Compare(a.table, b.table); c != 0 {
+		return c
+	}
+	return strings.Compare(a.name, b.name)
+}
+
+// canonical renders a column value in OVSDB notation as text that is equal for equal values: a set's
+// elements sorted, a map's keys sorted, a single-element set the same whether or not written as an
+// atom.
+func canonical(cs *ovsdb.ColumnSchema, v any) string {
+	atom := func(a any) string {
+		switch a := a.(type) {
+		case string:
+			return strconv.Quote(a)
+		case ovsdb.UUID:
+			return a.GoUUID
+		case float64:
+			return strconv.FormatFloat(a, 'f', -1, 64)
+		default:
+			return fmt.Sprint(a)
+		}
+	}
+	switch cs.Type {
+	case ovsdb.TypeMap:
+		m, _ := v.(ovsdb.OvsMap)
+		var kv []string
+		for k, val := range m.GoMap {
+			kv = append(kv, atom(k)+":"+atom(val))
+		}
+		sort.Strings(kv)
+		return "{" + strings.Join(kv, ", ") + "}"
+	case ovsdb.TypeSet:
+		var elems []string
+		if s, ok := v.(ovsdb.OvsSet); ok {
+			for _, e := range s.GoSet {
+				elems = append(elems, atom(e))
+			}
+		} else if v != nil {
+			elems = append(elems, atom(v))
+		}
+		sort.Strings(elems)
+		return "[" + strings.Join(elems, ", ") + "]"
+	default:
+		return atom(v)
+	}
+}
