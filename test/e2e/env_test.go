@@ -79,15 +79,41 @@ func newClusterEnv(t *testing.T, o harness.ClusterOptions) *env {
 	t.Logf("cluster (%s) up in %s", encap, time.Since(start).Round(time.Millisecond))
 	e := &env{t: t, c: c, client: c.Kube.Client}
 	t.Cleanup(func() {
+		// A daemon that died (an ovs-vswitchd crash above all) fails the test by name, whatever else
+		// failed because of it.
+		if err := c.Health(); err != nil {
+			t.Errorf("a daemon died during the test:\n%v", err)
+		}
 		if t.Failed() {
 			t.Logf("logs:\n%s", logs(dir))
 		}
 		if err := c.Stop(); err != nil {
 			t.Logf("stop cluster: %v", err)
 		}
+		// With make test's -race, Dunlin's programs are race-built too (harness.GoBuildFlags).
+		if err := c.DataRaces(); err != nil {
+			t.Errorf("race detector in Dunlin's programs: %v", err)
+		}
 		os.RemoveAll(dir)
 	})
 	return e
+}
+
+// datapath waits until every node's ovn-controller has installed the flows for NB as it is now: a
+// traffic step calls it after the NB rows it depends on exist and before its first packet. A packet
+// sent earlier can be lost, or worse: a SYN to a Service VIP whose flows are not there yet is committed
+// to conntrack without NAT, and every retransmission of it then misses the load balancer.
+func (e *env) datapath() {
+	e.t.Helper()
+	if err := e.c.WaitDatapath(context.Background()); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// converged waits until NB holds exactly the rows Dunlin's mapping gives for the API's objects.
+func (e *env) converged() {
+	e.t.Helper()
+	e.eventually(60*time.Second, "NB converged", func() error { return e.c.CheckConverged(context.Background()) })
 }
 
 // logs gives the tails of the Dunlin logs under dir.
@@ -125,9 +151,11 @@ func (e *env) node(name string) *harness.ClusterNode {
 	return nil
 }
 
+// eventually retries f until it succeeds or timeout passes; it gives up at once, naming the daemon,
+// when one has died, since nothing will change then.
 func (e *env) eventually(timeout time.Duration, what string, f func() error) {
 	e.t.Helper()
-	if err := harness.Eventually(timeout, f); err != nil {
+	if err := harness.EventuallyWhile(timeout, e.c.Health, f); err != nil {
 		e.t.Fatalf("%s: %v", what, err)
 	}
 }
@@ -171,7 +199,7 @@ func (e *env) running(namespace, name string) (*corev1.Pod, harness.Sandbox) {
 
 // ping sends count echo requests from inside a pod; extra are ping flags.
 func ping(sb harness.Sandbox, ip string, extra ...string) error {
-	args := append([]string{"netns", "exec", sb.NetnsName, "ping", "-c", "2", "-i", "0.2", "-W", "2"}, extra...)
+	args := append([]string{"netns", "exec", sb.NetnsName, "ping", "-c", "2", "-i", "0.2", "-W", "5"}, extra...)
 	out, err := exec.Command("ip", append(args, ip)...).CombinedOutput()
 	if err != nil {
 		return fmt.Errorf("ping %s from %s: %v\n%s", ip, sb.NetnsName, err, out)

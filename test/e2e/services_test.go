@@ -20,6 +20,10 @@ import (
 	"github.com/dunlinplugin/dunlin/test/harness"
 )
 
+// requestTimeout bounds one HTTP request of a traffic test: generous, as a lost SYN is resent only
+// after 1, 3, 7 and 15 s, and on a loaded machine the datapath is slow; a wrong answer fails anyway.
+const requestTimeout = 30 * time.Second
+
 // TestServices runs Services through OVN load balancers on two nodes, with the real
 // kube-controller-manager producing the EndpointSlices.
 func TestServices(t *testing.T) {
@@ -69,7 +73,7 @@ func TestServices(t *testing.T) {
 	t.Run("TCP over the ClusterIP reaches every backend on both nodes, named targetPort resolved", func(t *testing.T) {
 		seen := map[string]int{}
 		for i := 0; i < 60 && len(seen) < 3; i++ {
-			body, err := client.HTTPGet(context.Background(), "http://"+web+":80/", 5*time.Second)
+			body, err := client.HTTPGet(context.Background(), "http://"+web+":80/", requestTimeout)
 			if err != nil {
 				t.Fatalf("request %d to %s:80: %v", i, web, err)
 			}
@@ -99,7 +103,7 @@ func TestServices(t *testing.T) {
 	t.Run("the host reaches the ClusterIP through the management port", func(t *testing.T) {
 		for _, n := range e.c.Nodes {
 			host := harness.Sandbox{NetnsName: n.Netns, Netns: "/var/run/netns/" + n.Netns}
-			body, err := host.HTTPGet(context.Background(), "http://"+web+":80/", 5*time.Second)
+			body, err := host.HTTPGet(context.Background(), "http://"+web+":80/", requestTimeout)
 			if err != nil || !slices.Contains(backends, strings.TrimSpace(string(body))) {
 				t.Errorf("%s to %s:80: %q, %v", n.Name, web, body, err)
 			}
@@ -123,7 +127,7 @@ func TestServices(t *testing.T) {
 		}
 		seen := map[string]int{}
 		for i := range 20 {
-			body, err := client.HTTPGet(context.Background(), "http://"+sticky+":80/", 5*time.Second)
+			body, err := client.HTTPGet(context.Background(), "http://"+sticky+":80/", requestTimeout)
 			if err != nil {
 				t.Fatalf("request %d: %v", i, err)
 			}
@@ -138,7 +142,7 @@ func TestServices(t *testing.T) {
 		self := e.createService(ns, "self", map[string]string{"hairpin": "yes"}, webPorts[:1], nil)
 		e.waitBackends(ns, "self", "TCP", 1)
 		for i := range 5 {
-			body, err := web1.HTTPGet(context.Background(), "http://"+self+":80/client", 5*time.Second)
+			body, err := web1.HTTPGet(context.Background(), "http://"+self+":80/client", requestTimeout)
 			if err != nil {
 				t.Fatalf("web-1 to its own Service %s:80 (request %d): %v", self, i, err)
 			}
@@ -163,9 +167,10 @@ func TestServices(t *testing.T) {
 			}
 			return nil
 		})
+		e.datapath()
 		seen := map[string]int{}
 		for i := range 10 {
-			body, err := client.HTTPGet(context.Background(), "http://"+local+":80/", 5*time.Second)
+			body, err := client.HTTPGet(context.Background(), "http://"+local+":80/", requestTimeout)
 			if err != nil {
 				t.Fatalf("request %d from node1: %v", i, err)
 			}
@@ -177,7 +182,7 @@ func TestServices(t *testing.T) {
 		host := harness.Sandbox{NetnsName: e.node("node2").Netns, Netns: "/var/run/netns/" + e.node("node2").Netns}
 		seen = map[string]int{}
 		for i := range 10 {
-			body, err := host.HTTPGet(context.Background(), "http://"+local+":80/", 5*time.Second)
+			body, err := host.HTTPGet(context.Background(), "http://"+local+":80/", requestTimeout)
 			if err != nil {
 				t.Fatalf("request %d from node2's host: %v", i, err)
 			}
@@ -192,7 +197,7 @@ func TestServices(t *testing.T) {
 		solo := e.createService(ns, "solo", map[string]string{"app": "solo"},
 			[]corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080)}}, nil)
 		e.waitBackends(ns, "solo", "TCP", 1)
-		if _, err := client.HTTPGet(context.Background(), "http://"+solo+":80/", 5*time.Second); err != nil {
+		if _, err := client.HTTPGet(context.Background(), "http://"+solo+":80/", requestTimeout); err != nil {
 			t.Fatalf("solo before scaling down: %v", err)
 		}
 		e.deletePod(ns, "solo-1")
@@ -215,9 +220,14 @@ func TestServices(t *testing.T) {
 			}
 			return nil
 		})
-		if _, err := client.HTTPGet(context.Background(), "http://"+web+":80/", 5*time.Second); err != nil {
+		e.datapath() // web must work with the deletion applied on the nodes, not before
+		if _, err := client.HTTPGet(context.Background(), "http://"+web+":80/", requestTimeout); err != nil {
 			t.Errorf("web after deleting sticky: %v", err)
 		}
+	})
+
+	t.Run("NB holds exactly the rows of the pods, nodes and Services, whole rows compared", func(t *testing.T) {
+		e.converged()
 	})
 }
 
@@ -263,7 +273,8 @@ func (e *env) createService(namespace, name string, selector map[string]string, 
 	return svc.Spec.ClusterIP
 }
 
-// waitBackends waits until the Service's load balancer for proto has n backends on each VIP.
+// waitBackends waits until the Service's load balancer for proto has n backends on each VIP, and then
+// until every node has the flows for it: the callers send traffic next.
 func (e *env) waitBackends(namespace, name, proto string, n int) {
 	e.t.Helper()
 	lb := "Service_" + namespace + "/" + name + "_" + proto
@@ -279,19 +290,20 @@ func (e *env) waitBackends(namespace, name, proto string, n int) {
 		}
 		return nil
 	})
+	e.datapath()
 }
 
 // udpAsk sends one datagram from a fresh socket in the pod and returns who answered and the client
 // address it saw.
 func udpAsk(from harness.Sandbox, addr string) (name, client string, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	conn, err := from.Dial(ctx, "udp", addr)
 	if err != nil {
 		return "", "", err
 	}
 	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
 	if _, err := conn.Write([]byte("who\n")); err != nil {
 		return "", "", err
 	}

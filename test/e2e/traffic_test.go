@@ -17,6 +17,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
+	"github.com/dunlinplugin/dunlin/cni"
 	"github.com/dunlinplugin/dunlin/test/harness"
 )
 
@@ -31,6 +32,7 @@ func TestPodsTalk(t *testing.T) {
 	a1pod, a1 := e.running(ns, "a1")
 	a2pod, a2 := e.running(ns, "a2")
 	b1pod, b1 := e.running(ns, "b1")
+	e.datapath()
 
 	t.Run("same node", func(t *testing.T) {
 		mustOK(t, ping(a1, a2pod.Status.PodIP))
@@ -49,7 +51,8 @@ func TestPodsTalk(t *testing.T) {
 		// As kubelet probes do: from each node's own network namespace to pods here and on the other node.
 		for _, n := range e.c.Nodes {
 			host := harness.Sandbox{NetnsName: n.Netns, Netns: "/var/run/netns/" + n.Netns}
-			e.eventually(30*time.Second, n.Name+" reaches a1 and b1", func() error {
+			// The agent routes the pod network into the management port on its own time.
+			e.eventually(60*time.Second, n.Name+" reaches a1 and b1", func() error {
 				if err := expectName(host, a1pod.Status.PodIP, "a1"); err != nil {
 					return err
 				}
@@ -106,7 +109,8 @@ func TestPodsTalk(t *testing.T) {
 			t.Errorf("repeated ADD gave %s, first ADD %s", got, a1pod.Status.PodIP)
 		}
 		mustOK(t, n.Kubelet.CNI().CheckNetworkList(context.Background(), list, harness.RuntimeConf(a1.ID, a1.Netns, ns, "a1", a1.UID)))
-		e.eventually(10*time.Second, "a1 reachable after repeated ADD", func() error { return expectName(b1, a1pod.Status.PodIP, "a1") })
+		e.datapath()
+		mustOK(t, expectName(b1, a1pod.Status.PodIP, "a1"))
 		if ports := e.ovsPorts(n); len(ports) != 2 { // a1, a2
 			t.Errorf("node1 br-int ports after repeated ADD: %v, want 2", ports)
 		}
@@ -138,6 +142,7 @@ func TestPodsTalk(t *testing.T) {
 		})
 		e.createPod(ns, "a3", "node1")
 		a3pod, a3 := e.running(ns, "a3")
+		e.datapath()
 		if a3pod.Status.PodIP != a2pod.Status.PodIP {
 			t.Errorf("a3 got %s, want a2's freed %s (lowest free)", a3pod.Status.PodIP, a2pod.Status.PodIP)
 		}
@@ -160,6 +165,7 @@ func TestPodsTalk(t *testing.T) {
 		if veths := e.veths(n); len(veths) != 1 {
 			t.Errorf("node2 veths after GC: %v, want only b1's", veths)
 		}
+		e.datapath()
 		mustOK(t, expectName(a1, b1pod.Status.PodIP, "b1"))
 		e.deletePod(ns, "g1") // DEL of a collected attachment succeeds
 		e.eventually(30*time.Second, "g1 gone", func() error {
@@ -176,14 +182,21 @@ func TestPodsTalk(t *testing.T) {
 		mustOK(t, expectName(b1, a1pod.Status.PodIP, "a1"))
 		mustOK(t, ping(a1, b1pod.Status.PodIP))
 		e.createPod(ns, "a4", "node1")
-		time.Sleep(time.Second) // the stand-in kubelet tries and fails at least once
-		if err := n.Kubelet.LastError(ns, "a4"); err == nil {
-			t.Logf("no ADD attempt for a4 failed while the agent was down")
-		} else {
-			t.Logf("ADD while the agent is down: %v", err)
+		// The stand-in kubelet tries at once, and the plugin cannot reach the agent.
+		e.eventually(30*time.Second, "a failed ADD for a4 while the agent is down", func() error {
+			err := n.Kubelet.LastError(ns, "a4")
+			var ce *cnitypes.Error
+			if !errors.As(err, &ce) || ce.Code != cni.ErrAgentUnreachable {
+				return fmt.Errorf("last ADD error %v, want CNI error code %d (agent unreachable)", err, cni.ErrAgentUnreachable)
+			}
+			return nil
+		})
+		if _, ok := n.Kubelet.Sandbox(ns, "a4"); ok {
+			t.Fatal("a4 got a sandbox while the agent was down")
 		}
 		mustOK(t, n.StartAgent(context.Background()))
 		a4pod, a4 := e.running(ns, "a4")
+		e.datapath()
 		mustOK(t, expectName(a4, b1pod.Status.PodIP, "b1"))
 		mustOK(t, expectName(b1, a4pod.Status.PodIP, "a4"))
 		mustOK(t, expectName(b1, a1pod.Status.PodIP, "a1"))
@@ -204,6 +217,9 @@ func TestPodsTalk(t *testing.T) {
 			return n.Kubelet.CNI().GetStatusNetworkList(context.Background(), list)
 		})
 	})
+	t.Run("NB holds exactly the rows of the pods and nodes, whole rows compared", func(t *testing.T) {
+		e.converged()
+	})
 }
 
 // TestVXLAN runs cross-node traffic with --encap-type vxlan.
@@ -214,6 +230,7 @@ func TestVXLAN(t *testing.T) {
 	e.createPod(ns, "v2", "node2")
 	v1pod, v1 := e.running(ns, "v1")
 	v2pod, v2 := e.running(ns, "v2")
+	e.datapath()
 	mustOK(t, ping(v1, v2pod.Status.PodIP))
 	mustOK(t, expectName(v1, v2pod.Status.PodIP, "v2"))
 	mustOK(t, expectName(v2, v1pod.Status.PodIP, "v1"))
