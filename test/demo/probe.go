@@ -13,8 +13,8 @@ import (
 )
 
 const (
-	httpTimeout = 5 * time.Second // a lost SYN is resent after 1 s and 3 s
-	probeAtOnce = 16              // pairs probed in parallel; a ping waits most of its time
+	httpTimeout = 15 * time.Second // a lost SYN is resent after 1, 3 and 7 s
+	probeAtOnce = 16               // pairs probed in parallel; a ping waits most of its time
 )
 
 // pingArgs are the ping flags of every probe: two echoes, so that a neighbour resolution dropping the
@@ -83,6 +83,9 @@ func (d *demo) connectivity(ctx context.Context) error {
 			pairs = append(pairs, pair{src, dst})
 		}
 	}
+	if err := d.waitDatapath(ctx); err != nil {
+		return err
+	}
 	var results map[pair]result
 	err := timed(fmt.Sprintf("Probing %d×%d pairs", len(d.pods), len(d.pods)), func() error {
 		results = probeAll(ctx, pairs)
@@ -100,6 +103,14 @@ func (d *demo) connectivity(ctx context.Context) error {
 	printMatrix("from \\ to", podRows(d.pods, func(src, dst *pod) error { return results[pair{src, dst}].ping }), d.pods)
 	d.summarize("ping", pairs, func(pr pair) error { return results[pr].ping })
 	return nil
+}
+
+// waitDatapath waits until every node's ovn-controller has the flows for NB as it is now, before the
+// first packet of a probe: a pod is Running once its own node has its port, not yet every other node.
+func (d *demo) waitDatapath(ctx context.Context) error {
+	return timed("Waiting until every node's ovn-controller has installed the flows (ovn-nbctl --wait=hv sync)", func() error {
+		return d.cluster.WaitDatapath(ctx)
+	})
 }
 
 // summarize prints how many pairs passed, same-node and cross-node apart, and records the failures.

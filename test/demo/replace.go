@@ -130,6 +130,9 @@ func (d *demo) probeReplacement(ctx context.Context, repl *pod) error {
 			pairs = append(pairs, pair{p, repl})
 		}
 	}
+	if err := d.waitDatapath(ctx); err != nil {
+		return err
+	}
 	var results map[pair]result
 	err := timed(fmt.Sprintf("Probing %s to and from each of the %d pods", repl.name, len(d.pods)), func() error {
 		results = probeAll(ctx, pairs)

@@ -66,8 +66,7 @@ func (d *demo) service(ctx context.Context) error {
 			return err
 		}
 		// NB having the backends is not yet flows on the nodes: wait for every chassis to catch up.
-		_, err := d.cluster.OVN.NBCtl("--wait=hv", "sync")
-		return err
+		return d.cluster.WaitDatapath(ctx)
 	})
 	if err != nil {
 		return err

@@ -22,9 +22,9 @@ func requireNodes(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Fatal("simulated nodes need root (network namespaces, veths, OVS)")
 	}
-	for _, bin := range []string{"ovs-vswitchd", "ovsdb-server", "ovn-controller", "ovn-northd", "ip"} {
+	for _, bin := range []string{"ovs-vswitchd", "ovsdb-server", "ovn-controller", "ovn-northd", "ip", "ethtool", "ping", "nc"} {
 		if _, err := exec.LookPath(bin); err != nil {
-			t.Fatalf("%s not installed (make deps, or apt-get install openvswitch-switch ovn-central ovn-host iproute2)", bin)
+			t.Fatalf("%s not installed (make deps, or apt-get install openvswitch-switch ovn-central ovn-host iproute2 ethtool iputils-ping netcat-openbsd)", bin)
 		}
 	}
 	if _, err := os.Stat("/dev/net/tun"); err != nil {
@@ -55,6 +55,9 @@ func startTestNode(t *testing.T, o NodeOptions) *Node {
 	}
 	t.Logf("node %s (netns %s, encap %s) up in %s", n.Name, n.Netns, n.EncapIP, time.Since(start).Round(time.Millisecond))
 	t.Cleanup(func() {
+		if err := n.Health(); err != nil {
+			t.Errorf("a daemon of %s died during the test:\n%v", n.Name, err)
+		}
 		if t.Failed() {
 			for _, f := range []string{"ovn-controller.log", "ovs-vswitchd.log"} {
 				t.Logf("--- %s %s ---\n%s", n.Name, f, fileTail(n.path(f), 15))
@@ -163,11 +166,20 @@ func waitInstalled(t *testing.T, n *Node, iface string) time.Duration {
 	})
 }
 
+// waitHV waits until every chassis has installed the flows for NB as it is now (ovn-nbctl --wait=hv
+// sync), before traffic.
+func waitHV(t *testing.T, ovn *OVN) {
+	t.Helper()
+	if err := ovn.WaitHV(context.Background(), DatapathTimeout); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // pingPods pings 3 times from pod a to b and wants no loss: with the underlay primed, not even the
 // first packet may be lost.
 func pingPods(t *testing.T, from testPod, to string) {
 	t.Helper()
-	out, err := podExec(context.Background(), from.netns, "ping", "-c", "3", "-i", "0.2", "-W", "2", to)
+	out, err := podExec(context.Background(), from.netns, "ping", "-c", "3", "-i", "0.2", "-W", "5", to)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -185,11 +197,7 @@ func pingPods(t *testing.T, from testPod, to string) {
 // all arrive.
 func tcpTransfer(t *testing.T, a, b testPod, port, size int) {
 	t.Helper()
-	if _, err := exec.LookPath("nc"); err != nil {
-		t.Logf("no nc (netcat-openbsd): skipping the TCP transfer")
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	recv := podCmd(ctx, b.netns, "sh", "-c", fmt.Sprintf("nc -l %d </dev/null | wc -c", port))
 	var recvOut bytes.Buffer
@@ -203,11 +211,11 @@ func tcpTransfer(t *testing.T, a, b testPod, port, size int) {
 	}()
 
 	start := time.Now()
-	send := fmt.Sprintf("head -c %d /dev/urandom | nc -N -w 5 %s %d", size, b.ip, port)
+	send := fmt.Sprintf("head -c %d /dev/urandom | nc -N -w 10 %s %d", size, b.ip, port)
 	var err error
 	for {
 		// Until the listener is up the connection is refused and nothing is sent.
-		if _, err = podExec(ctx, a.netns, "sh", "-c", send); err == nil || time.Since(start) > 5*time.Second {
+		if _, err = podExec(ctx, a.netns, "sh", "-c", send); err == nil || ctx.Err() != nil {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
@@ -309,6 +317,8 @@ func TestNodes(t *testing.T) {
 			t.Errorf("lsp-get-up %s = %q, %v", lsp, out, err)
 		}
 	}
+	// ovn-installed is the local port's flows; the peer's (and the tunnel to it) come with --wait=hv.
+	waitHV(t, ovn)
 
 	t.Run("geneve", func(t *testing.T) {
 		pingPods(t, podA, podB.ip)
@@ -340,6 +350,7 @@ func TestNodes(t *testing.T) {
 			})
 		}
 		t.Logf("switched to vxlan tunnels in %s", time.Since(start).Round(time.Millisecond))
+		waitHV(t, ovn)
 		pingPods(t, podA, podB.ip)
 		pingPods(t, podB, podA.ip)
 		assertTunnelled(t, a, "vxlan")
@@ -370,6 +381,7 @@ func TestNodes(t *testing.T) {
 			return nil
 		})
 		t.Logf("ovn-controller restarted and connected in %s", time.Since(start).Round(time.Millisecond))
+		waitHV(t, ovn)
 		pingPods(t, podA, podB.ip)
 	})
 }
@@ -398,5 +410,52 @@ func TestNodeNetnsSweep(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(netnsMarkerDir(), stale)); err == nil {
 		t.Errorf("marker of %s not removed", stale)
+	}
+}
+
+// A dead ovs-vswitchd is reported by name, with the assertion its log names, not left to look like a
+// connectivity failure.
+func TestNodeCrashIsNamed(t *testing.T) {
+	requireNodes(t)
+	u := startTestUnderlay(t)
+	n, err := StartNode(context.Background(), NodeOptions{Name: "crash", Index: 0, Dir: shortDir(t), Underlay: u})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Stop()
+	if err := n.Health(); err != nil {
+		t.Fatalf("healthy node: %v", err)
+	}
+	// What OVS 3.1 logs before it aborts in userspace conntrack (shared/notes/real-ovn-on-one-machine.md).
+	line := "2026-01-01T00:00:00.000Z|00042|util(pmd-c00/id:8)|EMER|lib/conntrack.c:1197: assertion conn->conn_type == CT_CONN_TYPE_DEFAULT failed in conn_update_state()\n"
+	f, err := os.OpenFile(n.path("ovs-vswitchd.log"), os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = f.WriteString(line)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Kill(n.vswitchd.cmd.Process.Pid, syscall.SIGABRT); err != nil {
+		t.Fatal(err)
+	}
+	<-n.vswitchd.done
+	err = n.Health()
+	if err == nil {
+		t.Fatal("Health is nil with ovs-vswitchd dead")
+	}
+	for _, want := range []string{"crash ovs-vswitchd DIED", "lib/conntrack.c:1197: assertion", "userspace conntrack crash"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("Health does not say %q:\n%v", want, err)
+		}
+	}
+	t.Logf("%s", strings.SplitN(err.Error(), "\n", 2)[0])
+	// Stopping on purpose is not a death.
+	if err := n.StopOVNController(); err != nil {
+		t.Fatal(err)
+	}
+	if err := n.Health(); err == nil || strings.Contains(err.Error(), "ovn-controller DIED") {
+		t.Errorf("after StopOVNController: %v", err)
 	}
 }
