@@ -15,7 +15,9 @@ import (
 	"time"
 
 	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/invoke"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/containernetworking/cni/pkg/version"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -83,8 +85,11 @@ func StartKubelet(ctx context.Context, o KubeletOptions) (*Kubelet, error) {
 	}))
 	inf := f.Core().V1().Pods()
 	k := &Kubelet{
-		o:         o,
-		cni:       libcni.NewCNIConfigWithCacheDir([]string{o.BinDir}, o.CacheDir, nil),
+		o: o,
+		// libcni creates a default Exec lazily when given none, unsynchronized: racy with several
+		// workers, so give it one.
+		cni: libcni.NewCNIConfigWithCacheDir([]string{o.BinDir}, o.CacheDir,
+			&invoke.DefaultExec{RawExec: &invoke.RawExec{Stderr: os.Stderr}, PluginDecoder: version.PluginDecoder{}}),
 		lister:    inf.Lister(),
 		queue:     workqueue.NewTypedRateLimitingQueue(workqueue.NewTypedItemExponentialFailureRateLimiter[string](100*time.Millisecond, 2*time.Second)),
 		cancel:    cancel,
