@@ -162,6 +162,10 @@ func TestKube(t *testing.T) {
 	t.Logf("kubectl get nodes:\n%s", out)
 }
 
+// kcmTestTimeout bounds each wait for kube-controller-manager: generous, as on a loaded machine its
+// controllers start late.
+const kcmTestTimeout = 60 * time.Second
+
 func TestKubeControllerManager(t *testing.T) {
 	ctx := context.Background()
 	k := startKube(t, KubeOptions{Dir: shortDir(t), ControllerManager: true, ClusterCIDR: "10.244.0.0/16"})
@@ -171,7 +175,7 @@ func TestKubeControllerManager(t *testing.T) {
 		t.Fatal(err)
 	}
 	start := time.Now()
-	deadline := start.Add(10 * time.Second)
+	deadline := start.Add(kcmTestTimeout)
 	for {
 		n, err := k.Client.CoreV1().Nodes().Get(ctx, "node1", metav1.GetOptions{})
 		if err != nil {
@@ -185,7 +189,7 @@ func TestKubeControllerManager(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("node got no podCIDR within 10s")
+			t.Fatalf("node got no podCIDR within %s", kcmTestTimeout)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -195,7 +199,7 @@ func TestKubeControllerManager(t *testing.T) {
 	if _, err := k.Client.CoreV1().Namespaces().Create(ctx, ns, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	deadline = time.Now().Add(10 * time.Second)
+	deadline = time.Now().Add(kcmTestTimeout)
 	for {
 		sas, err := k.Client.CoreV1().ServiceAccounts("t1").List(ctx, metav1.ListOptions{})
 		if err != nil {
@@ -205,7 +209,7 @@ func TestKubeControllerManager(t *testing.T) {
 			break
 		}
 		if time.Now().After(deadline) {
-			t.Fatal("namespace t1 got no default ServiceAccount within 10s")
+			t.Fatalf("namespace t1 got no default ServiceAccount within %s", kcmTestTimeout)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}

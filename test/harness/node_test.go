@@ -136,6 +136,10 @@ func podCmd(ctx context.Context, netns, bin string, args ...string) *exec.Cmd {
 	return cmd
 }
 
+// nodeTestTimeout bounds the node tests' waits for OVS and ovn-controller: generous, for a loaded
+// machine; a wait that succeeds returns at once.
+const nodeTestTimeout = 60 * time.Second
+
 // eventually polls f every 20ms until it returns nil or timeout passes.
 func eventually(t *testing.T, timeout time.Duration, what string, f func() error) time.Duration {
 	t.Helper()
@@ -154,7 +158,7 @@ func eventually(t *testing.T, timeout time.Duration, what string, f func() error
 
 func waitInstalled(t *testing.T, n *Node, iface string) time.Duration {
 	t.Helper()
-	return eventually(t, 10*time.Second, "ovn-installed on "+n.Name+"/"+iface, func() error {
+	return eventually(t, nodeTestTimeout, "ovn-installed on "+n.Name+"/"+iface, func() error {
 		out, err := n.VSCtl("--if-exists", "get", "interface", iface, "external_ids:ovn-installed")
 		if err != nil {
 			return err
@@ -335,7 +339,7 @@ func TestNodes(t *testing.T) {
 			}
 		}
 		for _, n := range []*Node{a, b} {
-			eventually(t, 10*time.Second, "vxlan tunnel port on "+n.Name, func() error {
+			eventually(t, nodeTestTimeout, "vxlan tunnel port on "+n.Name, func() error {
 				out, err := n.VSCtl("--bare", "--columns=name", "find", "interface", "type=vxlan")
 				if err != nil {
 					return err
@@ -373,7 +377,7 @@ func TestNodes(t *testing.T) {
 		if err := a.WaitChassis(ctx, ovn, a.Name); err != nil {
 			t.Fatal(err)
 		}
-		eventually(t, 10*time.Second, "ovn-controller connected to SB", func() error {
+		eventually(t, nodeTestTimeout, "ovn-controller connected to SB", func() error {
 			out, err := a.AppCtlOVNController("connection-status")
 			if err != nil || out != "connected" {
 				return fmt.Errorf("connection-status = %q, %v", out, err)
