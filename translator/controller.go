@@ -238,32 +238,8 @@ func (c *Controller) Run(ctx context.Context) error {
 			q.ShutDown()
 		}
 	}()
-	c.factory.Start(ctx.Done())
-	for typ, ok := range c.factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("informer cache for %v did not sync", typ)
-		}
-	}
-	// Rebuild address bookkeeping from what is persisted before any worker may allocate.
-	if err := c.rebuildIPAM(); err != nil {
+	if err := c.start(ctx); err != nil {
 		return err
-	}
-	go c.committer.Run(ctx)
-	// Only one controller may write: claiming also waits until the cache holds whatever the previous
-	// leader committed, so nothing it wrote is written again.
-	if err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
-		err := c.committer.Claim(ctx, c.cfg.Identity)
-		if err != nil {
-			klog.ErrorS(err, "Cannot claim the NB database yet, retrying")
-		}
-		return err == nil, nil
-	}); err != nil {
-		return fmt.Errorf("claim the NB database: %w", context.Cause(ctx))
-	}
-	// The cluster rows (the router, the load balancer group) are parents of every node's and Service's
-	// rows: write them first so the first syncs do not wait for them. Failure is retried by the queue.
-	if err := c.syncCluster(ctx, ""); err != nil {
-		klog.ErrorS(err, "Cannot write the cluster rows yet, will retry")
 	}
 	for kind, q := range c.queues {
 		for range c.cfg.Workers {
@@ -302,6 +278,39 @@ func (c *Controller) Run(ctx context.Context) error {
 			connected = now
 		}
 	}
+}
+
+// start brings the controller to the point where workers may run: informers synced, the NB database
+// claimed, the address bookkeeping rebuilt from what is persisted, the cluster rows written.
+func (c *Controller) start(ctx context.Context) error {
+	c.factory.Start(ctx.Done())
+	for typ, ok := range c.factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("informer cache for %v did not sync", typ)
+		}
+	}
+	go c.committer.Run(ctx)
+	// Only one controller may write: claiming also waits until the cache holds whatever the previous
+	// leader committed, so nothing it wrote is written again, and the rebuild below reads it.
+	if err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
+		err := c.committer.Claim(ctx, c.cfg.Identity)
+		if err != nil {
+			klog.ErrorS(err, "Cannot claim the NB database yet, retrying")
+		}
+		return err == nil, nil
+	}); err != nil {
+		return fmt.Errorf("claim the NB database: %w", context.Cause(ctx))
+	}
+	// Rebuild address bookkeeping from what is persisted before any worker may allocate.
+	if err := c.rebuildIPAM(); err != nil {
+		return err
+	}
+	// The cluster rows (the router, the load balancer group) are parents of every node's and Service's
+	// rows: write them first so the first syncs do not wait for them. Failure is retried by the queue.
+	if err := c.syncCluster(ctx, ""); err != nil {
+		klog.ErrorS(err, "Cannot write the cluster rows yet, will retry")
+	}
+	return nil
 }
 
 // enqueueAll queues every object and every owner found in NB, so rows whose object is gone are
