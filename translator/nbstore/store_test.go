@@ -35,6 +35,16 @@ func newEnvWith(t *testing.T, specs map[string]nbstore.TableSpec) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	e := &env{ovn: startOVN(ctx, t)}
+	e.nb, e.store = connectStore(ctx, t, e.ovn.NBAddr, specs)
+	e.committer = nbstore.NewCommitter(e.nb, 1000, 10*time.Second, nbstore.NewMetrics(prometheus.NewRegistry()))
+	go e.committer.Run(ctx)
+	return e
+}
+
+// startOVN starts a real NB (and SB, northd) for the test.
+func startOVN(ctx context.Context, t testing.TB) *harness.OVN {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "dl")
 	if err != nil {
 		t.Fatal(err)
@@ -45,11 +55,7 @@ func newEnvWith(t *testing.T, specs map[string]nbstore.TableSpec) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ovn.Stop() })
-	e := &env{ovn: ovn}
-	e.nb, e.store = connectStore(ctx, t, ovn.NBAddr, specs)
-	e.committer = nbstore.NewCommitter(e.nb, 1000, 10*time.Second, nbstore.NewMetrics(prometheus.NewRegistry()))
-	go e.committer.Run(ctx)
-	return e
+	return ovn
 }
 
 // connectStore connects a client monitoring the tables of specs and returns it with its store.
