@@ -31,23 +31,6 @@ func TestHostIfName(t *testing.T) {
 	}
 }
 
-func TestParsePodArgs(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want podArgs
-	}{
-		{"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1",
-			podArgs{"default", "web-0", "u-1"}},
-		{"K8S_POD_NAME=p;K8S_POD_NAMESPACE=ns", podArgs{"ns", "p", ""}},
-		{"", podArgs{}},
-		{"garbage;=x;K8S_POD_NAME", podArgs{}},
-	} {
-		if got := parsePodArgs(tc.in); got != tc.want {
-			t.Errorf("parsePodArgs(%q) = %+v, want %+v", tc.in, got, tc.want)
-		}
-	}
-}
-
 func TestConfList(t *testing.T) {
 	b, err := confList("/run/x/cni.sock")
 	if err != nil {

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"time"
 
 	cnitypes "github.com/containernetworking/cni/pkg/types"
@@ -90,54 +89,50 @@ func (a *Agent) serve(ctx context.Context, req cni.Request) (out []byte, err err
 		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables,
 			fmt.Sprintf("CNI_CONTAINERID (%q) and CNI_IFNAME (%q) are required", req.ContainerID, req.IfName), "")
 	}
+	pa, err := cni.ParsePodArgs(req.ContainerID, req.Args)
+	if err != nil {
+		if req.Command != "DEL" {
+			return nil, err
+		}
+		// DEL needs no pod: failing it would leave the attachment behind for ever.
+		klog.FromContext(ctx).Info("Ignoring malformed CNI_ARGS for DEL", "container", req.ContainerID, "err", err)
+	}
 	a.gcLock.RLock()
 	defer a.gcLock.RUnlock()
 	defer a.locks.lock(req.ContainerID)()
 	switch req.Command {
 	case "ADD":
-		return a.cmdAdd(ctx, req, conf)
+		return a.cmdAdd(ctx, req, conf, pa)
 	case "DEL":
 		return nil, a.cmdDel(ctx, req)
 	case "CHECK":
-		return nil, a.cmdCheck(ctx, req)
+		return nil, a.cmdCheck(ctx, req, pa)
 	default:
 		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables, fmt.Sprintf("unknown CNI_COMMAND %q", req.Command), "")
 	}
 }
 
-// podArgs are the Kubernetes keys of CNI_ARGS.
-type podArgs struct{ Namespace, Name, UID string }
-
-// parsePodArgs reads CNI_ARGS (K=V;K=V) leniently: runtimes add keys of their own.
-func parsePodArgs(s string) podArgs {
-	var p podArgs
-	for _, kv := range strings.Split(s, ";") {
-		k, v, _ := strings.Cut(kv, "=")
-		switch k {
-		case "K8S_POD_NAMESPACE":
-			p.Namespace = v
-		case "K8S_POD_NAME":
-			p.Name = v
-		case "K8S_POD_UID":
-			p.UID = v
-		}
-	}
-	return p
-}
-
-func (a *Agent) cmdAdd(ctx context.Context, req cni.Request, conf *cni.NetConf) ([]byte, error) {
-	logger := klog.FromContext(ctx)
-	start := time.Now()
-	pa := parsePodArgs(req.Args)
+// requirePod fails a command that needs the pod when CNI_ARGS does not name it.
+func requirePod(req cni.Request, pa cni.PodArgs) error {
 	if pa.Namespace == "" || pa.Name == "" {
-		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables,
-			"CNI_ARGS lacks K8S_POD_NAMESPACE or K8S_POD_NAME",
+		return cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("CNI_ARGS of container %s lacks K8S_POD_NAMESPACE or K8S_POD_NAME", req.ContainerID),
 			"dunlin-cni plumbs Kubernetes pods only: the runtime (or cnitool's CNI_ARGS) must name the pod")
 	}
-	if req.Netns == "" {
-		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables, "CNI_NETNS is required for ADD", "")
+	return nil
+}
+
+func (a *Agent) cmdAdd(ctx context.Context, req cni.Request, conf *cni.NetConf, pa cni.PodArgs) ([]byte, error) {
+	logger := klog.FromContext(ctx)
+	start := time.Now()
+	if err := requirePod(req, pa); err != nil {
+		return nil, err
 	}
-	podKey := pa.Namespace + "/" + pa.Name
+	podKey := pa.Key()
+	if req.Netns == "" {
+		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("CNI_NETNS is required for ADD (pod %s, container %s)", podKey, req.ContainerID), "")
+	}
 	waitCtx, cancel := context.WithTimeout(ctx, a.cfg.PodNetworkTimeout)
 	pod, info, err := a.pods.podNetwork(waitCtx, pa.Namespace, pa.Name, pa.UID)
 	cancel()
@@ -317,12 +312,14 @@ func (a *Agent) cmdDel(ctx context.Context, req cni.Request) error {
 	return nil
 }
 
-// cmdCheck verifies that the attachment is still as ADD made it.
-func (a *Agent) cmdCheck(ctx context.Context, req cni.Request) error {
-	pa := parsePodArgs(req.Args)
+// cmdCheck verifies that the attachment is still as ADD made it, for the pod CNI_ARGS names.
+func (a *Agent) cmdCheck(ctx context.Context, req cni.Request, pa cni.PodArgs) error {
+	if err := requirePod(req, pa); err != nil {
+		return err
+	}
 	pod, ok := a.pods.pod(pa.Namespace, pa.Name)
 	if !ok {
-		return cnitypes.NewError(cni.ErrPodNotFound, fmt.Sprintf("pod %s/%s is not known on node %s", pa.Namespace, pa.Name, a.cfg.NodeName), "")
+		return cnitypes.NewError(cni.ErrPodNotFound, fmt.Sprintf("pod %s is not known on node %s", pa.Key(), a.cfg.NodeName), "")
 	}
 	info, err := annotations.ParsePodNetwork(pod.Annotations[annotations.PodNetwork])
 	if err != nil {
