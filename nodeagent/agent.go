@@ -12,7 +12,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -89,8 +88,7 @@ type Agent struct {
 	metrics *metrics
 	reg     *prometheus.Registry
 
-	gcLock sync.RWMutex // GC excludes every other command
-	locks  keyedMutex   // one command at a time per container
+	locks *attachLocks // one command at a time per attachment; GC works around them
 }
 
 // New validates cfg and prepares an agent; Run starts it.
@@ -114,7 +112,7 @@ func New(cfg Config, client kubernetes.Interface) (*Agent, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	return &Agent{cfg: cfg, client: client, metrics: newMetrics(reg), reg: reg, locks: keyedMutex{m: map[string]*keyedEntry{}}}, nil
+	return &Agent{cfg: cfg, client: client, metrics: newMetrics(reg), reg: reg, locks: newAttachLocks()}, nil
 }
 
 // Run configures OVS, starts serving CNI requests and installs the CNI configuration, then blocks until
@@ -282,36 +280,4 @@ func podMTU(encapIP, encapType string) (int, error) {
 		return link.Attrs().MTU - overhead, nil
 	}
 	return 0, fmt.Errorf("no interface holds encap IP %s: cannot derive the pod MTU (set --mtu)", encapIP)
-}
-
-// keyedMutex serialises commands per container id.
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	mu   sync.Mutex
-	refs int
-}
-
-func (k *keyedMutex) lock(key string) func() {
-	k.mu.Lock()
-	e := k.m[key]
-	if e == nil {
-		e = &keyedEntry{}
-		k.m[key] = e
-	}
-	e.refs++
-	k.mu.Unlock()
-	e.mu.Lock()
-	return func() {
-		e.mu.Unlock()
-		k.mu.Lock()
-		e.refs--
-		if e.refs == 0 {
-			delete(k.m, key)
-		}
-		k.mu.Unlock()
-	}
 }

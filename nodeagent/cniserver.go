@@ -79,8 +79,6 @@ func (a *Agent) serve(ctx context.Context, req cni.Request) (out []byte, err err
 	}
 	switch req.Command {
 	case "GC":
-		a.gcLock.Lock()
-		defer a.gcLock.Unlock()
 		return nil, a.cmdGC(ctx, conf)
 	case "STATUS":
 		return nil, a.cmdStatus(ctx)
@@ -97,9 +95,11 @@ func (a *Agent) serve(ctx context.Context, req cni.Request) (out []byte, err err
 		// DEL needs no pod: failing it would leave the attachment behind for ever.
 		klog.FromContext(ctx).Info("Ignoring malformed CNI_ARGS for DEL", "container", req.ContainerID, "err", err)
 	}
-	a.gcLock.RLock()
-	defer a.gcLock.RUnlock()
-	defer a.locks.lock(req.ContainerID)()
+	unlock, err := a.locks.lock(ctx, HostIfName(req.ContainerID, req.IfName), req.ContainerID)
+	if err != nil {
+		return nil, fmt.Errorf("waiting for the previous command of container %s: %w", req.ContainerID, err)
+	}
+	defer unlock()
 	switch req.Command {
 	case "ADD":
 		return a.cmdAdd(ctx, req, conf, pa)
@@ -341,44 +341,57 @@ func (a *Agent) cmdCheck(ctx context.Context, req cni.Request, pa cni.PodArgs) e
 	return checkPlumbing(att)
 }
 
-// cmdGC removes the OVS ports and veths of attachments the runtime no longer lists as valid.
+// cmdGC removes the OVS ports and veths of attachments the runtime no longer lists as valid. It never
+// waits for other commands: attachments with a command in flight, or one since the GC began, are left
+// for the next GC (see attachLocks); each of the others is removed under its own lock.
 func (a *Agent) cmdGC(ctx context.Context, conf *cni.NetConf) error {
 	logger := klog.FromContext(ctx)
+	gc := a.locks.beginGC()
+	defer a.locks.endGC(gc)
 	valid := map[string]bool{}
 	for _, v := range conf.ValidAttachments {
 		valid[HostIfName(v.ContainerID, v.IfName)] = true
 	}
 	var errs []error
-	removed := 0
+	removed, skipped := 0, 0
+	// remove runs del under the attachment's lock, unless GC must leave the attachment alone.
+	remove := func(hostIf, container string, del func() error) bool {
+		unlock := a.locks.tryGC(gc, hostIf, container)
+		if unlock == nil {
+			skipped++
+			return false
+		}
+		defer unlock()
+		if err := del(); err != nil {
+			errs = append(errs, err)
+			return false
+		}
+		return true
+	}
 	for _, p := range a.ovs.PortsWithExternalID(ExtSandboxID) {
 		if valid[p.Name] {
 			continue
 		}
-		if err := a.detach(ctx, p.Name, p.ExternalIDs[ExtNetns], p.ExternalIDs[ExtIfName]); err != nil {
-			errs = append(errs, err)
-			continue
+		if remove(p.Name, p.ExternalIDs[ExtSandboxID], func() error {
+			return a.detach(ctx, p.Name, p.ExternalIDs[ExtNetns], p.ExternalIDs[ExtIfName])
+		}) {
+			removed++
+			logger.Info("GC removed OVS port", "port", p.Name, "iface-id", p.ExternalIDs[ExtIfaceID], "sandbox", p.ExternalIDs[ExtSandboxID])
 		}
-		removed++
-		logger.Info("GC removed OVS port", "port", p.Name, "iface-id", p.ExternalIDs[ExtIfaceID], "sandbox", p.ExternalIDs[ExtSandboxID])
 	}
 	links, err := ourHostLinks()
 	if err != nil {
 		errs = append(errs, err)
 	}
 	for _, l := range links {
-		if valid[l] {
-			continue
+		if !valid[l] && remove(l, "", func() error { return deleteLink(l) }) {
+			logger.Info("GC removed veth", "link", l)
 		}
-		if err := deleteLink(l); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		logger.Info("GC removed veth", "link", l)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("GC: %w", err)
 	}
-	logger.V(2).Info("CNI GC", "valid", len(valid), "removedPorts", removed)
+	logger.V(2).Info("CNI GC", "valid", len(valid), "removedPorts", removed, "skippedInFlight", skipped)
 	return nil
 }
 
