@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
@@ -22,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
+	"github.com/dunlinplugin/dunlin/internal/conventions"
 	"github.com/dunlinplugin/dunlin/nodeagent/ovs"
 )
 
@@ -151,7 +153,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("configure OVS for OVN: %w", err)
 	}
 	logger.Info("Configured OVS", "systemID", systemID, "bridge", a.cfg.Bridge)
-	// Pods plumbed by an older dunlin-node may lack the host-end settings; apply them again.
+	// Pods plumbed by an older dunlin-node may lack iface-id-ver and the host-end settings; add them.
+	a.addIfaceIDVer(ctx)
 	if links, err := ourHostLinks(); err == nil {
 		for _, l := range links {
 			if err := quietHostEnd(l); err != nil {
@@ -280,4 +283,27 @@ func podMTU(encapIP, encapType string) (int, error) {
 		return link.Attrs().MTU - overhead, nil
 	}
 	return 0, fmt.Errorf("no interface holds encap IP %s: cannot derive the pod MTU (set --mtu)", encapIP)
+}
+
+// addIfaceIDVer gives the OVS interfaces of pods plumbed by a dunlin-node older than iface-id-ver the
+// key, with the pod UID they carry. Once dunlin-controller sets iface-id-ver on a pod's logical port,
+// ovn-controller releases an interface without it (OVN 23.03, test/runtimes TestIfaceIDVer) and the
+// running pod loses its network; the key on an interface whose logical port lacks the option changes
+// nothing. Best effort: a failure is logged, and the pod keeps working until the controller sets the
+// option.
+func (a *Agent) addIfaceIDVer(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	for _, p := range a.ovs.PortsWithExternalID(ExtSandboxID) {
+		uid := p.ExternalIDs[ExtPodUID]
+		if _, ok := p.ExternalIDs[conventions.IfaceIDVer]; ok || uid == "" || p.Bridge == "" {
+			continue
+		}
+		ids := maps.Clone(p.ExternalIDs)
+		ids[conventions.IfaceIDVer] = uid
+		if err := a.ovs.AddPort(ctx, ovs.PortSpec{Bridge: p.Bridge, Name: p.Name, ExternalIDs: ids}); err != nil {
+			logger.Error(err, "Cannot add iface-id-ver to a pod's OVS interface", "port", p.Name, "iface-id", p.ExternalIDs[ExtIfaceID])
+			continue
+		}
+		logger.Info("Added iface-id-ver to a pod's OVS interface", "port", p.Name, "iface-id", p.ExternalIDs[ExtIfaceID], "uid", uid)
+	}
 }

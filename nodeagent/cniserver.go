@@ -171,16 +171,15 @@ func (a *Agent) cmdAdd(ctx context.Context, req cni.Request, conf *cni.NetConf, 
 	if err != nil {
 		return nil, fmt.Errorf("plumb pod %s: %w", podKey, err)
 	}
-	uid := pa.UID
-	if uid == "" {
-		uid = string(pod.UID)
-	}
+	uid := string(pod.UID) // podNetwork checked it against K8S_POD_UID
 	err = a.ovs.AddPort(ctx, ovs.PortSpec{Bridge: a.cfg.Bridge, Name: att.HostIf, ExternalIDs: map[string]string{
-		ExtIfaceID:   ifaceID,
-		ExtPodUID:    uid,
-		ExtSandboxID: req.ContainerID,
-		ExtIfName:    req.IfName,
-		ExtNetns:     req.Netns,
+		ExtIfaceID: ifaceID,
+		// ovn-controller binds the port only while this matches the logical port's iface-id-ver.
+		conventions.IfaceIDVer: uid,
+		ExtPodUID:              uid,
+		ExtSandboxID:           req.ContainerID,
+		ExtIfName:              req.IfName,
+		ExtNetns:               req.Netns,
 	}})
 	if err != nil {
 		a.undo(ctx, att)
@@ -317,24 +316,33 @@ func (a *Agent) cmdCheck(ctx context.Context, req cni.Request, pa cni.PodArgs) e
 	if err := requirePod(req, pa); err != nil {
 		return err
 	}
+	podKey := pa.Key()
 	pod, ok := a.pods.pod(pa.Namespace, pa.Name)
-	if !ok {
-		return cnitypes.NewError(cni.ErrPodNotFound, fmt.Sprintf("pod %s is not known on node %s", pa.Key(), a.cfg.NodeName), "")
+	switch {
+	case !ok:
+		return cnitypes.NewError(cni.ErrPodNotFound, fmt.Sprintf("pod %s is not known on node %s", podKey, a.cfg.NodeName), "")
+	case pa.UID != "" && string(pod.UID) != pa.UID:
+		return cnitypes.NewError(cni.ErrPodUIDMismatch, fmt.Sprintf("pod %s has UID %s, the runtime asked for UID %s", podKey, pod.UID, pa.UID),
+			"the sandbox belongs to a pod that was deleted and recreated with the same name")
 	}
 	info, err := annotations.ParsePodNetwork(pod.Annotations[annotations.PodNetwork])
 	if err != nil {
-		return cnitypes.NewError(cnitypes.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s/%s network annotation", pa.Namespace, pa.Name), err.Error())
+		return cnitypes.NewError(cnitypes.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s network annotation", podKey), err.Error())
 	}
 	att, err := a.attachmentFor(req, info)
 	if err != nil {
 		return err
 	}
+	ifaceID := conventions.PodPortName(pa.Namespace, pa.Name)
 	port, ok := a.ovs.Port(att.HostIf)
 	switch {
 	case !ok:
-		return fmt.Errorf("OVS port %s of pod %s/%s is missing", att.HostIf, pa.Namespace, pa.Name)
-	case port.ExternalIDs[ExtIfaceID] != conventions.PodPortName(pa.Namespace, pa.Name):
-		return fmt.Errorf("OVS port %s has iface-id %q, want %q", att.HostIf, port.ExternalIDs[ExtIfaceID], conventions.PodPortName(pa.Namespace, pa.Name))
+		return fmt.Errorf("OVS port %s of pod %s is missing", att.HostIf, podKey)
+	case port.ExternalIDs[ExtIfaceID] != ifaceID:
+		return fmt.Errorf("OVS port %s has iface-id %q, want %q", att.HostIf, port.ExternalIDs[ExtIfaceID], ifaceID)
+	case port.ExternalIDs[conventions.IfaceIDVer] != string(pod.UID):
+		return fmt.Errorf("OVS port %s of pod %s has %s %q, want the pod UID %s", att.HostIf, podKey,
+			conventions.IfaceIDVer, port.ExternalIDs[conventions.IfaceIDVer], pod.UID)
 	case port.ExternalIDs[extInstalled] != "true":
 		return fmt.Errorf("OVS port %s is not marked ovn-installed by ovn-controller", att.HostIf)
 	}
