@@ -204,6 +204,24 @@ func TestRuntimes(t *testing.T) {
 		mustOK(t, e.detached(blockedNS))
 	})
 
+	t.Run("dunlin-node start adds iface-id-ver to interfaces an older version plumbed", func(t *testing.T) {
+		pod, addr := e.pod("rtold2")
+		netns := e.netns("dlrtupg")
+		_, err := run(e.tool(ctx, "v1.3.1", "add", netns, podArgs(pod)))
+		mustOK(t, err)
+		hostIf := nodeagent.HostIfName(cnitoolContainerID(netns), "eth0")
+		// What a dunlin-node without iface-id-ver left behind.
+		_, err = e.n.VSCtl("remove", "interface", hostIf, "external_ids", "iface-id-ver")
+		mustOK(t, err)
+		mustOK(t, e.n.StopAgent())
+		mustOK(t, e.n.StartAgent(ctx, "--pod-network-timeout=10m"))
+		e.eventually(time.Minute, "iface-id-ver back and the port installed", func() error { return e.attached(pod, netns, addr) })
+		_, err = run(e.tool(ctx, "v1.3.1", "check", netns, podArgs(pod)))
+		mustOK(t, err)
+		_, err = run(e.tool(ctx, "v1.3.1", "del", netns, podArgs(pod)))
+		mustOK(t, err)
+	})
+
 	// Last: it leaves SB down.
 	t.Run("STATUS while SB is down", func(t *testing.T) {
 		mustOK(t, e.c.OVN.StopSB())
