@@ -195,7 +195,8 @@ func (a *Agent) cmdAdd(ctx context.Context, req cni.Request, conf *cni.NetConf, 
 		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 			return nil, cnitypes.NewError(cni.ErrOVNInstallTimeout,
 				fmt.Sprintf("ovn-controller did not install port %s (logical port %s) within %s", att.HostIf, ifaceID, a.cfg.OVNInstalledTimeout),
-				"check that ovn-controller runs on this node and is connected to the southbound DB, and that logical switch port "+ifaceID+" exists in NB")
+				fmt.Sprintf("check that ovn-controller runs on this node and is connected to the southbound DB, and that logical switch port %s exists in NB with no options:%s other than the pod UID %s",
+					ifaceID, conventions.IfaceIDVer, uid))
 		}
 		return nil, fmt.Errorf("wait for ovn-controller to install %s: %w", att.HostIf, err)
 	}
