@@ -7,12 +7,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net"
 	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
+	"github.com/dunlinplugin/dunlin/internal/conventions"
 	"github.com/dunlinplugin/dunlin/nodeagent/ovs"
 )
 
@@ -89,8 +90,7 @@ type Agent struct {
 	metrics *metrics
 	reg     *prometheus.Registry
 
-	gcLock sync.RWMutex // GC excludes every other command
-	locks  keyedMutex   // one command at a time per container
+	locks *attachLocks // one command at a time per attachment; GC works around them
 }
 
 // New validates cfg and prepares an agent; Run starts it.
@@ -114,7 +114,7 @@ func New(cfg Config, client kubernetes.Interface) (*Agent, error) {
 	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	return &Agent{cfg: cfg, client: client, metrics: newMetrics(reg), reg: reg, locks: keyedMutex{m: map[string]*keyedEntry{}}}, nil
+	return &Agent{cfg: cfg, client: client, metrics: newMetrics(reg), reg: reg, locks: newAttachLocks()}, nil
 }
 
 // Run configures OVS, starts serving CNI requests and installs the CNI configuration, then blocks until
@@ -153,7 +153,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("configure OVS for OVN: %w", err)
 	}
 	logger.Info("Configured OVS", "systemID", systemID, "bridge", a.cfg.Bridge)
-	// Pods plumbed by an older dunlin-node may lack the host-end settings; apply them again.
+	// Pods plumbed by an older dunlin-node may lack iface-id-ver and the host-end settings; add them.
+	a.addIfaceIDVer(ctx)
 	if links, err := ourHostLinks(); err == nil {
 		for _, l := range links {
 			if err := quietHostEnd(l); err != nil {
@@ -284,34 +285,25 @@ func podMTU(encapIP, encapType string) (int, error) {
 	return 0, fmt.Errorf("no interface holds encap IP %s: cannot derive the pod MTU (set --mtu)", encapIP)
 }
 
-// keyedMutex serialises commands per container id.
-type keyedMutex struct {
-	mu sync.Mutex
-	m  map[string]*keyedEntry
-}
-
-type keyedEntry struct {
-	mu   sync.Mutex
-	refs int
-}
-
-func (k *keyedMutex) lock(key string) func() {
-	k.mu.Lock()
-	e := k.m[key]
-	if e == nil {
-		e = &keyedEntry{}
-		k.m[key] = e
-	}
-	e.refs++
-	k.mu.Unlock()
-	e.mu.Lock()
-	return func() {
-		e.mu.Unlock()
-		k.mu.Lock()
-		e.refs--
-		if e.refs == 0 {
-			delete(k.m, key)
+// addIfaceIDVer gives the OVS interfaces of pods plumbed by a dunlin-node older than iface-id-ver the
+// key, with the pod UID they carry. Once dunlin-controller sets iface-id-ver on a pod's logical port,
+// ovn-controller releases an interface without it (OVN 23.03, test/runtimes TestIfaceIDVer) and the
+// running pod loses its network; the key on an interface whose logical port lacks the option changes
+// nothing. Best effort: a failure is logged, and the pod keeps working until the controller sets the
+// option.
+func (a *Agent) addIfaceIDVer(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	for _, p := range a.ovs.PortsWithExternalID(ExtSandboxID) {
+		uid := p.ExternalIDs[ExtPodUID]
+		if _, ok := p.ExternalIDs[conventions.IfaceIDVer]; ok || uid == "" || p.Bridge == "" {
+			continue
 		}
-		k.mu.Unlock()
+		ids := maps.Clone(p.ExternalIDs)
+		ids[conventions.IfaceIDVer] = uid
+		if err := a.ovs.AddPort(ctx, ovs.PortSpec{Bridge: p.Bridge, Name: p.Name, ExternalIDs: ids}); err != nil {
+			logger.Error(err, "Cannot add iface-id-ver to a pod's OVS interface", "port", p.Name, "iface-id", p.ExternalIDs[ExtIfaceID])
+			continue
+		}
+		logger.Info("Added iface-id-ver to a pod's OVS interface", "port", p.Name, "iface-id", p.ExternalIDs[ExtIfaceID], "uid", uid)
 	}
 }

@@ -5,8 +5,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
+
+	"github.com/containernetworking/cni/libcni"
 
 	"github.com/dunlinplugin/dunlin/cni"
 )
@@ -28,39 +31,36 @@ func TestHostIfName(t *testing.T) {
 	}
 }
 
-func TestParsePodArgs(t *testing.T) {
-	for _, tc := range []struct {
-		in   string
-		want podArgs
-	}{
-		{"IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME=web-0;K8S_POD_INFRA_CONTAINER_ID=abc;K8S_POD_UID=u-1",
-			podArgs{"default", "web-0", "u-1"}},
-		{"K8S_POD_NAME=p;K8S_POD_NAMESPACE=ns", podArgs{"ns", "p", ""}},
-		{"", podArgs{}},
-		{"garbage;=x;K8S_POD_NAME", podArgs{}},
-	} {
-		if got := parsePodArgs(tc.in); got != tc.want {
-			t.Errorf("parsePodArgs(%q) = %+v, want %+v", tc.in, got, tc.want)
-		}
-	}
-}
-
 func TestConfList(t *testing.T) {
 	b, err := confList("/run/x/cni.sock")
 	if err != nil {
 		t.Fatal(err)
 	}
 	var c struct {
-		CNIVersion string `json:"cniVersion"`
-		Name       string
-		Plugins    []map[string]string
+		CNIVersion  string   `json:"cniVersion"`
+		CNIVersions []string `json:"cniVersions"`
+		Name        string
+		Plugins     []map[string]string
 	}
 	if err := json.Unmarshal(b, &c); err != nil {
 		t.Fatal(err)
 	}
-	if c.CNIVersion != "1.1.0" || c.Name != NetworkName || len(c.Plugins) != 1 ||
+	if c.CNIVersion != "1.0.0" || !slices.Equal(c.CNIVersions, []string{"1.0.0", "1.1.0"}) || c.Name != NetworkName || len(c.Plugins) != 1 ||
 		c.Plugins[0]["type"] != cni.PluginType || c.Plugins[0]["cniSocket"] != "/run/x/cni.sock" {
 		t.Errorf("conflist %s", b)
+	}
+	for _, v := range append(c.CNIVersions, c.CNIVersion) {
+		if !slices.Contains(cni.SupportedVersions(), v) {
+			t.Errorf("conflist names version %s, which dunlin-cni does not support", v)
+		}
+	}
+	// libcni 1.2 and later (the main module's) pick the highest version they support: GC and STATUS work.
+	list, err := libcni.NetworkConfFromBytes(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if list.CNIVersion != "1.1.0" {
+		t.Errorf("libcni chose cniVersion %s, want 1.1.0", list.CNIVersion)
 	}
 }
 

@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"strings"
 	"time"
 
 	cnitypes "github.com/containernetworking/cni/pkg/types"
@@ -80,8 +79,6 @@ func (a *Agent) serve(ctx context.Context, req cni.Request) (out []byte, err err
 	}
 	switch req.Command {
 	case "GC":
-		a.gcLock.Lock()
-		defer a.gcLock.Unlock()
 		return nil, a.cmdGC(ctx, conf)
 	case "STATUS":
 		return nil, a.cmdStatus(ctx)
@@ -90,54 +87,52 @@ func (a *Agent) serve(ctx context.Context, req cni.Request) (out []byte, err err
 		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables,
 			fmt.Sprintf("CNI_CONTAINERID (%q) and CNI_IFNAME (%q) are required", req.ContainerID, req.IfName), "")
 	}
-	a.gcLock.RLock()
-	defer a.gcLock.RUnlock()
-	defer a.locks.lock(req.ContainerID)()
+	pa, err := cni.ParsePodArgs(req.ContainerID, req.Args)
+	if err != nil {
+		if req.Command != "DEL" {
+			return nil, err
+		}
+		// DEL needs no pod: failing it would leave the attachment behind for ever.
+		klog.FromContext(ctx).Info("Ignoring malformed CNI_ARGS for DEL", "container", req.ContainerID, "err", err)
+	}
+	unlock, err := a.locks.lock(ctx, HostIfName(req.ContainerID, req.IfName), req.ContainerID)
+	if err != nil {
+		return nil, fmt.Errorf("waiting for the previous command of container %s: %w", req.ContainerID, err)
+	}
+	defer unlock()
 	switch req.Command {
 	case "ADD":
-		return a.cmdAdd(ctx, req, conf)
+		return a.cmdAdd(ctx, req, conf, pa)
 	case "DEL":
 		return nil, a.cmdDel(ctx, req)
 	case "CHECK":
-		return nil, a.cmdCheck(ctx, req)
+		return nil, a.cmdCheck(ctx, req, pa)
 	default:
 		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables, fmt.Sprintf("unknown CNI_COMMAND %q", req.Command), "")
 	}
 }
 
-// podArgs are the Kubernetes keys of CNI_ARGS.
-type podArgs struct{ Namespace, Name, UID string }
-
-// parsePodArgs reads CNI_ARGS (K=V;K=V) leniently: runtimes add keys of their own.
-func parsePodArgs(s string) podArgs {
-	var p podArgs
-	for _, kv := range strings.Split(s, ";") {
-		k, v, _ := strings.Cut(kv, "=")
-		switch k {
-		case "K8S_POD_NAMESPACE":
-			p.Namespace = v
-		case "K8S_POD_NAME":
-			p.Name = v
-		case "K8S_POD_UID":
-			p.UID = v
-		}
-	}
-	return p
-}
-
-func (a *Agent) cmdAdd(ctx context.Context, req cni.Request, conf *cni.NetConf) ([]byte, error) {
-	logger := klog.FromContext(ctx)
-	start := time.Now()
-	pa := parsePodArgs(req.Args)
+// requirePod fails a command that needs the pod when CNI_ARGS does not name it.
+func requirePod(req cni.Request, pa cni.PodArgs) error {
 	if pa.Namespace == "" || pa.Name == "" {
-		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables,
-			"CNI_ARGS lacks K8S_POD_NAMESPACE or K8S_POD_NAME",
+		return cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("CNI_ARGS of container %s lacks K8S_POD_NAMESPACE or K8S_POD_NAME", req.ContainerID),
 			"dunlin-cni plumbs Kubernetes pods only: the runtime (or cnitool's CNI_ARGS) must name the pod")
 	}
-	if req.Netns == "" {
-		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables, "CNI_NETNS is required for ADD", "")
+	return nil
+}
+
+func (a *Agent) cmdAdd(ctx context.Context, req cni.Request, conf *cni.NetConf, pa cni.PodArgs) ([]byte, error) {
+	logger := klog.FromContext(ctx)
+	start := time.Now()
+	if err := requirePod(req, pa); err != nil {
+		return nil, err
 	}
-	podKey := pa.Namespace + "/" + pa.Name
+	podKey := pa.Key()
+	if req.Netns == "" {
+		return nil, cnitypes.NewError(cnitypes.ErrInvalidEnvironmentVariables,
+			fmt.Sprintf("CNI_NETNS is required for ADD (pod %s, container %s)", podKey, req.ContainerID), "")
+	}
 	waitCtx, cancel := context.WithTimeout(ctx, a.cfg.PodNetworkTimeout)
 	pod, info, err := a.pods.podNetwork(waitCtx, pa.Namespace, pa.Name, pa.UID)
 	cancel()
@@ -176,16 +171,15 @@ func (a *Agent) cmdAdd(ctx context.Context, req cni.Request, conf *cni.NetConf) 
 	if err != nil {
 		return nil, fmt.Errorf("plumb pod %s: %w", podKey, err)
 	}
-	uid := pa.UID
-	if uid == "" {
-		uid = string(pod.UID)
-	}
+	uid := string(pod.UID) // podNetwork checked it against K8S_POD_UID
 	err = a.ovs.AddPort(ctx, ovs.PortSpec{Bridge: a.cfg.Bridge, Name: att.HostIf, ExternalIDs: map[string]string{
-		ExtIfaceID:   ifaceID,
-		ExtPodUID:    uid,
-		ExtSandboxID: req.ContainerID,
-		ExtIfName:    req.IfName,
-		ExtNetns:     req.Netns,
+		ExtIfaceID: ifaceID,
+		// ovn-controller binds the port only while this matches the logical port's iface-id-ver.
+		conventions.IfaceIDVer: uid,
+		ExtPodUID:              uid,
+		ExtSandboxID:           req.ContainerID,
+		ExtIfName:              req.IfName,
+		ExtNetns:               req.Netns,
 	}})
 	if err != nil {
 		a.undo(ctx, att)
@@ -201,7 +195,8 @@ func (a *Agent) cmdAdd(ctx context.Context, req cni.Request, conf *cni.NetConf) 
 		if ctx.Err() == nil && errors.Is(err, context.DeadlineExceeded) {
 			return nil, cnitypes.NewError(cni.ErrOVNInstallTimeout,
 				fmt.Sprintf("ovn-controller did not install port %s (logical port %s) within %s", att.HostIf, ifaceID, a.cfg.OVNInstalledTimeout),
-				"check that ovn-controller runs on this node and is connected to the southbound DB, and that logical switch port "+ifaceID+" exists in NB")
+				fmt.Sprintf("check that ovn-controller runs on this node and is connected to the southbound DB, and that logical switch port %s exists in NB with no options:%s other than the pod UID %s",
+					ifaceID, conventions.IfaceIDVer, uid))
 		}
 		return nil, fmt.Errorf("wait for ovn-controller to install %s: %w", att.HostIf, err)
 	}
@@ -317,75 +312,110 @@ func (a *Agent) cmdDel(ctx context.Context, req cni.Request) error {
 	return nil
 }
 
-// cmdCheck verifies that the attachment is still as ADD made it.
-func (a *Agent) cmdCheck(ctx context.Context, req cni.Request) error {
-	pa := parsePodArgs(req.Args)
+// cmdCheck verifies that the attachment is still as ADD made it, for the pod CNI_ARGS names.
+func (a *Agent) cmdCheck(ctx context.Context, req cni.Request, pa cni.PodArgs) error {
+	if err := requirePod(req, pa); err != nil {
+		return err
+	}
+	podKey := pa.Key()
 	pod, ok := a.pods.pod(pa.Namespace, pa.Name)
-	if !ok {
-		return cnitypes.NewError(cni.ErrPodNotFound, fmt.Sprintf("pod %s/%s is not known on node %s", pa.Namespace, pa.Name, a.cfg.NodeName), "")
+	switch {
+	case !ok:
+		return cnitypes.NewError(cni.ErrPodNotFound, fmt.Sprintf("pod %s is not known on node %s", podKey, a.cfg.NodeName), "")
+	case pa.UID != "" && string(pod.UID) != pa.UID:
+		return cnitypes.NewError(cni.ErrPodUIDMismatch, fmt.Sprintf("pod %s has UID %s, the runtime asked for UID %s", podKey, pod.UID, pa.UID),
+			"the sandbox belongs to a pod that was deleted and recreated with the same name")
 	}
 	info, err := annotations.ParsePodNetwork(pod.Annotations[annotations.PodNetwork])
 	if err != nil {
-		return cnitypes.NewError(cnitypes.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s/%s network annotation", pa.Namespace, pa.Name), err.Error())
+		return cnitypes.NewError(cnitypes.ErrInvalidNetworkConfig, fmt.Sprintf("pod %s network annotation", podKey), err.Error())
 	}
 	att, err := a.attachmentFor(req, info)
 	if err != nil {
 		return err
 	}
+	ifaceID := conventions.PodPortName(pa.Namespace, pa.Name)
 	port, ok := a.ovs.Port(att.HostIf)
 	switch {
 	case !ok:
-		return fmt.Errorf("OVS port %s of pod %s/%s is missing", att.HostIf, pa.Namespace, pa.Name)
-	case port.ExternalIDs[ExtIfaceID] != conventions.PodPortName(pa.Namespace, pa.Name):
-		return fmt.Errorf("OVS port %s has iface-id %q, want %q", att.HostIf, port.ExternalIDs[ExtIfaceID], conventions.PodPortName(pa.Namespace, pa.Name))
+		return fmt.Errorf("OVS port %s of pod %s is missing", att.HostIf, podKey)
+	case port.ExternalIDs[ExtIfaceID] != ifaceID:
+		return fmt.Errorf("OVS port %s has iface-id %q, want %q", att.HostIf, port.ExternalIDs[ExtIfaceID], ifaceID)
+	case port.ExternalIDs[conventions.IfaceIDVer] != string(pod.UID):
+		return fmt.Errorf("OVS port %s of pod %s has %s %q, want the pod UID %s", att.HostIf, podKey,
+			conventions.IfaceIDVer, port.ExternalIDs[conventions.IfaceIDVer], pod.UID)
 	case port.ExternalIDs[extInstalled] != "true":
 		return fmt.Errorf("OVS port %s is not marked ovn-installed by ovn-controller", att.HostIf)
 	}
 	return checkPlumbing(att)
 }
 
-// cmdGC removes the OVS ports and veths of attachments the runtime no longer lists as valid.
+// cmdGC removes the OVS ports and veths of attachments the runtime no longer lists as valid. It never
+// waits for other commands: attachments with a command in flight, or one since the GC began, are left
+// for the next GC (see attachLocks); each of the others is removed under its own lock.
 func (a *Agent) cmdGC(ctx context.Context, conf *cni.NetConf) error {
 	logger := klog.FromContext(ctx)
+	gc := a.locks.beginGC()
+	defer a.locks.endGC(gc)
 	valid := map[string]bool{}
 	for _, v := range conf.ValidAttachments {
 		valid[HostIfName(v.ContainerID, v.IfName)] = true
 	}
 	var errs []error
-	removed := 0
+	removed, skipped := 0, 0
+	// remove runs del under the attachment's lock, unless GC must leave the attachment alone.
+	remove := func(hostIf, container string, del func() error) bool {
+		unlock := a.locks.tryGC(gc, hostIf, container)
+		if unlock == nil {
+			skipped++
+			return false
+		}
+		defer unlock()
+		if err := del(); err != nil {
+			errs = append(errs, err)
+			return false
+		}
+		return true
+	}
 	for _, p := range a.ovs.PortsWithExternalID(ExtSandboxID) {
 		if valid[p.Name] {
 			continue
 		}
-		if err := a.detach(ctx, p.Name, p.ExternalIDs[ExtNetns], p.ExternalIDs[ExtIfName]); err != nil {
-			errs = append(errs, err)
-			continue
+		if remove(p.Name, p.ExternalIDs[ExtSandboxID], func() error {
+			return a.detach(ctx, p.Name, p.ExternalIDs[ExtNetns], p.ExternalIDs[ExtIfName])
+		}) {
+			removed++
+			logger.Info("GC removed OVS port", "port", p.Name, "iface-id", p.ExternalIDs[ExtIfaceID], "sandbox", p.ExternalIDs[ExtSandboxID])
 		}
-		removed++
-		logger.Info("GC removed OVS port", "port", p.Name, "iface-id", p.ExternalIDs[ExtIfaceID], "sandbox", p.ExternalIDs[ExtSandboxID])
 	}
 	links, err := ourHostLinks()
 	if err != nil {
 		errs = append(errs, err)
 	}
 	for _, l := range links {
-		if valid[l] {
-			continue
+		if !valid[l] && remove(l, "", func() error { return deleteLink(l) }) {
+			logger.Info("GC removed veth", "link", l)
 		}
-		if err := deleteLink(l); err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		logger.Info("GC removed veth", "link", l)
 	}
 	if err := errors.Join(errs...); err != nil {
 		return fmt.Errorf("GC: %w", err)
 	}
-	logger.V(2).Info("CNI GC", "valid", len(valid), "removedPorts", removed)
+	logger.V(2).Info("CNI GC", "valid", len(valid), "removedPorts", removed, "skippedInFlight", skipped)
 	return nil
 }
 
-// cmdStatus reports whether ADDs can succeed now: OVS reachable and ovn-controller connected to SB.
+// cmdStatus reports whether this node can serve ADDs, judging only what is local to the node. A
+// runtime turns a failed STATUS into NetworkReady=false: the node goes NotReady and, after a while, its
+// pods are evicted (NoExecute). So a fault every node shares must not fail it.
+//
+//   - The local OVS database: dunlin-node plumbs nothing without it.
+//   - ovn-controller answering on its control socket: a per-node daemon (a process on this node,
+//     restarted by its own supervisor) without which no port here is ever marked ovn-installed, so every
+//     ADD here would fail. Its absence is this node's fault alone.
+//   - Not ovn-controller's southbound connection: an SB outage (or leader election) cuts every node at
+//     once while running pods keep their flows, and failing STATUS then would make all nodes NotReady
+//     together and evict the cluster's pods over a central fault. ADDs wait for SB meanwhile (and fail
+//     with code 102 when that takes too long), and the runtime retries them.
 func (a *Agent) cmdStatus(ctx context.Context) error {
 	if !a.ovs.Connected() {
 		return cnitypes.NewError(cnitypes.ErrPluginNotAvailable, "dunlin-node is not connected to the local OVS database",
@@ -398,8 +428,8 @@ func (a *Agent) cmdStatus(ctx context.Context) error {
 		return cnitypes.NewError(cnitypes.ErrPluginNotAvailable, "ovn-controller is not reachable", err.Error())
 	}
 	if status != "connected" {
-		return cnitypes.NewError(cnitypes.ErrPluginNotAvailable, "ovn-controller is not connected to the southbound database",
-			fmt.Sprintf("connection-status is %q; check --sb-address (%s) and the OVN central", status, a.cfg.SBAddress))
+		klog.FromContext(ctx).V(2).Info("STATUS ready although ovn-controller is not connected to the southbound database",
+			"connectionStatus", status, "sb", a.cfg.SBAddress)
 	}
 	return nil
 }

@@ -16,14 +16,23 @@ const (
 	ConfListName = "10-dunlin.conflist"
 	// NetworkName is the CNI network name in that file.
 	NetworkName = "dunlin"
-	confVersion = "1.1.0"
 )
+
+// The conflist's versions. libcni before 1.2 (containerd 1.6 and 1.7, the packaged runtimes of Debian 12
+// and Ubuntu 24.04) reads only cniVersion and cannot decode a 1.1.0 result: with cniVersion 1.1.0 it
+// plumbs the pod, then fails the ADD with `unsupported CNI result version "1.1.0"` and tears the
+// sandbox down. libcni 1.2 and later pick the highest of cniVersions they support, so they get 1.1.0
+// and with it GC and STATUS. The plugin answers in whatever version the runtime passes it.
+const confVersion = "1.0.0"
+
+var confVersions = []string{"1.0.0", "1.1.0"}
 
 // confList is the conflist the container runtime reads.
 func confList(socket string) ([]byte, error) {
 	return json.MarshalIndent(map[string]any{
-		"cniVersion": confVersion,
-		"name":       NetworkName,
+		"cniVersion":  confVersion,
+		"cniVersions": confVersions,
+		"name":        NetworkName,
 		"plugins": []map[string]any{{
 			"type":      cni.PluginType,
 			"cniSocket": socket,

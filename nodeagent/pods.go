@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
 
 	cnitypes "github.com/containernetworking/cni/pkg/types"
 
@@ -70,7 +71,7 @@ func (w *podWatcher) podNetwork(ctx context.Context, namespace, name, uid string
 	key := namespace + "/" + name
 	ch, unsubscribe := w.changed.Subscribe(key)
 	defer unsubscribe()
-	checkedAPI := false
+	checkedAPI, logged := false, false
 	for {
 		pod, err := w.lister.Pods(namespace).Get(name)
 		if err == nil && (uid == "" || string(pod.UID) == uid) {
@@ -82,6 +83,10 @@ func (w *podWatcher) podNetwork(ctx context.Context, namespace, name, uid string
 						fmt.Sprintf("%v; remove the annotation and dunlin-controller allocates a new address", err))
 				}
 				return pod, info, nil
+			}
+			if !logged {
+				logged = true
+				klog.FromContext(ctx).V(2).Info("Waiting for the pod's network annotation", "pod", key, "uid", pod.UID)
 			}
 		} else if !checkedAPI {
 			// The cache may lag behind the runtime; the API is authoritative for existence and UID.

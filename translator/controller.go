@@ -49,6 +49,8 @@ type Config struct {
 	MaxTxnOps int
 	// TxnTimeout bounds one NB transaction, so a dead database shows up as errors, not hangs.
 	TxnTimeout time.Duration
+	// Identity names this controller in the NB database's writer claim (see nbstore.Committer.Claim).
+	Identity string
 }
 
 // DefaultConfig returns the defaults of the controller's flags.
@@ -102,6 +104,14 @@ type Controller struct {
 	// observed holds, per kind/key, when a change was first seen and not yet committed.
 	observed sync.Map
 	ready    atomic.Bool
+	// stop ends Run with a cause (nbstore.ErrFenced).
+	stop context.CancelCauseFunc
+
+	// unconfirmed holds pod keys (-> UID) whose address annotation write had an unknown outcome.
+	unconfirmed sync.Map
+	// addrWaiters are the pods refused an address their annotation claims, by that address.
+	addrWaitersMu sync.Mutex
+	addrWaiters   map[netip.Addr]map[string]bool
 }
 
 const podNodeIndex = "spec.nodeName"
@@ -116,17 +126,27 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 	if err != nil {
 		return nil, err
 	}
+	store, err := nbstore.New(nb, dbModel, schema, TableSpecs())
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Identity == "" {
+		cfg.Identity = "dunlin-controller"
+	}
 	c := &Controller{
 		cfg:       cfg,
 		kube:      kube,
 		nb:        nb,
-		store:     nbstore.New(nb, dbModel, schema, TableSpecs()),
+		store:     store,
 		committer: nbstore.NewCommitter(nb, cfg.MaxTxnOps, cfg.TxnTimeout, nbstore.NewMetrics(reg)),
 		ipam:      pool,
 		recorder:  recorder,
 		factory:   informers.NewSharedInformerFactory(kube, 0),
 		queues:    map[string]workqueue.TypedRateLimitingInterface[string]{},
+
+		addrWaiters: map[netip.Addr]map[string]bool{},
 	}
+	pool.OnRelease(c.addressFreed)
 	c.metrics = newMetrics(reg,
 		func() float64 { return float64(c.ipam.PodsInUse()) },
 		func() float64 { return float64(c.ipam.NodesWithSubnet()) })
@@ -207,28 +227,19 @@ func (c *Controller) handler(kind string) cache.ResourceEventHandler {
 // Ready reports whether the startup sync has finished and NB is connected.
 func (c *Controller) Ready() bool { return c.ready.Load() && c.nb.Connected() }
 
-// Run runs the controller until ctx ends.
+// Run runs the controller until ctx ends, or until another controller claims the NB database (then it
+// returns an error wrapping nbstore.ErrFenced).
 func (c *Controller) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	c.stop = cancel
 	defer func() {
 		for _, q := range c.queues {
 			q.ShutDown()
 		}
 	}()
-	c.factory.Start(ctx.Done())
-	for typ, ok := range c.factory.WaitForCacheSync(ctx.Done()) {
-		if !ok {
-			return fmt.Errorf("informer cache for %v did not sync", typ)
-		}
-	}
-	// Rebuild address bookkeeping from what is persisted before any worker may allocate.
-	if err := c.rebuildIPAM(); err != nil {
+	if err := c.start(ctx); err != nil {
 		return err
-	}
-	go c.committer.Run(ctx)
-	// The cluster rows (the router, the load balancer group) are parents of every node's and Service's
-	// rows: write them first so the first syncs do not wait for them. Failure is retried by the queue.
-	if err := c.syncCluster(ctx, ""); err != nil {
-		klog.ErrorS(err, "Cannot write the cluster rows yet, will retry")
 	}
 	for kind, q := range c.queues {
 		for range c.cfg.Workers {
@@ -251,6 +262,9 @@ func (c *Controller) Run(ctx context.Context) error {
 	for {
 		select {
 		case <-ctx.Done():
+			if err := context.Cause(ctx); errors.Is(err, nbstore.ErrFenced) {
+				return err
+			}
 			return nil
 		case <-resync.C:
 			c.enqueueAll()
@@ -264,6 +278,39 @@ func (c *Controller) Run(ctx context.Context) error {
 			connected = now
 		}
 	}
+}
+
+// start brings the controller to the point where workers may run: informers synced, the NB database
+// claimed, the address bookkeeping rebuilt from what is persisted, the cluster rows written.
+func (c *Controller) start(ctx context.Context) error {
+	c.factory.Start(ctx.Done())
+	for typ, ok := range c.factory.WaitForCacheSync(ctx.Done()) {
+		if !ok {
+			return fmt.Errorf("informer cache for %v did not sync", typ)
+		}
+	}
+	go c.committer.Run(ctx)
+	// Only one controller may write: claiming also waits until the cache holds whatever the previous
+	// leader committed, so nothing it wrote is written again, and the rebuild below reads it.
+	if err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
+		err := c.committer.Claim(ctx, c.cfg.Identity)
+		if err != nil {
+			klog.ErrorS(err, "Cannot claim the NB database yet, retrying")
+		}
+		return err == nil, nil
+	}); err != nil {
+		return fmt.Errorf("claim the NB database: %w", context.Cause(ctx))
+	}
+	// Rebuild address bookkeeping from what is persisted before any worker may allocate.
+	if err := c.rebuildIPAM(); err != nil {
+		return err
+	}
+	// The cluster rows (the router, the load balancer group) are parents of every node's and Service's
+	// rows: write them first so the first syncs do not wait for them. Failure is retried by the queue.
+	if err := c.syncCluster(ctx, ""); err != nil {
+		klog.ErrorS(err, "Cannot write the cluster rows yet, will retry")
+	}
+	return nil
 }
 
 // enqueueAll queues every object and every owner found in NB, so rows whose object is gone are
@@ -314,6 +361,13 @@ func (c *Controller) processNext(ctx context.Context, kind string, q workqueue.T
 		// Waiting on another object (a pod on a node without a subnet yet): not a failure.
 		klog.V(4).InfoS("Waiting", "kind", kind, "key", key, "reason", err)
 		q.AddRateLimited(key)
+	case errors.As(err, new(*nbstore.StaleError)):
+		// A row the plan wrote to was deleted meanwhile (a node switch, say): plan again at once.
+		klog.V(2).InfoS("Plan was stale, planning again", "kind", kind, "key", key, "reason", err)
+		q.AddRateLimited(key)
+	case errors.Is(err, nbstore.ErrFenced):
+		klog.ErrorS(err, "Stopping: another dunlin-controller writes the NB database now", "kind", kind, "key", key)
+		c.stop(err)
 	default:
 		klog.ErrorS(err, "Reconcile failed, will retry", "kind", kind, "key", key, "retries", q.NumRequeues(key))
 		q.AddRateLimited(key)
@@ -325,7 +379,7 @@ func (c *Controller) processNext(ctx context.Context, kind string, q workqueue.T
 var errWait = errors.New("waiting")
 
 // apply plans and commits the desired rows of owner.
-func (c *Controller) apply(ctx context.Context, owner string, desired []nbstore.Row) error {
+func (c *Controller) apply(ctx context.Context, owner string, desired nbstore.Desired) error {
 	txn := &nbstore.Txn{}
 	if err := c.store.Plan(txn, owner, desired); err != nil {
 		if errors.Is(err, nbstore.ErrParentMissing) {
@@ -341,5 +395,5 @@ func (c *Controller) apply(ctx context.Context, owner string, desired []nbstore.
 
 // syncCluster keeps the cluster-wide rows.
 func (c *Controller) syncCluster(ctx context.Context, _ string) error {
-	return c.apply(ctx, ClusterOwner, ClusterRows())
+	return c.apply(ctx, ClusterOwner, nbstore.Rows(ClusterRows()...))
 }

@@ -36,7 +36,7 @@ func NodeRows(n NodeNetwork) []nbstore.Row {
 	gw, mgmt := conventions.GatewayIP(n.Subnet), conventions.ManagementIP(n.Subnet)
 	ids := map[string]string{extNode: n.Name}
 	nodeOwner := Owner(KindNode, n.Name)
-	onSwitch := &nbstore.Ref{Owner: nodeOwner, Name: n.Name}
+	onSwitch := nbstore.In(nodeOwner, n.Name)
 	return []nbstore.Row{
 		{Model: &nbmodel.LogicalSwitch{
 			Name: n.Name,
@@ -51,20 +51,20 @@ func NodeRows(n NodeNetwork) []nbstore.Row {
 			MAC:         conventions.MACFromIP(gw),
 			Networks:    []string{netip.PrefixFrom(gw, n.Subnet.Bits()).String()},
 			ExternalIDs: ids,
-		}, Parent: &nbstore.Ref{Owner: ClusterOwner, Name: ClusterRouter}},
+		}, Parents: nbstore.In(ClusterOwner, ClusterRouter)},
 		{Model: &nbmodel.LogicalSwitchPort{
 			Name:        SwitchRouterPortName(n.Name),
 			Type:        "router",
 			Addresses:   []string{"router"},
 			Options:     map[string]string{"router-port": RouterPortName(n.Name)},
 			ExternalIDs: ids,
-		}, Parent: onSwitch},
+		}, Parents: onSwitch},
 		{Model: &nbmodel.LogicalSwitchPort{
 			Name:        conventions.ManagementPortName(n.Name),
 			Addresses:   []string{conventions.MACFromIP(mgmt) + " " + mgmt.String()},
 			Options:     map[string]string{"requested-chassis": n.Name},
 			ExternalIDs: ids,
-		}, Parent: onSwitch},
+		}, Parents: onSwitch},
 	}
 }
 
@@ -75,9 +75,10 @@ func PodRows(p PodNetwork) []nbstore.Row {
 		Name:         conventions.PodPortName(p.Namespace, p.Name),
 		Addresses:    []string{addr},
 		PortSecurity: []string{addr},
-		Options:      map[string]string{"requested-chassis": p.Node},
+		// iface-id-ver: only an OVS interface plumbed for this very pod (same UID) can claim the port.
+		Options: map[string]string{"requested-chassis": p.Node, conventions.IfaceIDVer: p.UID},
 		ExternalIDs: map[string]string{
 			extNamespace: p.Namespace, extPod: p.Name, extPodUID: p.UID, extNode: p.Node,
 		},
-	}, Parent: &nbstore.Ref{Owner: Owner(KindNode, p.Node), Name: p.Node}}}
+	}, Parents: nbstore.In(Owner(KindNode, p.Node), p.Node)}}
 }

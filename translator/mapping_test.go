@@ -19,8 +19,8 @@ func TestNodeRows(t *testing.T) {
 	if lrp.Name != "rtos-n1" || lrp.MAC != "0a:58:0a:f4:01:01" || !reflect.DeepEqual(lrp.Networks, []string{"10.244.1.1/24"}) {
 		t.Errorf("router port = %+v", lrp)
 	}
-	if *rows[1].Parent != (nbstore.Ref{Owner: ClusterOwner, Name: ClusterRouter}) {
-		t.Errorf("router port parent = %+v", rows[1].Parent)
+	if !reflect.DeepEqual(rows[1].Parents, nbstore.In(ClusterOwner, ClusterRouter)) {
+		t.Errorf("router port parents = %+v", rows[1].Parents)
 	}
 	stor := rows[2].Model.(*nbmodel.LogicalSwitchPort)
 	if stor.Name != "stor-n1" || stor.Type != "router" || stor.Options["router-port"] != "rtos-n1" ||
@@ -32,8 +32,8 @@ func TestNodeRows(t *testing.T) {
 		t.Errorf("management port = %+v", mgmt)
 	}
 	for _, r := range rows[2:] {
-		if *r.Parent != (nbstore.Ref{Owner: "Node/n1", Name: "n1"}) {
-			t.Errorf("%T parent = %+v", r.Model, r.Parent)
+		if !reflect.DeepEqual(r.Parents, nbstore.In("Node/n1", "n1")) {
+			t.Errorf("%T parents = %+v", r.Model, r.Parents)
 		}
 	}
 }
@@ -61,12 +61,13 @@ func TestPodRows(t *testing.T) {
 				!reflect.DeepEqual(lsp.PortSecurity, []string{tc.addr}) {
 				t.Errorf("port = %+v", lsp)
 			}
-			if lsp.Options["requested-chassis"] != tc.in.Node || lsp.ExternalIDs["pod-uid"] != tc.in.UID ||
+			if lsp.Options["requested-chassis"] != tc.in.Node || lsp.Options["iface-id-ver"] != tc.in.UID ||
+				lsp.ExternalIDs["pod-uid"] != tc.in.UID ||
 				lsp.ExternalIDs["namespace"] != tc.in.Namespace || lsp.ExternalIDs["pod"] != tc.in.Name {
 				t.Errorf("port options/external_ids = %v / %v", lsp.Options, lsp.ExternalIDs)
 			}
-			if *rows[0].Parent != (nbstore.Ref{Owner: "Node/" + tc.in.Node, Name: tc.in.Node}) {
-				t.Errorf("parent = %+v", rows[0].Parent)
+			if !reflect.DeepEqual(rows[0].Parents, nbstore.In("Node/"+tc.in.Node, tc.in.Node)) {
+				t.Errorf("parents = %+v", rows[0].Parents)
 			}
 		})
 	}

@@ -66,7 +66,7 @@ func TableSpecs() map[string]nbstore.TableSpec {
 			ParentTable: "Logical_Router", ParentColumn: "ports"},
 		"Logical_Switch": {Columns: []string{"name", "other_config", "load_balancer_group", "external_ids"}},
 		"Load_Balancer": {Columns: []string{"name", "protocol", "vips", "options", "selection_fields", "external_ids"},
-			ParentTable: "Load_Balancer_Group", ParentColumn: "load_balancer", NoInsertGuard: true},
+			ParentTable: "Load_Balancer_Group", ParentColumn: "load_balancer"},
 		"Load_Balancer_Group": {Columns: []string{"name"}, NameOwned: true},
 		"Logical_Switch_Port": {Columns: []string{"name", "type", "addresses", "port_security", "options", "external_ids"},
 			ParentTable: "Logical_Switch", ParentColumn: "ports"},

@@ -34,6 +34,11 @@ func NBModel() (model.ClientDBModel, ovsdb.DatabaseSchema, error) {
 // ssl:IP:PORT), keeps reconnecting for ever, and monitors the managed tables. It retries the first
 // connection until ctx ends, so a controller started before its database simply waits.
 func ConnectNB(ctx context.Context, addresses string, tlsConfig *tls.Config, dbModel model.ClientDBModel) (client.Client, error) {
+	return ConnectNBTables(ctx, addresses, tlsConfig, dbModel, TableSpecs())
+}
+
+// ConnectNBTables is ConnectNB monitoring the tables of specs (and NB_Global).
+func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Config, dbModel model.ClientDBModel, specs map[string]nbstore.TableSpec) (client.Client, error) {
 	opts := []client.Option{
 		client.WithReconnect(10*time.Second, &backoff.ExponentialBackOff{
 			InitialInterval: 200 * time.Millisecond, RandomizationFactor: 0.2, Multiplier: 2,
@@ -83,8 +88,9 @@ func ConnectNB(ctx context.Context, addresses string, tlsConfig *tls.Config, dbM
 		}
 		delay = min(2*delay, 5*time.Second)
 	}
-	var tables []client.MonitorOption
-	for table := range TableSpecs() {
+	// NB_Global carries the writer claim and commit marker of the committer (nbstore.Committer).
+	tables := []client.MonitorOption{client.WithTable(&nbmodel.NBGlobal{})}
+	for table := range specs {
 		m := reflect.New(dbModel.Types()[table].Elem()).Interface().(model.Model)
 		tables = append(tables, client.WithTable(m))
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"sort"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -16,6 +17,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/nbmodel"
 	"github.com/dunlinplugin/dunlin/translator/ipam"
 	"github.com/dunlinplugin/dunlin/translator/nbstore"
 )
@@ -58,11 +60,15 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 	owner := Owner(KindNode, name)
 	node, err := c.nodeLister.Get(name)
 	if apierrors.IsNotFound(err) {
+		// Rows first, then the subnet: it is not handed out while the switch still uses it.
+		if err := c.apply(ctx, owner, nbstore.Desired{}); err != nil {
+			return err
+		}
 		c.ipam.ReleaseNodeSubnet(name)
 		// Node-local load balancers go with the switch; the Services forget the node.
 		c.switchNodes.Delete(name)
 		c.requeueNodeDependent()
-		return c.apply(ctx, owner, nil)
+		return nil
 	}
 	if err != nil {
 		return err
@@ -72,14 +78,14 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 		return err
 	}
 	if !subnet.IsValid() {
-		// Bad input already reported; remove rows of a subnet we no longer trust. An update of the
-		// node brings it back here.
+		// Bad input with no subnet to fall back on, already reported. An update of the node brings it
+		// back here.
 		if _, had := c.switchNodes.LoadAndDelete(name); had {
 			c.requeueNodeDependent()
 		}
-		return c.apply(ctx, owner, nil)
+		return c.apply(ctx, owner, nbstore.Desired{})
 	}
-	if err := c.apply(ctx, owner, NodeRows(NodeNetwork{Name: name, Subnet: subnet})); err != nil {
+	if err := c.apply(ctx, owner, nbstore.Rows(NodeRows(NodeNetwork{Name: name, Subnet: subnet})...)); err != nil {
 		c.warnNB(node, err)
 		return err
 	}
@@ -103,52 +109,128 @@ func hasPodNetwork(p *corev1.Pod) bool {
 }
 
 // nodeSubnet returns the node's subnet: spec.podCIDRs when the cluster allocates them, else the
-// dunlin.io/node-subnet annotation, else a new allocation persisted in that annotation. An invalid
-// prefix (zero value) with a nil error means bad input that was reported and is not retried.
+// dunlin.io/node-subnet annotation, else a new allocation persisted in that annotation. A subnet in use
+// is never given up for bad input: an unusable or changed declaration is reported and the node keeps the
+// subnet it has (see keepSubnet). A zero prefix with a nil error means bad input with nothing to keep.
 func (c *Controller) nodeSubnet(ctx context.Context, node *corev1.Node) (netip.Prefix, error) {
-	if ps, src, err := annotations.DeclaredNodeSubnets(node); err != nil || annotations.IPv4Subnet(ps).IsValid() {
-		p := annotations.IPv4Subnet(ps)
-		if err != nil {
-			c.ipam.ReleaseNodeSubnet(node.Name)
-			c.warn(node, reasonInvalidSubnet, "%v; remove or correct it", err)
-			return netip.Prefix{}, nil
-		}
+	declared, src, err := annotations.DeclaredNodeSubnets(node)
+	p := annotations.IPv4Subnet(declared)
+	held, holds := c.ipam.NodeSubnet(node.Name)
+	switch {
+	case err != nil:
+		return c.keepSubnet(ctx, node, src, fmt.Sprintf("%v", err))
+	case p.IsValid() && holds && held != p:
+		return c.keepSubnet(ctx, node, src, fmt.Sprintf("%s %s differs from the subnet %s in use; a node's subnet cannot change while the node exists", src, p, held))
+	case p.IsValid():
 		if err := c.ipam.ReserveNodeSubnet(node.Name, p); err != nil {
-			c.ipam.ReleaseNodeSubnet(node.Name)
-			c.warn(node, reasonInvalidSubnet, "%s %s: %v", src, p, err)
-			return netip.Prefix{}, nil
+			return c.keepSubnet(ctx, node, src, fmt.Sprintf("%s %s: %v", src, p, err))
 		}
 		return p, nil
+	case src == "spec.podCIDRs":
+		return c.keepSubnet(ctx, node, src, fmt.Sprintf("spec.podCIDRs %v has no IPv4 subnet", node.Spec.PodCIDRs))
 	}
-	p, err := c.ipam.AllocateNodeSubnet(node.Name)
-	if err != nil {
-		if errors.Is(err, ipam.ErrExhausted) {
-			c.warn(node, reasonSubnetExhausted, "%v; widen --cluster-cidr or remove nodes", err)
+	// Nothing declared: allocate (or take back the subnet held or last written, when the annotation was
+	// removed) and persist it.
+	if !holds {
+		if last := c.switchSubnet(node.Name); last.IsValid() && c.ipam.ReserveNodeSubnet(node.Name, last) == nil {
+			held, holds = last, true
 		}
-		return netip.Prefix{}, err
 	}
-	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, annotations.NodeSubnet, annotations.FormatNodeSubnets([]netip.Prefix{p}))
-	if _, err := c.kube.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: fieldManager}); err != nil {
-		c.ipam.ReleaseNodeSubnet(node.Name)
-		return netip.Prefix{}, fmt.Errorf("annotate node %s with subnet %s: %w", node.Name, p, err)
+	if !holds {
+		if held, err = c.ipam.AllocateNodeSubnet(node.Name); err != nil {
+			if errors.Is(err, ipam.ErrExhausted) {
+				c.warn(node, reasonSubnetExhausted, "%v; widen --cluster-cidr or remove nodes", err)
+			}
+			return netip.Prefix{}, err
+		}
+		klog.InfoS("Allocated node subnet", "node", node.Name, "subnet", held)
 	}
-	klog.InfoS("Allocated node subnet", "node", node.Name, "subnet", p)
-	return p, nil
+	return held, c.persistNodeSubnet(ctx, node, held, !holds)
 }
 
-// rebuildIPAM loads every persisted subnet and address, oldest object first so that when two claim
-// the same one the older keeps it; conflicts are reported by the syncs that follow.
+// keepSubnet reports why the node's declared subnet cannot be used and returns the subnet the node
+// already has (in memory, or in its switch after a restart), restoring the annotation to it when that is
+// where the bad value came from. It returns a zero prefix when the node has none.
+func (c *Controller) keepSubnet(ctx context.Context, node *corev1.Node, src, why string) (netip.Prefix, error) {
+	last, holds := c.ipam.NodeSubnet(node.Name)
+	if !holds {
+		if sw := c.switchSubnet(node.Name); sw.IsValid() && c.ipam.ReserveNodeSubnet(node.Name, sw) == nil {
+			last, holds = sw, true
+		}
+	}
+	if !holds {
+		c.warn(node, reasonInvalidSubnet, "%s; remove or correct it", why)
+		return netip.Prefix{}, nil
+	}
+	c.warn(node, reasonInvalidSubnet, "%s; keeping subnet %s", why, last)
+	if strings.HasPrefix(src, "annotation") {
+		return last, c.persistNodeSubnet(ctx, node, last, false)
+	}
+	return last, nil
+}
+
+// persistNodeSubnet writes p into the node's annotation. A subnet allocated for this write is released
+// only when the API server definitely refused it.
+func (c *Controller) persistNodeSubnet(ctx context.Context, node *corev1.Node, p netip.Prefix, allocated bool) error {
+	value := annotations.FormatNodeSubnets([]netip.Prefix{p})
+	if node.Annotations[annotations.NodeSubnet] == value {
+		return nil
+	}
+	patch := fmt.Sprintf(`{"metadata":{"uid":%q,"annotations":{%q:%q}}}`, node.UID, annotations.NodeSubnet, value)
+	_, err := c.kube.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: fieldManager})
+	if err == nil {
+		return nil
+	}
+	if allocated && definitelyRefused(err) {
+		c.ipam.ReleaseNodeSubnet(node.Name)
+	}
+	return fmt.Errorf("annotate node %s with subnet %s: %w", node.Name, p, err)
+}
+
+// switchSubnet is the subnet of the node's switch in NB, if Dunlin wrote one: the last good subnet when
+// the annotation has gone bad while no controller ran.
+func (c *Controller) switchSubnet(node string) netip.Prefix {
+	rows, err := c.store.OwnedRows(Owner(KindNode, node))
+	if err != nil {
+		return netip.Prefix{}
+	}
+	for _, m := range rows["Logical_Switch"] {
+		if ls := m.(*nbmodel.LogicalSwitch); ls.Name == node {
+			if p, err := netip.ParsePrefix(ls.OtherConfig["subnet"]); err == nil {
+				return p
+			}
+		}
+	}
+	return netip.Prefix{}
+}
+
+// rebuildIPAM loads every persisted subnet and address before any allocation: the annotations first,
+// oldest object first so that when two claim the same one the older keeps it (conflicts are reported by
+// the syncs that follow), then, for nodes and pods whose annotation is missing or unusable, what their
+// rows in NB hold, so that a bad edit made while no controller ran does not free an address in use.
 func (c *Controller) rebuildIPAM() error {
 	nodes, err := c.nodeLister.List(labels.Everything())
 	if err != nil {
 		return err
 	}
 	sort.Slice(nodes, func(i, j int) bool { return olderThan(&nodes[i].ObjectMeta, &nodes[j].ObjectMeta) })
+	var fromNB []*corev1.Node
 	for _, n := range nodes {
-		if ps, _, err := annotations.DeclaredNodeSubnets(n); err == nil && annotations.IPv4Subnet(ps).IsValid() {
-			p := annotations.IPv4Subnet(ps)
+		ps, _, err := annotations.DeclaredNodeSubnets(n)
+		p := annotations.IPv4Subnet(ps)
+		if err != nil || !p.IsValid() {
+			fromNB = append(fromNB, n)
+			continue
+		}
+		if err := c.ipam.ReserveNodeSubnet(n.Name, p); err != nil {
+			klog.InfoS("Ignoring node subnet on start", "node", n.Name, "subnet", p, "err", err)
+			fromNB = append(fromNB, n)
+		}
+	}
+	for _, n := range fromNB {
+		if p := c.switchSubnet(n.Name); p.IsValid() {
 			if err := c.ipam.ReserveNodeSubnet(n.Name, p); err != nil {
-				klog.InfoS("Ignoring node subnet on start", "node", n.Name, "subnet", p, "err", err)
+				klog.InfoS("Ignoring the subnet of a node's switch on start", "node", n.Name, "subnet", p, "err", err)
 			}
 		}
 	}
@@ -157,19 +239,17 @@ func (c *Controller) rebuildIPAM() error {
 		return err
 	}
 	sort.Slice(pods, func(i, j int) bool { return olderThan(&pods[i].ObjectMeta, &pods[j].ObjectMeta) })
-	restored := 0
+	restored, fromPorts := 0, []*corev1.Pod{}
 	for _, p := range pods {
 		if !wantsNetwork(p) {
 			continue
 		}
 		info, err := podAnnotation(p)
 		if err != nil || info == nil {
+			fromPorts = append(fromPorts, p)
 			continue
 		}
-		v4, ok := info.IPv4()
-		if !ok {
-			continue
-		}
+		v4, _ := info.IPv4()
 		pa := ipam.PodAddr{Node: p.Spec.NodeName, UID: string(p.UID), Addr: v4.Addr()}
 		if err := c.ipam.ReservePod(p.Namespace+"/"+p.Name, pa); err != nil {
 			klog.InfoS("Ignoring pod address on start", "pod", klog.KObj(p), "addr", pa.Addr, "err", err)
@@ -177,6 +257,14 @@ func (c *Controller) rebuildIPAM() error {
 		}
 		restored++
 	}
-	klog.InfoS("Rebuilt IPAM from annotations", "nodes", c.ipam.NodesWithSubnet(), "podAddresses", restored)
+	for _, p := range fromPorts {
+		key := p.Namespace + "/" + p.Name
+		if a, ok := c.portAddress(key, string(p.UID), p.Spec.NodeName); ok {
+			if c.ipam.ReservePod(key, ipam.PodAddr{Node: p.Spec.NodeName, UID: string(p.UID), Addr: a}) == nil {
+				restored++
+			}
+		}
+	}
+	klog.InfoS("Rebuilt IPAM", "nodes", c.ipam.NodesWithSubnet(), "podAddresses", restored)
 	return nil
 }

@@ -97,21 +97,19 @@ func ServiceRows(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, env Serv
 		clusterVIPs, localVIPs = external, internal
 	}
 	var rows []nbstore.Row
-	rows = append(rows, serviceLBRows(svc, env, cands, clusterVIPs, "", nbstore.Row{
-		Parent: &nbstore.Ref{Owner: ClusterOwner, Name: ClusterLBGroup}})...)
+	rows = append(rows, serviceLBRows(svc, env, cands, clusterVIPs, "", nbstore.In(ClusterOwner, ClusterLBGroup))...)
 	if len(localVIPs) > 0 {
 		for _, node := range env.Nodes {
-			rows = append(rows, serviceLBRows(svc, env, cands, localVIPs, node, nbstore.Row{
-				Parent:      &nbstore.Ref{Owner: Owner(KindNode, node), Name: node},
-				ParentTable: "Logical_Switch", ParentColumn: "load_balancer"})...)
+			rows = append(rows, serviceLBRows(svc, env, cands, localVIPs, node, []nbstore.Parent{{
+				Ref: nbstore.Ref{Owner: Owner(KindNode, node), Name: node}, Table: "Logical_Switch", Column: "load_balancer"}})...)
 		}
 	}
 	return rows, problems
 }
 
 // serviceLBRows are the load balancers, one per protocol, holding vips with the backends on node
-// ("" for all nodes), placed as in template.
-func serviceLBRows(svc *corev1.Service, env ServiceEnv, cands map[backendKey][]candidate, vips []netip.Addr, node string, template nbstore.Row) []nbstore.Row {
+// ("" for all nodes), referenced by parents.
+func serviceLBRows(svc *corev1.Service, env ServiceEnv, cands map[backendKey][]candidate, vips []netip.Addr, node string, parents []nbstore.Parent) []nbstore.Row {
 	if len(vips) == 0 {
 		return nil
 	}
@@ -135,9 +133,7 @@ func serviceLBRows(svc *corev1.Service, env ServiceEnv, cands map[backendKey][]c
 	var rows []nbstore.Row
 	for _, proto := range []corev1.Protocol{corev1.ProtocolTCP, corev1.ProtocolUDP, corev1.ProtocolSCTP} {
 		if lb := lbs[proto]; lb != nil {
-			row := template
-			row.Model = lb
-			rows = append(rows, row)
+			rows = append(rows, nbstore.Row{Model: lb, Parents: parents})
 		}
 	}
 	return rows

@@ -3,6 +3,7 @@ package translator
 import (
 	"maps"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strings"
 	"testing"
@@ -66,8 +67,8 @@ func lbs(t *testing.T, svc *corev1.Service, eps ...*discoveryv1.EndpointSlice) (
 	out := map[string]*nbmodel.LoadBalancer{}
 	for _, r := range rows {
 		lb := r.Model.(*nbmodel.LoadBalancer)
-		if r.Parent == nil || r.Parent.Name != ClusterLBGroup || r.Parent.Owner != ClusterOwner {
-			t.Errorf("%s: parent %+v, want the cluster group", lb.Name, r.Parent)
+		if !reflect.DeepEqual(r.Parents, nbstore.In(ClusterOwner, ClusterLBGroup)) {
+			t.Errorf("%s: parents %+v, want the cluster group", lb.Name, r.Parents)
 		}
 		out[lb.Name] = lb
 	}
@@ -323,11 +324,11 @@ func TestServiceInternalTrafficPolicyLocal(t *testing.T) {
 		if !maps.Equal(lb.Vips, w.vips) {
 			t.Errorf("%s vips %v, want %v", name, lb.Vips, w.vips)
 		}
-		if r.Parent == nil || r.Parent.Name != w.parent || r.ParentTable != w.parentTb {
-			t.Errorf("%s parent %+v table %q, want %s in %q", name, r.Parent, r.ParentTable, w.parent, w.parentTb)
+		if len(r.Parents) != 1 || r.Parents[0].Name != w.parent || r.Parents[0].Table != w.parentTb {
+			t.Errorf("%s parents %+v, want %s in %q", name, r.Parents, w.parent, w.parentTb)
 		}
-		if w.parentTb != "" && (r.ParentColumn != "load_balancer" || lb.ExternalIDs["dunlin.io/node"] != w.parent) {
-			t.Errorf("%s: column %q external_ids %v", name, r.ParentColumn, lb.ExternalIDs)
+		if w.parentTb != "" && (r.Parents[0].Column != "load_balancer" || lb.ExternalIDs["dunlin.io/node"] != w.parent) {
+			t.Errorf("%s: column %q external_ids %v", name, r.Parents[0].Column, lb.ExternalIDs)
 		}
 	}
 	// Without externalIPs there is no cluster-wide load balancer at all.

@@ -14,6 +14,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/translator/nbstore"
 )
 
 // sliceServiceIndex indexes EndpointSlices by the namespace/name of their Service.
@@ -63,7 +64,7 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 	svc, err := c.serviceLister.Services(ns).Get(name)
 	if apierrors.IsNotFound(err) {
 		c.nodeDependent.Delete(key)
-		return c.apply(ctx, owner, nil)
+		return c.apply(ctx, owner, nbstore.Desired{})
 	}
 	if err != nil {
 		return err
@@ -93,7 +94,7 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 	} else {
 		c.nodeDependent.Delete(key)
 	}
-	if err := c.apply(ctx, owner, rows); err != nil {
+	if err := c.apply(ctx, owner, nbstore.Rows(rows...)); err != nil {
 		c.warnNB(svc, err)
 		return err
 	}

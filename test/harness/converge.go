@@ -32,7 +32,10 @@ import (
 // sets (external_ids with the owner key included), and every reference between rows of those tables
 // that starts or ends at a Dunlin row: which switch a port is on, which router a router port, which
 // group or switch a load balancer is attached to, which groups a switch has. Dunlin's rows beyond the
-// expected ones are orphans.
+// expected ones are orphans. Rows are identified by name, or in Keyed tables by owner and ID; member
+// columns are compared whole; entry columns (map keys held by several owners) are not compared. The
+// expectation is the mapping of the API as it is: after bad input, where the controller keeps the last
+// good subnet or address, it differs on purpose.
 
 // ConvergeOptions are the controller settings the expected rows depend on.
 type ConvergeOptions struct {
@@ -276,17 +279,37 @@ func newNBDescriber() (*nbDescriber, error) {
 	specs := translator.TableSpecs()
 	d := &nbDescriber{db: db, schema: schema, specs: specs, tables: slices.Sorted(maps.Keys(specs))}
 	for _, t := range d.tables {
-		if d.schema.Table(t).Column("name") == nil {
-			return nil, fmt.Errorf("table %s has no name column: CheckConverged identifies rows by name and needs extending", t)
+		if !specs[t].Keyed && d.schema.Table(t).Column("name") == nil {
+			return nil, fmt.Errorf("table %s has neither a name column nor Keyed rows", t)
 		}
 	}
 	return d, nil
 }
 
-// compared reports whether a column of table is compared as a value: a column Dunlin sets, other than
-// the name (the row's identity) and references to managed tables (compared as edges).
-func (d *nbDescriber) compared(table, column string) bool {
-	return column != "name" && d.refTable(table, column) == "" && slices.Contains(d.specs[table].Columns, column)
+// key identifies a row: by name, or in a Keyed table by its owner and ID.
+func (d *nbDescriber) key(table, owner, nameOrID string) rowID {
+	if d.specs[table].Keyed {
+		return rowID{table, owner + " " + nameOrID}
+	}
+	return rowID{table, nameOrID}
+}
+
+// entriesKeyPrefix starts the external_ids keys in which nbstore records which owners hold entries of a
+// shared map column (nbstore's unexported entriesKeyPrefix): bookkeeping of other owners, not the row's.
+const entriesKeyPrefix = "dunlin.io/entries:"
+
+// compared lists the columns of table compared as values: the columns Dunlin sets or changes member by
+// member, other than the name (the row's identity) and references to managed tables (compared as
+// edges). Entry columns, whose keys several owners hold, are not compared.
+func (d *nbDescriber) compared(table string) []string {
+	spec := d.specs[table]
+	var cols []string
+	for _, col := range append(slices.Clone(spec.Columns), spec.MemberColumns...) {
+		if col != "name" && d.refTable(table, col) == "" {
+			cols = append(cols, col)
+		}
+	}
+	return cols
 }
 
 // refTable is the managed table a column references, or "".
@@ -314,29 +337,34 @@ func (d *nbDescriber) expected(ctx context.Context, kube kubernetes.Interface, o
 			return st, err
 		}
 		table := info.Metadata.TableName
-		name, err := info.FieldByColumn("name")
-		if err != nil {
-			return st, err
+		spec := d.specs[table]
+		nameOrID := er.row.ID
+		if !spec.Keyed {
+			name, err := info.FieldByColumn("name")
+			if err != nil {
+				return st, err
+			}
+			nameOrID = name.(string)
 		}
-		id := rowID{table, name.(string)}
+		id := d.key(table, er.owner, nameOrID)
 		if other, dup := st.rows[id]; dup {
 			return st, fmt.Errorf("the mapping gives %s twice (owners %s and %s)", id, other.owner, er.owner)
 		}
 		rs := rowState{owner: er.owner, columns: map[string]string{}}
-		for _, col := range d.specs[table].Columns {
-			if !d.compared(table, col) {
-				continue
-			}
+		for _, col := range d.compared(table) {
 			native, err := info.FieldByColumn(col)
 			if err != nil {
 				return st, err
 			}
-			if col == "external_ids" && !d.specs[table].NameOwned {
+			if col == "external_ids" && !spec.NameOwned {
 				ids := maps.Clone(native.(map[string]string))
 				if ids == nil {
 					ids = map[string]string{}
 				}
 				ids[nbstore.OwnerKey] = er.owner
+				if spec.Keyed {
+					ids[nbstore.IDKey] = er.row.ID
+				}
 				native = ids
 			}
 			cs := info.Metadata.TableSchema.Column(col)
@@ -347,16 +375,17 @@ func (d *nbDescriber) expected(ctx context.Context, kube kubernetes.Interface, o
 			rs.columns[col] = canonical(cs, ovs)
 		}
 		st.rows[id] = rs
-		if er.row.Parent != nil {
-			pt, pc := d.specs[table].ParentTable, d.specs[table].ParentColumn
-			if er.row.ParentTable != "" {
-				pt, pc = er.row.ParentTable, er.row.ParentColumn
+		for _, p := range er.row.Parents {
+			pt, pc := spec.ParentTable, spec.ParentColumn
+			if p.Table != "" {
+				pt, pc = p.Table, p.Column
 			}
-			st.edges[edge{rowID{pt, er.row.Parent.Name}, pc, id}] = true
+			st.edges[edge{d.key(pt, p.Owner, p.Name), pc, id}] = true
 		}
 		for col, refs := range er.row.Refs {
+			rt := d.refTable(table, col)
 			for _, ref := range refs {
-				st.edges[edge{id, col, rowID{d.refTable(table, col), ref.Name}}] = true
+				st.edges[edge{id, col, d.key(rt, ref.Owner, ref.Name)}] = true
 			}
 		}
 	}
@@ -367,11 +396,13 @@ func (d *nbDescriber) expected(ctx context.Context, kube kubernetes.Interface, o
 // NameOwned table by one of the names want has) and every reference from or to one of them.
 func (d *nbDescriber) read(o *OVN, want nbState) (nbState, error) {
 	type nbRow struct {
-		id  rowID
-		row ovsdb.Row
+		id    rowID
+		uuid  string
+		owner string
+		row   ovsdb.Row
 	}
 	var all []nbRow
-	names := map[string]rowID{} // uuid -> row
+	ids := map[string]rowID{} // uuid -> row
 	for _, table := range d.tables {
 		out, err := o.NBCtl("--format=json", "list", table)
 		if err != nil {
@@ -394,37 +425,41 @@ func (d *nbDescriber) read(o *OVN, want nbState) (nbState, error) {
 			if err := json.Unmarshal(b, &row); err != nil {
 				return nbState{}, fmt.Errorf("ovn-nbctl list %s: %w", table, err)
 			}
-			name, _ := row["name"].(string)
+			r := nbRow{row: row}
 			uuid, _ := row["_uuid"].(ovsdb.UUID)
-			id := rowID{table, name}
-			names[uuid.GoUUID] = id
-			all = append(all, nbRow{id, row})
+			r.uuid = uuid.GoUUID
+			extIDs, _ := row["external_ids"].(ovsdb.OvsMap)
+			r.owner, _ = extIDs.GoMap[nbstore.OwnerKey].(string)
+			nameOrID, _ := row["name"].(string)
+			if d.specs[table].Keyed {
+				nameOrID, _ = extIDs.GoMap[nbstore.IDKey].(string)
+			}
+			r.id = d.key(table, r.owner, nameOrID)
+			if w, ok := want.rows[r.id]; ok && d.specs[table].NameOwned {
+				r.owner = w.owner
+			}
+			ids[r.uuid] = r.id
+			all = append(all, r)
 		}
 	}
 	st := nbState{rows: map[rowID]rowState{}, edges: map[edge]bool{}}
-	owned := map[rowID]bool{}
-	dups := map[rowID]int{}
+	owned := map[string]bool{} // uuid
 	for _, r := range all {
-		owner := ""
-		if ids, ok := r.row["external_ids"].(ovsdb.OvsMap); ok {
-			owner, _ = ids.GoMap[nbstore.OwnerKey].(string)
-		}
-		if w, ok := want.rows[r.id]; ok && d.specs[r.id.table].NameOwned {
-			owner = w.owner
-		}
-		if owner == "" {
+		if r.owner == "" {
 			continue
 		}
-		owned[r.id] = true
-		if dups[r.id]++; dups[r.id] > 1 {
-			return st, fmt.Errorf("%s (owner %s) exists %d times", r.id, owner, dups[r.id])
+		owned[r.uuid] = true
+		if _, dup := st.rows[r.id]; dup {
+			return st, fmt.Errorf("%s (owner %s) exists more than once", r.id, r.owner)
 		}
-		rs := rowState{owner: owner, columns: map[string]string{}}
+		rs := rowState{owner: r.owner, columns: map[string]string{}}
 		ts := d.schema.Table(r.id.table)
-		for _, col := range d.specs[r.id.table].Columns {
-			if d.compared(r.id.table, col) {
-				rs.columns[col] = canonical(ts.Column(col), r.row[col])
+		for _, col := range d.compared(r.id.table) {
+			v := r.row[col]
+			if m, ok := v.(ovsdb.OvsMap); ok && col == "external_ids" {
+				v = withoutEntryKeys(m)
 			}
+			rs.columns[col] = canonical(ts.Column(col), v)
 		}
 		st.rows[r.id] = rs
 	}
@@ -434,17 +469,28 @@ func (d *nbDescriber) read(o *OVN, want nbState) (nbState, error) {
 				continue
 			}
 			for _, u := range uuids(r.row[col]) {
-				to, ok := names[u]
+				to, ok := ids[u]
 				if !ok {
 					continue // a reference to a row of a table we did not read
 				}
-				if owned[r.id] || owned[to] {
+				if owned[r.uuid] || owned[u] {
 					st.edges[edge{r.id, col, to}] = true
 				}
 			}
 		}
 	}
 	return st, nil
+}
+
+// withoutEntryKeys drops the keys nbstore keeps for owners holding entries in the row's map columns.
+func withoutEntryKeys(m ovsdb.OvsMap) ovsdb.OvsMap {
+	out := ovsdb.OvsMap{GoMap: map[any]any{}}
+	for k, v := range m.GoMap {
+		if ks, ok := k.(string); !ok || !strings.HasPrefix(ks, entriesKeyPrefix) {
+			out.GoMap[k] = v
+		}
+	}
+	return out
 }
 
 // uuids lists the UUIDs in a reference column's value.

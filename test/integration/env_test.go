@@ -34,6 +34,13 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	controllerBin = filepath.Join(dir, "dunlin-controller")
+	if bin := os.Getenv("DUNLIN_CONTROLLER_BIN"); bin != "" {
+		controllerBin = bin
+		// Another build (an older release, to show a test failing before its fix, or to test upgrades).
+		code := m.Run()
+		os.RemoveAll(dir)
+		os.Exit(code)
+	}
 	_, self, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(self), "..", "..")
 	build := exec.Command("go", "build", "-o", controllerBin, "./cmd/dunlin-controller")

@@ -22,6 +22,22 @@ type Cluster struct {
 	subnets *Subnets
 	pools   map[string]*Pool   // by node
 	pods    map[string]PodAddr // by pod key (namespace/name)
+	// released is told of every address freed, under the lock (it must not call back).
+	released func(key string, pa PodAddr)
+}
+
+// OnRelease sets f to be told of every pod address freed, so a pod waiting for it can be retried.
+// f runs under the bookkeeping's lock and must not call back into it.
+func (c *Cluster) OnRelease(f func(key string, pa PodAddr)) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.released = f
+}
+
+func (c *Cluster) freed(key string, pa PodAddr) {
+	if c.released != nil {
+		c.released(key, pa)
+	}
 }
 
 // NewCluster returns empty bookkeeping for /nodePrefix subnets of clusterCIDR.
@@ -75,6 +91,7 @@ func (c *Cluster) ensurePool(node string, p netip.Prefix) error {
 	for key, pa := range c.pods {
 		if pa.Node == node && pool.Reserve(pa.Addr, key) != nil {
 			delete(c.pods, key)
+			c.freed(key, pa)
 		}
 	}
 	return nil
@@ -89,6 +106,7 @@ func (c *Cluster) ReleaseNodeSubnet(node string) {
 	for key, pa := range c.pods {
 		if pa.Node == node {
 			delete(c.pods, key)
+			c.freed(key, pa)
 		}
 	}
 }
@@ -161,6 +179,7 @@ func (c *Cluster) releaseLocked(key string) {
 		pool.Release(pa.Addr, key)
 	}
 	delete(c.pods, key)
+	c.freed(key, pa)
 }
 
 // PodsInUse is the number of pod addresses held.

@@ -2,21 +2,55 @@ package nbstore
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
 	"time"
 
+	"github.com/ovn-kubernetes/libovsdb/cache"
 	"github.com/ovn-kubernetes/libovsdb/client"
+	"github.com/ovn-kubernetes/libovsdb/model"
 	"github.com/ovn-kubernetes/libovsdb/ovsdb"
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
+
+	"github.com/dunlinplugin/dunlin/internal/notify"
+	"github.com/dunlinplugin/dunlin/nbmodel"
 )
+
+// NB_Global external_ids keys the committer writes. NB_Global is the one row every NB database has; these
+// keys are Dunlin's and no other column or key of it is touched.
+const (
+	// WriterKey holds the token of the one committer allowed to write (see Claim).
+	WriterKey = "dunlin.io/writer"
+	// CommitKey is rewritten by every transaction, "<session>:<sequence>", so that a caller knows when the
+	// cache holds the effects of its transaction: they arrive in the same update.
+	CommitKey = "dunlin.io/commit"
+)
+
+// ErrFenced is returned once another controller has claimed the database (see Claim): this one must stop
+// writing.
+var ErrFenced = errors.New("another dunlin-controller has claimed the NB database")
+
+// StaleError says some operations of a plan touched no row: a row it updated or a parent it inserted
+// into was deleted after the plan read the cache. The other operations were committed; planning again
+// from the cache converges.
+type StaleError struct{ Ops []string }
+
+func (e *StaleError) Error() string {
+	return fmt.Sprintf("%d operation(s) touched no row (deleted meanwhile), first: %s", len(e.Ops), e.Ops[0])
+}
 
 // Metrics are the committer's Prometheus collectors.
 type Metrics struct {
 	Transactions *prometheus.CounterVec // label result: success|error
 	Duration     prometheus.Histogram
 	Operations   prometheus.Histogram
+	Stale        prometheus.Counter
 }
 
 // NewMetrics registers the committer's collectors with reg.
@@ -33,46 +67,111 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "dunlin_nb_transaction_operations", Help: "Operations per OVN NB transaction.",
 			Buckets: prometheus.ExponentialBuckets(1, 4, 8),
 		}),
+		Stale: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "dunlin_nb_stale_plans_total",
+			Help: "Plans some of whose operations touched no row (their row was deleted meanwhile) and were re-planned.",
+		}),
 	}
-	reg.MustRegister(m.Transactions, m.Duration, m.Operations)
+	reg.MustRegister(m.Transactions, m.Duration, m.Operations, m.Stale)
 	return m
 }
 
-// Committer sends the transactions of many callers as few OVSDB transactions (group commit): while
-// one transaction is in flight the next callers queue up, and their operations go out together, up to
-// MaxOps. An idle system commits a single change at once; a busy one batches by itself.
+// Committer sends the transactions of many callers as few OVSDB transactions (group commit): while one
+// transaction is in flight the next callers queue up, and their operations go out together, up to MaxOps.
+// An idle system commits a single change at once; a busy one batches by itself. Each caller waits for its
+// own outcome and for the cache to hold it, in its own goroutine: one slow or failed caller never holds
+// up the others.
 type Committer struct {
-	cli     client.Client
-	maxOps  int
-	timeout time.Duration
-	metrics *Metrics
-	reqs    chan *commitReq
+	cli           client.Client
+	maxOps        int
+	timeout       time.Duration
+	metrics       *Metrics
+	reqs          chan *commitReq
+	session       string
+	seq           uint64 // owned by Run
+	token         atomic.Pointer[string]
+	globalChanged notify.Keyed // woken on every change of NB_Global
 }
 
 type commitReq struct {
-	ops  []ovsdb.Operation
-	done chan error
+	txn  *Txn
+	done chan commitResult
 }
 
-// NewCommitter returns a Committer; Run must be running for Commit to return.
+type commitResult struct {
+	err   error
+	seq   uint64 // the marker of the transaction that committed it
+	stale []string
+}
+
+// NewCommitter returns a Committer; Run must be running for Commit to return. cli must be connected and
+// monitor NB_Global.
 func NewCommitter(cli client.Client, maxOps int, timeout time.Duration, metrics *Metrics) *Committer {
-	return &Committer{cli: cli, maxOps: maxOps, timeout: timeout, metrics: metrics, reqs: make(chan *commitReq, 1024)}
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	c := &Committer{cli: cli, maxOps: maxOps, timeout: timeout, metrics: metrics,
+		reqs: make(chan *commitReq, 1024), session: hex.EncodeToString(b)}
+	wake := func(table string) {
+		if table == nbGlobal {
+			c.globalChanged.Wake(nbGlobal)
+		}
+	}
+	cli.Cache().AddEventHandler(&cache.EventHandlerFuncs{
+		AddFunc:    func(table string, _ model.Model) { wake(table) },
+		UpdateFunc: func(table string, _, _ model.Model) { wake(table) },
+		DeleteFunc: func(table string, _ model.Model) { wake(table) },
+	})
+	return c
 }
 
-// Commit sends txn and waits until it is committed and visible in the cache, or failed.
+const nbGlobal = "NB_Global"
+
+// Commit sends txn and waits until it is committed and its effects are in the cache, or it failed. A
+// *StaleError means part of it applied and the caller must plan again.
 func (c *Committer) Commit(ctx context.Context, txn *Txn) error {
 	if txn.Len() == 0 {
 		return nil
 	}
-	r := &commitReq{ops: txn.Ops, done: make(chan error, 1)}
+	r := &commitReq{txn: txn, done: make(chan commitResult, 1)}
+	select {
+	case c.reqs <- r:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	var res commitResult
+	select {
+	case res = <-r.done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	if res.err != nil {
+		return res.err
+	}
+	if err := c.awaitMarker(ctx, res.seq); err != nil {
+		return err
+	}
+	if len(res.stale) > 0 {
+		c.metrics.Stale.Inc()
+		return &StaleError{Ops: res.stale}
+	}
+	return nil
+}
+
+// Sync waits until the cache holds everything committed to the database before it was called, by
+// committing only a marker: for callers that must see a change made by another client.
+func (c *Committer) Sync(ctx context.Context) error {
+	r := &commitReq{txn: &Txn{}, done: make(chan commitResult, 1)}
 	select {
 	case c.reqs <- r:
 	case <-ctx.Done():
 		return ctx.Err()
 	}
 	select {
-	case err := <-r.done:
-		return err
+	case res := <-r.done:
+		if res.err != nil {
+			return res.err
+		}
+		return c.awaitMarker(ctx, res.seq)
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -87,13 +186,13 @@ func (c *Committer) Run(ctx context.Context) {
 			return
 		case first = <-c.reqs:
 		}
-		batch, n := []*commitReq{first}, len(first.ops)
+		batch, n := []*commitReq{first}, first.txn.Len()
 	drain:
 		for n < c.maxOps {
 			select {
 			case r := <-c.reqs:
 				batch = append(batch, r)
-				n += len(r.ops)
+				n += r.txn.Len()
 			default:
 				break drain
 			}
@@ -102,32 +201,136 @@ func (c *Committer) Run(ctx context.Context) {
 	}
 }
 
+// commitBatch commits the callers' operations in one transaction. When one caller's operation fails,
+// the server aborts the whole transaction: that caller gets its error and the others are committed
+// again without it.
 func (c *Committer) commitBatch(ctx context.Context, batch []*commitReq) {
-	var ops []ovsdb.Operation
-	for _, r := range batch {
-		ops = append(ops, r.ops...)
-	}
-	err := c.transact(ctx, ops)
-	var opErr *OperationError
-	if err == nil || len(batch) == 1 || !errors.As(err, &opErr) {
-		for _, r := range batch {
-			r.done <- err
+	for len(batch) > 0 {
+		results, ops, offsets, seq, err := c.transact(ctx, batch)
+		if err != nil {
+			culprit := -1
+			var opErr *OperationError
+			if errors.As(err, &opErr) && opErr.index >= 0 {
+				culprit = ownerOf(offsets, opErr.index)
+			}
+			if culprit < 0 || len(batch) == 1 {
+				if len(batch) > 1 && errors.As(err, &opErr) && !errors.Is(err, ErrFenced) {
+					// A failure not tied to one operation (referential integrity, say): find the
+					// caller that caused it by committing each alone.
+					klog.V(2).InfoS("Batched NB transaction failed, committing callers one by one", "callers", len(batch), "err", err)
+					for _, r := range batch {
+						c.commitBatch(ctx, []*commitReq{r})
+					}
+					return
+				}
+				for _, r := range batch {
+					r.done <- commitResult{err: err}
+				}
+				return
+			}
+			batch[culprit].done <- commitResult{err: err}
+			batch = append(batch[:culprit], batch[culprit+1:]...)
+			continue
+		}
+		for i, r := range batch {
+			var stale []string
+			for j, expect := range r.txn.expect {
+				k := offsets[i] + j
+				if expect == one && results[k].Count != 1 {
+					stale = append(stale, describeOp(ops[k]))
+				}
+			}
+			r.done <- commitResult{seq: seq, stale: stale}
 		}
 		return
 	}
-	// One caller's operations failed the whole batch: commit each caller alone so the others land
-	// and the failure is reported to the caller that caused it.
-	klog.V(2).InfoS("Batched NB transaction failed, retrying callers one by one", "callers", len(batch), "err", err)
-	for _, r := range batch {
-		r.done <- c.transact(ctx, r.ops)
+}
+
+// ownerOf is the index of the caller whose operations include operation op, given where each caller's
+// operations start (offsets has one more entry: where the committer's marker is); -1 for the
+// committer's own operations (the fence before, the marker after).
+func ownerOf(offsets []int, op int) int {
+	for i := 0; i+1 < len(offsets); i++ {
+		if op >= offsets[i] && op < offsets[i+1] {
+			return i
+		}
 	}
+	return -1
 }
 
 // OperationError is a transaction the server refused (as opposed to one that never reached it).
-type OperationError struct{ Err error }
+type OperationError struct {
+	Err   error
+	index int // of the failed operation in the transaction, -1 when not tied to one
+}
 
 func (e *OperationError) Error() string { return e.Err.Error() }
 func (e *OperationError) Unwrap() error { return e.Err }
+
+func describeOp(op ovsdb.Operation) string {
+	s := op.Op + " " + op.Table
+	for _, w := range op.Where {
+		if w.Column == "_uuid" {
+			if u, ok := w.Value.(ovsdb.UUID); ok {
+				s += " " + u.GoUUID
+			}
+		}
+	}
+	return s
+}
+
+// transact sends the batch's operations, framed by the fence check and the commit marker. offsets[i] is
+// where caller i's operations start; the last entry is where the marker is.
+func (c *Committer) transact(ctx context.Context, batch []*commitReq) ([]ovsdb.OperationResult, []ovsdb.Operation, []int, uint64, error) {
+	global, err := c.globalUUID()
+	if err != nil {
+		return nil, nil, nil, 0, err
+	}
+	var ops []ovsdb.Operation
+	if tok := c.token.Load(); tok != nil {
+		ops = append(ops, fenceOp(global, *tok))
+	}
+	offsets := make([]int, 0, len(batch)+1)
+	for _, r := range batch {
+		offsets = append(offsets, len(ops))
+		ops = append(ops, r.txn.Ops...)
+	}
+	offsets = append(offsets, len(ops))
+	c.seq++
+	seq := c.seq
+	ops = append(ops, setGlobalKey(global, CommitKey, c.session+":"+strconv.FormatUint(seq, 10)))
+
+	tctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	start := time.Now()
+	results, err := c.cli.Transact(tctx, ops...)
+	if err == nil {
+		if opErrs, cerr := ovsdb.CheckOperationResults(results, ops); cerr != nil {
+			idx := -1
+			for i, r := range results {
+				if r.Error != "" {
+					idx = i
+					break
+				}
+			}
+			if idx == 0 && c.token.Load() != nil {
+				cerr = fmt.Errorf("%w (%s is no longer ours): %v", ErrFenced, WriterKey, cerr)
+			}
+			if idx >= len(ops) {
+				idx = -1 // an error of the whole transaction
+			}
+			err = &OperationError{Err: describe(cerr, opErrs), index: idx}
+		}
+	}
+	c.metrics.Duration.Observe(time.Since(start).Seconds())
+	c.metrics.Operations.Observe(float64(len(ops)))
+	if err != nil {
+		c.metrics.Transactions.WithLabelValues("error").Inc()
+		return nil, nil, offsets, 0, fmt.Errorf("NB transaction of %d operations: %w", len(ops), err)
+	}
+	c.metrics.Transactions.WithLabelValues("success").Inc()
+	return results, ops, offsets, seq, nil
+}
 
 // describe names the first failed operation, which the library's error does not.
 func describe(err error, opErrs []ovsdb.OperationError) error {
@@ -141,45 +344,123 @@ func describe(err error, opErrs []ovsdb.OperationError) error {
 	return fmt.Errorf("%w: first: %v", err, first)
 }
 
-func (c *Committer) transact(ctx context.Context, ops []ovsdb.Operation) error {
-	tctx, cancel := context.WithTimeout(ctx, c.timeout)
-	defer cancel()
-	start := time.Now()
-	results, err := c.cli.Transact(tctx, ops...)
-	if err == nil {
-		if opErrs, cerr := ovsdb.CheckOperationResults(results, ops); cerr != nil {
-			err = &OperationError{Err: describe(cerr, opErrs)}
+// globalUUID returns the UUID of the NB_Global row, which ovn-northd and ovn-nbctl create.
+func (c *Committer) globalUUID() (string, error) {
+	if tc := c.cli.Cache().Table(nbGlobal); tc != nil {
+		for uuid := range tc.RowsShallow() {
+			return uuid, nil
 		}
 	}
-	c.metrics.Duration.Observe(time.Since(start).Seconds())
-	c.metrics.Operations.Observe(float64(len(ops)))
-	if err != nil {
-		c.metrics.Transactions.WithLabelValues("error").Inc()
-		return fmt.Errorf("NB transaction of %d operations: %w", len(ops), err)
+	return "", fmt.Errorf("the NB database has no NB_Global row yet (ovn-northd or `ovn-nbctl init` creates it): %w", ErrParentMissing)
+}
+
+// global returns the cached NB_Global row.
+func (c *Committer) global() *nbmodel.NBGlobal {
+	if tc := c.cli.Cache().Table(nbGlobal); tc != nil {
+		for _, m := range tc.RowsShallow() {
+			return m.(*nbmodel.NBGlobal)
+		}
 	}
-	c.metrics.Transactions.WithLabelValues("success").Inc()
-	c.awaitCache(tctx, ops, results)
 	return nil
 }
 
-// awaitCache waits until the rows the transaction inserted are in the client cache, so the next plan
-// of the same owner sees them and does not insert them again.
-func (c *Committer) awaitCache(ctx context.Context, ops []ovsdb.Operation, results []ovsdb.OperationResult) {
-	for i, op := range ops {
-		if op.Op != ovsdb.OperationInsert || i >= len(results) {
-			continue
+// fenceOp fails the transaction unless NB_Global still carries token under WriterKey.
+func fenceOp(global, token string) ovsdb.Operation {
+	timeout := 0
+	return ovsdb.Operation{
+		Op: ovsdb.OperationWait, Table: nbGlobal, Timeout: &timeout,
+		Where: []ovsdb.Condition{
+			{Column: "_uuid", Function: ovsdb.ConditionEqual, Value: ovsdb.UUID{GoUUID: global}},
+			{Column: "external_ids", Function: ovsdb.ConditionIncludes, Value: ovsdb.OvsMap{GoMap: map[any]any{WriterKey: token}}},
+		},
+		Columns: []string{"_uuid"}, Until: string(ovsdb.WaitConditionEqual),
+		Rows: []ovsdb.Row{{"_uuid": ovsdb.UUID{GoUUID: global}}},
+	}
+}
+
+// setGlobalKey replaces one external_ids key of NB_Global.
+func setGlobalKey(global, key, value string) ovsdb.Operation {
+	return ovsdb.Operation{
+		Op: ovsdb.OperationMutate, Table: nbGlobal,
+		Where: []ovsdb.Condition{{Column: "_uuid", Function: ovsdb.ConditionEqual, Value: ovsdb.UUID{GoUUID: global}}},
+		Mutations: []ovsdb.Mutation{
+			{Column: "external_ids", Mutator: ovsdb.MutateOperationDelete, Value: ovsdb.OvsSet{GoSet: []any{key}}},
+			{Column: "external_ids", Mutator: ovsdb.MutateOperationInsert, Value: ovsdb.OvsMap{GoMap: map[any]any{key: value}}},
+		},
+	}
+}
+
+// awaitMarker waits until the cache holds the commit marker seq of this session (or a later one), hence
+// every effect of the transaction that wrote it: the server sends a transaction's changes in one update,
+// and the cache applies an update whole before its tables can be read again. It is woken by the cache's
+// events; the periodic recheck covers events the library drops when its buffer is full.
+func (c *Committer) awaitMarker(ctx context.Context, seq uint64) error {
+	woken, unsubscribe := c.globalChanged.Subscribe(nbGlobal)
+	defer unsubscribe()
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	tick := time.NewTicker(200 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if g := c.global(); g != nil {
+			session, n, _ := strings.Cut(g.ExternalIDs[CommitKey], ":")
+			if got, err := strconv.ParseUint(n, 10, 64); err == nil && session == c.session && got >= seq {
+				return nil
+			}
 		}
-		uuid := results[i].UUID.GoUUID
-		for {
-			if tc := c.cli.Cache().Table(op.Table); tc != nil && tc.Row(uuid) != nil {
-				break
-			}
-			select {
-			case <-ctx.Done():
-				klog.InfoS("Committed row did not reach the NB cache in time", "table", op.Table, "uuid", uuid)
-				return
-			case <-time.After(2 * time.Millisecond):
-			}
+		select {
+		case <-woken:
+		case <-tick.C:
+		case <-ctx.Done():
+			return fmt.Errorf("committed NB transaction %d did not reach the cache: %w", seq, ctx.Err())
 		}
 	}
+}
+
+// Claim makes this committer the only one allowed to write: it stores a new token under WriterKey, waits
+// until the cache shows it (so the cache also holds everything a previous writer committed before), and
+// from then on every transaction fails with ErrFenced once another committer has claimed. A controller
+// claims when it becomes leader; a deposed one that still writes (its lease expired while it was
+// stalled) is refused by the server instead of duplicating rows.
+func (c *Committer) Claim(ctx context.Context, identity string) error {
+	global, err := c.globalUUID()
+	if err != nil {
+		return err
+	}
+	b := make([]byte, 6)
+	_, _ = rand.Read(b)
+	token := identity + "/" + hex.EncodeToString(b)
+	tctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	ops := []ovsdb.Operation{setGlobalKey(global, WriterKey, token)}
+	results, err := c.cli.Transact(tctx, ops...)
+	if err == nil {
+		_, err = ovsdb.CheckOperationResults(results, ops)
+	}
+	if err != nil {
+		return fmt.Errorf("claim the NB database: %w", err)
+	}
+	woken, unsubscribe := c.globalChanged.Subscribe(nbGlobal)
+	defer unsubscribe()
+	for {
+		if g := c.global(); g != nil && g.ExternalIDs[WriterKey] == token {
+			break
+		}
+		select {
+		case <-woken:
+		case <-time.After(200 * time.Millisecond):
+		case <-tctx.Done():
+			return fmt.Errorf("claim the NB database: the claim did not reach the cache: %w", tctx.Err())
+		}
+	}
+	c.token.Store(&token)
+	klog.InfoS("Claimed the NB database for writing", "token", token)
+	return nil
+}
+
+// Fenced reports whether another committer has claimed the database since this one did.
+func (c *Committer) Fenced() bool {
+	tok := c.token.Load()
+	g := c.global()
+	return tok != nil && g != nil && g.ExternalIDs[WriterKey] != *tok
 }

@@ -5,39 +5,35 @@ import (
 	"maps"
 	"slices"
 
+	"github.com/ovn-kubernetes/libovsdb/mapper"
 	"github.com/ovn-kubernetes/libovsdb/model"
 	"github.com/ovn-kubernetes/libovsdb/ovsdb"
 )
 
-// References between rows: a row's parent (the set column that holds it), rows found by owner and
-// name, and reference columns given by name (Row.Refs).
+// References between rows: parents (the set columns that hold a row), rows found by owner and identity,
+// and reference columns given by the rows they point to (Row.Refs).
 
-// parentSpec is spec with the row's own parent table and column, if it names them.
-func parentSpec(spec TableSpec, row Row) TableSpec {
-	if row.ParentTable != "" {
-		spec.ParentTable, spec.ParentColumn = row.ParentTable, row.ParentColumn
-	}
-	return spec
-}
-
-// findOwned returns the UUID of the row ref names, created earlier in txn or cached, and the cached
-// row (nil when created in txn). A missing row is ErrParentMissing: the caller waits for its owner.
+// findOwned returns the UUID of the row ref names in table, created earlier in txn or cached, and the
+// cached row (nil when created in txn). A missing row is ErrParentMissing: the caller waits for its owner.
 func (s *Store) findOwned(txn *Txn, table string, ref Ref) (string, model.Model, error) {
 	if named := txn.created[table+"/"+ref.Name]; named != "" {
 		return named, nil, nil
 	}
 	var rows map[string]model.Model
 	var err error
-	if s.specs[table].NameOwned {
-		rows, err = s.lookup(table, "name", ref.Name)
-	} else {
-		rows, err = s.lookup(table, "external_ids", map[string]string{OwnerKey: ref.Owner})
+	switch spec := s.specs[table]; {
+	case spec.NameOwned:
+		rows, err = s.lookup(table, nil, ref.Name)
+	case spec.Keyed:
+		rows, err = s.lookup(table, map[string]string{OwnerKey: ref.Owner, IDKey: ref.Name}, "")
+	default:
+		rows, err = s.lookup(table, map[string]string{OwnerKey: ref.Owner}, "")
 	}
 	if err != nil {
 		return "", nil, err
 	}
 	for _, uuid := range slices.Sorted(maps.Keys(rows)) {
-		if stringColumn(rows[uuid], "name") == ref.Name {
+		if s.identity(table, rows[uuid]) == ref.Name {
 			return uuid, rows[uuid], nil
 		}
 	}
@@ -46,64 +42,128 @@ func (s *Store) findOwned(txn *Txn, table string, ref Ref) (string, model.Model,
 
 // ensureNamed creates a NameOwned row when no row of that name exists; its columns are not managed
 // after creation.
-func (s *Store) ensureNamed(txn *Txn, table string, spec TableSpec, name string, row Row) ([]ovsdb.Operation, error) {
-	rows, err := s.lookup(table, "name", name)
+func (s *Store) ensureNamed(txn, ops *Txn, table string, row Row) error {
+	name := s.stringColumn(row.Model, "name")
+	rows, err := s.lookup(table, nil, name)
 	if err != nil || len(rows) > 0 {
-		return nil, err
+		return err
 	}
-	return s.create(txn, table, spec, name, row)
+	return s.create(txn, ops, table, name, row.Model, nil)
 }
 
-// resolveRefs sets the reference columns of row.Model from row.Refs.
-func (s *Store) resolveRefs(txn *Txn, table string, row Row) error {
-	for _, col := range slices.Sorted(maps.Keys(row.Refs)) {
+// resolveRefs sets the reference columns of a desired row from its Refs.
+func (s *Store) resolveRefs(txn *Txn, table, id string, info *mapper.Info, refs map[string][]Ref) error {
+	for _, col := range slices.Sorted(maps.Keys(refs)) {
 		target := s.refTable[table][col]
 		if target == "" {
 			return fmt.Errorf("%s column %q does not reference another table", table, col)
 		}
-		uuids := make([]string, 0, len(row.Refs[col]))
-		for _, ref := range row.Refs[col] {
+		uuids := make([]string, 0, len(refs[col]))
+		for _, ref := range refs[col] {
 			uuid, _, err := s.findOwned(txn, target, ref)
 			if err != nil {
-				return fmt.Errorf("%s %q column %s: %w", table, stringColumn(row.Model, "name"), col, err)
+				return fmt.Errorf("%s %q column %s: %w", table, id, col, err)
 			}
 			uuids = append(uuids, uuid)
 		}
-		p, err := fieldPtr(row.Model, col)
+		cur, err := info.FieldByColumn(col)
 		if err != nil {
 			return err
 		}
-		setField(p, uuids)
+		var value any = uuids
+		if _, optional := cur.(*string); optional { // a column of at most one reference
+			if len(uuids) > 1 {
+				return fmt.Errorf("%s %q column %s takes one reference, got %d", table, id, col, len(uuids))
+			}
+			var p *string
+			if len(uuids) == 1 {
+				p = &uuids[0]
+			}
+			value = p
+		}
+		if err := info.SetField(col, value); err != nil {
+			return fmt.Errorf("%s %q column %s: %w", table, id, col, err)
+		}
 	}
 	return nil
 }
 
-// ensureRef returns the mutation that puts uuid back into its parent's set when it is missing there.
-func (s *Store) ensureRef(txn *Txn, table string, spec TableSpec, name, uuid string, parent *Ref) ([]ovsdb.Operation, error) {
-	if parent == nil {
-		return nil, fmt.Errorf("%s %q needs a parent %s", table, name, spec.ParentTable)
-	}
-	parentUUID, parentRow, err := s.findOwned(txn, spec.ParentTable, *parent)
-	if err != nil {
-		return nil, fmt.Errorf("%s %q: %w", table, name, err)
-	}
-	if parentRow != nil {
-		v, err := columnValue(parentRow, spec.ParentColumn)
+// ensureParents puts an existing row into every parent that does not hold it yet. A non-root row held
+// by another parent (a pod's port on the switch of the node the pod was on before) is moved: dropped
+// from its holder and inserted into its parent in the same transaction, so the server never collects it.
+func (s *Store) ensureParents(txn, ops *Txn, table, id, uuid string, parents []Parent) error {
+	for _, p := range parents {
+		puuid, prow, err := s.findOwned(txn, p.Table, p.Ref)
 		if err != nil {
-			return nil, err
+			return fmt.Errorf("%s %q: %w", table, id, err)
 		}
-		if set, _ := v.([]string); slices.Contains(set, uuid) {
-			return nil, nil
+		if prow != nil {
+			held, _ := s.column(prow, p.Column).([]string)
+			if slices.Contains(held, uuid) {
+				continue
+			}
+			if !s.root[table] {
+				op, err := s.dropFromHolders(p.Table, p.Column, uuid)
+				if err != nil {
+					return err
+				}
+				ops.add(anyCount, op)
+			}
 		}
+		op, err := s.refOp(p.Table, p.Column, puuid, ovsdb.MutateOperationInsert, uuid)
+		if err != nil {
+			return err
+		}
+		ops.add(one, op)
 	}
-	return []ovsdb.Operation{insertRef(spec, parentUUID, uuid)}, nil
+	return nil
 }
 
-func insertRef(spec TableSpec, parentUUID, child string) ovsdb.Operation {
-	return ovsdb.Operation{
-		Op: ovsdb.OperationMutate, Table: spec.ParentTable,
-		Where: []ovsdb.Condition{{Column: "_uuid", Function: ovsdb.ConditionEqual, Value: ovsdb.UUID{GoUUID: parentUUID}}},
-		Mutations: []ovsdb.Mutation{{Column: spec.ParentColumn, Mutator: ovsdb.MutateOperationInsert,
-			Value: ovsdb.OvsSet{GoSet: []any{ovsdb.UUID{GoUUID: child}}}}},
+// refOp inserts child into, or deletes it from, the set column of the row parentUUID of table.
+func (s *Store) refOp(table, column, parentUUID string, mutator ovsdb.Mutator, child string) (ovsdb.Operation, error) {
+	m, info, err := s.probe(table, column)
+	if err != nil {
+		return ovsdb.Operation{}, err
 	}
+	if err := info.SetField("_uuid", parentUUID); err != nil {
+		return ovsdb.Operation{}, err
+	}
+	p, _ := fieldPtr(info, column)
+	ops, err := s.cli.Where(m).Mutate(m, model.Mutation{Field: p, Mutator: mutator, Value: []string{child}})
+	if err != nil {
+		return ovsdb.Operation{}, fmt.Errorf("%s %s of %s %s: %w", mutator, child, table, parentUUID, err)
+	}
+	return ops[0], nil
+}
+
+// dropFromHolders removes child from column in every row of table that holds it. The server evaluates
+// the condition; the row that held it need not be known.
+func (s *Store) dropFromHolders(table, column, child string) (ovsdb.Operation, error) {
+	m, info, err := s.probe(table, column)
+	if err != nil {
+		return ovsdb.Operation{}, err
+	}
+	p, _ := fieldPtr(info, column)
+	ops, err := s.cli.WhereAny(m, model.Condition{Field: p, Function: ovsdb.ConditionIncludes, Value: []string{child}}).
+		Mutate(m, model.Mutation{Field: p, Mutator: ovsdb.MutateOperationDelete, Value: []string{child}})
+	if err != nil {
+		return ovsdb.Operation{}, fmt.Errorf("drop %s from %s.%s: %w", child, table, column, err)
+	}
+	return ops[0], nil
+}
+
+// probe is an empty model of table with mapper information, checked to have column.
+func (s *Store) probe(table, column string) (model.Model, *mapper.Info, error) {
+	m, err := s.dbModel.NewModel(table)
+	if err != nil {
+		return nil, nil, err
+	}
+	info, err := s.info(m)
+	if err != nil {
+		return nil, nil, err
+	}
+	if _, ok := info.Metadata.Fields[column]; !ok {
+		return nil, nil, fmt.Errorf("table %s has no column %q", table, column)
+	}
+	return m, info, nil
 }

@@ -1,126 +1,76 @@
 // Package nbstore is Dunlin's one generic writer to the OVN northbound database: it compares the rows a
 // Kubernetes object should have (desired) with the rows that object owns in the libovsdb cache and turns
 // the difference into the minimal OVSDB operations, which the Committer batches into transactions.
+//
+// A plan is a pipeline: per table a TableSpec (identity, parent, managed columns), then a diff of each
+// desired row against the owned row of the same identity, then operations. Every operation carries the
+// number of rows it must touch, so a write that did nothing (its row deleted meanwhile) is noticed and
+// re-planned instead of trusted.
 package nbstore
 
-import (
-	"fmt"
-	"reflect"
-	"slices"
+import "github.com/ovn-kubernetes/libovsdb/model"
 
-	"github.com/ovn-kubernetes/libovsdb/model"
+// external_ids keys of the store.
+const (
+	// OwnerKey marks a row as Dunlin's; its value names the owning object (<Kind>/<namespace>/<name>, or
+	// <Kind>/<name> for cluster-scoped objects). Rows without it are never modified or deleted.
+	OwnerKey = "dunlin.io/owner"
+	// IDKey identifies a row of a table without a name column (a NAT rule, a route, an ACL) among the rows
+	// of its owner. Tables with a name column are identified by the name.
+	IDKey = "dunlin.io/id"
+	// entriesKeyPrefix, followed by "<column>:<owner>", records in a row's external_ids which keys of its
+	// map column that owner holds (see Entries). The value is the comma-separated keys.
+	entriesKeyPrefix = "dunlin.io/entries:"
 )
 
-// OwnerKey is the external_ids key that marks a row as Dunlin's; its value names the owning object
-// (<Kind>/<namespace>/<name>, or <Kind>/<name> for cluster-scoped objects). Rows without it are never
-// modified or deleted.
-const OwnerKey = "dunlin.io/owner"
-
-// Row is one desired NB row. Model is a pointer to an nbmodel struct whose name column identifies the
-// row within its owner and whose external_ids carry OwnerKey.
+// Row is one desired NB row. Model is a pointer to an nbmodel struct; the store sets its owner (and ID)
+// in external_ids.
 type Row struct {
 	Model model.Model
-	// Parent is set for rows of tables with a ParentTable: the row there that references this one. The
-	// parent may belong to another owner (a pod's port sits on its node's switch, a Service's load
-	// balancer in the cluster's group); only the reference is mutated, never the parent's other columns.
-	Parent *Ref
-	// ParentTable and ParentColumn, when set, replace the TableSpec's for this row: a root row that
-	// hangs in another parent than its table's usual one (a node-local load balancer referenced by its
-	// node's switch rather than by the cluster group).
-	ParentTable, ParentColumn string
-	// Refs are reference columns of Model given by the rows they point to, for rows Dunlin owns: the
-	// store resolves them to UUIDs when it plans (a node switch's load_balancer_group).
+	// ID identifies the row within its owner in a Keyed table (one without a name column). It is stored in
+	// external_ids[IDKey].
+	ID string
+	// Parents are the rows whose set column references this one. A row of a non-root table (a port) has
+	// exactly one, and is garbage-collected by the server when it loses it, so a port whose parent
+	// changed moves in one transaction. A row of a root table (a load balancer) may have several (a group
+	// and a router); references it no longer names are left in place. Parents may belong to other owners
+	// (a pod's port sits on its node's switch); only the reference is mutated, never their other columns.
+	Parents []Parent
+	// Refs are reference columns of Model given by the rows they point to, rows Dunlin owns: the store
+	// resolves them to UUIDs when it plans (a node switch's load_balancer_group, a port group's ports).
 	Refs map[string][]Ref
 }
 
-// Ref names a row owned by Dunlin.
+// Ref names a row owned by Dunlin: its owner and its name (or ID in a Keyed table).
 type Ref struct {
 	Owner string
 	Name  string
 }
 
-// fieldPtr returns a pointer to the struct field of m tagged with the OVSDB column name, for the
-// libovsdb calls that take field pointers.
-func fieldPtr(m model.Model, column string) (any, error) {
-	v := reflect.ValueOf(m).Elem()
-	t := v.Type()
-	for i := range t.NumField() {
-		if t.Field(i).Tag.Get("ovsdb") == column {
-			return v.Field(i).Addr().Interface(), nil
-		}
-	}
-	return nil, fmt.Errorf("%s has no column %q", t.Name(), column)
+// Parent is a row referencing a desired row, and the column that holds the reference. An empty Table
+// and Column mean the TableSpec's ParentTable and ParentColumn.
+type Parent struct {
+	Ref
+	Table, Column string
 }
 
-// columnValue returns the value of the field tagged with column.
-func columnValue(m model.Model, column string) (any, error) {
-	p, err := fieldPtr(m, column)
-	if err != nil {
-		return nil, err
-	}
-	return reflect.ValueOf(p).Elem().Interface(), nil
+// In is the parent ref in its table's default parent column.
+func In(owner, name string) []Parent { return []Parent{{Ref: Ref{Owner: owner, Name: name}}} }
+
+// Entries are keys of a map column of a row that the planning owner holds in a row that may belong to
+// another owner (one Service's variables in a node's Chassis_Template_Var, say). The row's other keys
+// are left alone; keys held by nobody are never overwritten.
+type Entries struct {
+	Table, Column string
+	Target        Ref
+	Values        map[string]string
 }
 
-func stringColumn(m model.Model, column string) string {
-	v, err := columnValue(m, column)
-	if err != nil {
-		return ""
-	}
-	s, _ := v.(string)
-	return s
+// Desired is everything one owner should have in NB.
+type Desired struct {
+	Rows    []Row
+	Entries []Entries
 }
 
-func externalIDs(m model.Model) map[string]string {
-	v, err := columnValue(m, "external_ids")
-	if err != nil {
-		return nil
-	}
-	ids, _ := v.(map[string]string)
-	return ids
-}
-
-// equalColumn compares two column values the way OVSDB does: a nil and an empty set or map are equal,
-// sets are unordered, and optional values compare by what they point to.
-func equalColumn(a, b any) bool {
-	switch av := a.(type) {
-	case []string:
-		bv, _ := b.([]string)
-		if len(av) != len(bv) {
-			return false
-		}
-		as, bs := slices.Clone(av), slices.Clone(bv)
-		slices.Sort(as)
-		slices.Sort(bs)
-		return slices.Equal(as, bs)
-	case map[string]string:
-		bv, _ := b.(map[string]string)
-		if len(av) != len(bv) {
-			return false
-		}
-		for k, x := range av {
-			if y, ok := bv[k]; !ok || x != y {
-				return false
-			}
-		}
-		return true
-	}
-	ra, rb := reflect.ValueOf(a), reflect.ValueOf(b)
-	if ra.Kind() == reflect.Pointer && rb.Kind() == reflect.Pointer {
-		if ra.IsNil() || rb.IsNil() {
-			return ra.IsNil() == rb.IsNil()
-		}
-		return reflect.DeepEqual(ra.Elem().Interface(), rb.Elem().Interface())
-	}
-	if ra.Kind() == reflect.Slice && rb.Kind() == reflect.Slice && ra.Len() == 0 && rb.Len() == 0 {
-		return true
-	}
-	if ra.Kind() == reflect.Map && rb.Kind() == reflect.Map && ra.Len() == 0 && rb.Len() == 0 {
-		return true
-	}
-	return reflect.DeepEqual(a, b)
-}
-
-// setField stores value into the field p points to.
-func setField(p, value any) {
-	reflect.ValueOf(p).Elem().Set(reflect.ValueOf(value))
-}
+// Rows is the Desired made of rows only.
+func Rows(rows ...Row) Desired { return Desired{Rows: rows} }

@@ -27,9 +27,24 @@ type env struct {
 }
 
 func newEnv(t *testing.T) *env {
+	return newEnvWith(t, translator.TableSpecs())
+}
+
+// newEnvWith is newEnv managing the tables of specs.
+func newEnvWith(t *testing.T, specs map[string]nbstore.TableSpec) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
+	e := &env{ovn: startOVN(ctx, t)}
+	e.nb, e.store = connectStore(ctx, t, e.ovn.NBAddr, specs)
+	e.committer = nbstore.NewCommitter(e.nb, 1000, 10*time.Second, nbstore.NewMetrics(prometheus.NewRegistry()))
+	go e.committer.Run(ctx)
+	return e
+}
+
+// startOVN starts a real NB (and SB, northd) for the test.
+func startOVN(ctx context.Context, t testing.TB) *harness.OVN {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "dl")
 	if err != nil {
 		t.Fatal(err)
@@ -40,20 +55,31 @@ func newEnv(t *testing.T) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { ovn.Stop() })
-	dbModel, schema, err := translator.NBModel()
+	return ovn
+}
+
+// connectStore connects a client monitoring the tables of specs and returns it with its store.
+func connectStore(ctx context.Context, t testing.TB, addr string, specs map[string]nbstore.TableSpec) (client.Client, *nbstore.Store) {
+	t.Helper()
+	base, err := nbmodel.FullDatabaseModel()
 	if err != nil {
 		t.Fatal(err)
 	}
-	nb, err := translator.ConnectNB(ctx, ovn.NBAddr, nil, dbModel)
+	schema := nbmodel.Schema()
+	dbModel, err := nbstore.ClientDBModel(base, schema, specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb, err := translator.ConnectNBTables(ctx, addr, nil, dbModel, specs)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(nb.Close)
-	e := &env{ovn: ovn, nb: nb,
-		store:     nbstore.New(nb, dbModel, schema, translator.TableSpecs()),
-		committer: nbstore.NewCommitter(nb, 1000, 10*time.Second, nbstore.NewMetrics(prometheus.NewRegistry()))}
-	go e.committer.Run(ctx)
-	return e
+	store, err := nbstore.New(nb, dbModel, schema, specs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nb, store
 }
 
 func (e *env) nbctl(t *testing.T, args ...string) string {
@@ -68,8 +94,14 @@ func (e *env) nbctl(t *testing.T, args ...string) string {
 // apply plans and commits; it returns the number of operations it sent.
 func (e *env) apply(t *testing.T, owner string, rows []nbstore.Row) (int, error) {
 	t.Helper()
+	return e.applyDesired(t, owner, nbstore.Rows(rows...))
+}
+
+// applyDesired plans and commits; it returns the number of operations it sent.
+func (e *env) applyDesired(t *testing.T, owner string, want nbstore.Desired) (int, error) {
+	t.Helper()
 	txn := &nbstore.Txn{}
-	if err := e.store.Plan(txn, owner, rows); err != nil {
+	if err := e.store.Plan(txn, owner, want); err != nil {
 		return 0, err
 	}
 	return txn.Len(), e.committer.Commit(context.Background(), txn)
@@ -207,7 +239,7 @@ func TestCommitterBatchesAndIsolatesFailures(t *testing.T) {
 			name := "p" + itoa(i)
 			pod := translator.PodNetwork{Namespace: "default", Name: name, UID: "u", Node: "n1", Addr: mustAddr("10.244.1." + itoa(10+i))}
 			txn := &nbstore.Txn{}
-			if err := e.store.Plan(txn, "Pod/default/"+name, translator.PodRows(pod)); err != nil {
+			if err := e.store.Plan(txn, "Pod/default/"+name, nbstore.Rows(translator.PodRows(pod)...)); err != nil {
 				errs[i] = err
 				return
 			}
@@ -244,7 +276,7 @@ func TestStoreLoadBalancersInGroup(t *testing.T) {
 	lb := func(backends string) []nbstore.Row {
 		return []nbstore.Row{{Model: &nbmodel.LoadBalancer{Name: "Service_default/web_TCP", Protocol: &proto,
 			Vips: map[string]string{"10.96.0.10:80": backends}, Options: map[string]string{"reject": "true"}},
-			Parent: &nbstore.Ref{Owner: translator.ClusterOwner, Name: translator.ClusterLBGroup}}}
+			Parents: nbstore.In(translator.ClusterOwner, translator.ClusterLBGroup)}}
 	}
 	e.mustApply(t, "Service/default/web", lb("10.244.1.5:8080"))
 	if got := e.nbctl(t, "ls-lb-list", "n1"); !strings.Contains(got, "10.96.0.10:80") || !strings.Contains(got, "10.244.1.5:8080") {
@@ -259,6 +291,7 @@ func TestStoreLoadBalancersInGroup(t *testing.T) {
 	// A load balancer that lost its group membership gets it back.
 	uuid := e.nbctl(t, "--bare", "--columns=_uuid", "find", "Load_Balancer", "name=Service_default/web_TCP")
 	e.nbctl(t, "remove", "Load_Balancer_Group", translator.ClusterLBGroup, "load_balancer", uuid)
+	e.sync(t)
 	if n := e.mustApply(t, "Service/default/web", lb("10.244.1.5:8080,10.244.1.6:8080")); n != 1 {
 		t.Fatalf("restoring group membership sent %d operations, want 1", n)
 	}
@@ -267,9 +300,10 @@ func TestStoreLoadBalancersInGroup(t *testing.T) {
 	}
 	// A foreign load balancer with the name of a Service's is left alone and reported.
 	e.nbctl(t, "lb-add", "Service_default/db_TCP", "10.96.0.20:5432", "192.0.2.1:5432", "tcp")
+	e.sync(t)
 	var conflict *nbstore.ConflictError
 	db := []nbstore.Row{{Model: &nbmodel.LoadBalancer{Name: "Service_default/db_TCP", Protocol: &proto,
-		Vips: map[string]string{"10.96.0.20:5432": ""}}, Parent: &nbstore.Ref{Owner: translator.ClusterOwner, Name: translator.ClusterLBGroup}}}
+		Vips: map[string]string{"10.96.0.20:5432": ""}}, Parents: nbstore.In(translator.ClusterOwner, translator.ClusterLBGroup)}}
 	if _, err := e.apply(t, "Service/default/db", db); !errors.As(err, &conflict) || conflict.Owner != "" {
 		t.Fatalf("load balancer named like a foreign one: err = %v, want a conflict", err)
 	}
@@ -290,7 +324,7 @@ func TestStoreRowWithItsOwnParent(t *testing.T) {
 	proto := "tcp"
 	local := []nbstore.Row{{Model: &nbmodel.LoadBalancer{Name: "Service_default/web_TCP_node_n1", Protocol: &proto,
 		Vips: map[string]string{"10.96.0.10:80": "10.244.1.5:8080"}},
-		Parent: &nbstore.Ref{Owner: "Node/n1", Name: "n1"}, ParentTable: "Logical_Switch", ParentColumn: "load_balancer"}}
+		Parents: []nbstore.Parent{{Ref: nbstore.Ref{Owner: "Node/n1", Name: "n1"}, Table: "Logical_Switch", Column: "load_balancer"}}}}
 	e.mustApply(t, "Service/default/web", local)
 	uuid := e.nbctl(t, "--bare", "--columns=_uuid", "find", "Load_Balancer", "name=Service_default/web_TCP_node_n1")
 	if got := e.nbctl(t, "--bare", "--columns=load_balancer", "list", "Logical_Switch", "n1"); got != uuid {
@@ -304,6 +338,7 @@ func TestStoreRowWithItsOwnParent(t *testing.T) {
 		t.Fatalf("node plan sent %d operations", n)
 	}
 	e.nbctl(t, "clear", "Logical_Switch", "n1", "load_balancer")
+	e.sync(t)
 	if n := e.mustApply(t, "Service/default/web", local); n != 1 {
 		t.Fatalf("restoring the reference sent %d operations, want 1", n)
 	}
@@ -311,10 +346,34 @@ func TestStoreRowWithItsOwnParent(t *testing.T) {
 	if got := e.nbctl(t, "--bare", "--columns=name", "list", "Load_Balancer"); got != "" {
 		t.Fatalf("load balancers left: %q", got)
 	}
-	// Only root rows may choose their parent.
-	port := []nbstore.Row{{Model: &nbmodel.LogicalSwitchPort{Name: "x"}, Parent: &nbstore.Ref{Owner: "Node/n1", Name: "n1"},
-		ParentTable: "Logical_Switch", ParentColumn: "ports"}}
-	if _, err := e.apply(t, "Pod/default/x", port); err == nil {
-		t.Fatal("a port naming its own parent table was accepted")
+	// Only root rows may choose their parent; a non-root row has exactly one.
+	for _, parents := range [][]nbstore.Parent{
+		{{Ref: nbstore.Ref{Owner: "Node/n1", Name: "n1"}, Table: "Logical_Switch", Column: "load_balancer"}},
+		append(nbstore.In("Node/n1", "n1"), nbstore.In("Node/n1", "n1")...),
+		nil,
+	} {
+		port := []nbstore.Row{{Model: &nbmodel.LogicalSwitchPort{Name: "x"}, Parents: parents}}
+		if _, err := e.apply(t, "Pod/default/x", port); err == nil {
+			t.Fatalf("a port with parents %+v was accepted", parents)
+		}
 	}
 }
+
+// nbctl changes NB behind the store's back; sync waits until the store's cache has seen them.
+func (e *env) sync(t *testing.T) {
+	t.Helper()
+	if err := e.committer.Sync(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (e *env) mustApplyDesired(t *testing.T, owner string, want nbstore.Desired) int {
+	t.Helper()
+	n, err := e.applyDesired(t, owner, want)
+	if err != nil {
+		t.Fatalf("apply %s: %v", owner, err)
+	}
+	return n
+}
+
+func asConflict(err error, target **nbstore.ConflictError) bool { return errors.As(err, target) }
