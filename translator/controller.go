@@ -107,6 +107,8 @@ type Controller struct {
 	// stop ends Run with a cause (nbstore.ErrFenced).
 	stop context.CancelCauseFunc
 
+	// nodeFeatures are the features each node's agent announced, as last synced.
+	nodeFeatures sync.Map
 	// unconfirmed holds pod keys (-> UID) whose address annotation write had an unknown outcome.
 	unconfirmed sync.Map
 	// addrWaiters are the pods refused an address their annotation claims, by that address.

@@ -82,6 +82,7 @@ func (c *Controller) syncPod(ctx context.Context, key string) error {
 	}
 	err = c.apply(ctx, owner, nbstore.Rows(PodRows(PodNetwork{
 		Namespace: pod.Namespace, Name: pod.Name, UID: string(pod.UID), Node: pod.Spec.NodeName, Addr: addr,
+		IfaceIDVer: c.nodeHas(pod.Spec.NodeName, annotations.FeatureIfaceIDVer),
 	})...))
 	if err != nil {
 		c.warnNB(pod, err)

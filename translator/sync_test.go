@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -352,6 +353,42 @@ func TestBadNodeSubnetEditKeepsTheSwitch(t *testing.T) {
 	}
 	if reasons := drain(e.rec); !strings.Contains(reasons, "InvalidNodeSubnet") {
 		t.Fatalf("events: %s", reasons)
+	}
+}
+
+// iface-id-ver goes on a node's pod ports only once the node's agent announced it, so that an agent
+// that does not set it on interfaces (an older release, mid-upgrade) keeps its pods bound.
+func TestIfaceIDVerFollowsTheNodeAgent(t *testing.T) {
+	e := newSyncEnv(t, newNode("n1", "10.244.1.0/24"))
+	e.syncNode("n1")
+	e.createPod(newPod("a", "n1", ""))
+	if err := e.c.SyncPod(e.ctx, "default/a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.nbctl("get", "Logical_Switch_Port", "default_a", "options"); strings.Contains(got, "iface-id-ver") {
+		t.Fatalf("options before the agent announced it: %s", got)
+	}
+	n, _ := e.kube.CoreV1().Nodes().Get(e.ctx, "n1", metav1.GetOptions{})
+	n.Annotations[annotations.NodeFeatures] = annotations.AgentFeatures()
+	if _, err := e.kube.CoreV1().Nodes().Update(e.ctx, n, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("informer sees the features", func() error {
+		if n, err := e.c.CachedNode("n1"); err != nil || n.Annotations[annotations.NodeFeatures] == "" {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	e.c.DrainPodQueue()
+	e.syncNode("n1")
+	if queued := e.c.DrainPodQueue(); !slices.Contains(queued, "default/a") {
+		t.Fatalf("queued %v: the node's pods were not queued when its agent announced a feature", queued)
+	}
+	if err := e.c.SyncPod(e.ctx, "default/a"); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.nbctl("get", "Logical_Switch_Port", "default_a", "options:iface-id-ver"); got != "uid-a" {
+		t.Fatalf("iface-id-ver %s, want the pod UID", got)
 	}
 }
 
