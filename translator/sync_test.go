@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -154,7 +155,8 @@ func (e *syncEnv) updateNode(name string, mutate func(*corev1.Node)) {
 		e.t.Fatal(err)
 	}
 	e.eventually("informer sees node "+name, func() error {
-		if c, err := e.c.CachedNode(name); err != nil || c.ResourceVersion != n.ResourceVersion {
+		// The fake clientset keeps no resource versions: compare what was changed.
+		if c, err := e.c.CachedNode(name); err != nil || !maps.Equal(c.Annotations, n.Annotations) {
 			return fmt.Errorf("not yet")
 		}
 		return nil
