@@ -5,7 +5,6 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -16,14 +15,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
@@ -73,6 +67,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	context.AfterFunc(ctx, func() { klog.InfoS("Shutting down: the translator, then the Lease, then pending events") })
 	if err := run(ctx, o); err != nil {
 		klog.ErrorS(err, "dunlin-controller failed")
 		klog.Flush()
@@ -151,42 +146,18 @@ func run(ctx context.Context, o options) error {
 		go serveMetrics(ctx, o.metricsAddr, reg, health)
 	}
 
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartStructuredLogging(4)
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "dunlin-controller"})
+	// Events outlive the translator and leader election: the Lease's last event is recorded on the way
+	// out, and stop writes it before the process exits.
+	events := startEvents(kube)
+	defer events.stop(eventFlushTimeout)
 
-	lead := func(ctx context.Context) {
-		if err := translate(ctx, o, cfg, tlsCfg, kube, recorder, reg, health); err != nil && !errors.Is(err, context.Canceled) {
-			klog.ErrorS(err, "Translator stopped")
-		}
+	work := func(ctx context.Context) error {
+		return translate(ctx, o, cfg, tlsCfg, kube, events.recorder, reg, health)
 	}
 	if !o.leaderElect {
-		lead(ctx)
-		return nil
+		return stopped(ctx, work(ctx))
 	}
-	id, _ := os.Hostname()
-	id = fmt.Sprintf("%s_%d", id, os.Getpid())
-	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, o.leaderNamespace, "dunlin-controller",
-		kube.CoreV1(), kube.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: id, EventRecorder: recorder})
-	if err != nil {
-		return fmt.Errorf("leader election lock: %w", err)
-	}
-	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-		Lock: lock, ReleaseOnCancel: true, Name: "dunlin-controller",
-		LeaseDuration: o.leaseDuration, RenewDeadline: o.leaseDuration * 2 / 3, RetryPeriod: o.leaseDuration / 7,
-		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: lead,
-			OnStoppedLeading: func() { klog.InfoS("No longer the leader", "identity", id) },
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("leader election: %w", err)
-	}
-	health.leaderElector = le
-	le.Run(ctx)
-	return nil
+	return runElected(ctx, o, kube, events.recorder, health, work)
 }
 
 func translate(ctx context.Context, o options, cfg translator.Config, tlsCfg *tls.Config, kube kubernetes.Interface,
