@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"net/netip"
@@ -40,6 +41,8 @@ type options struct {
 	leaderElect      bool
 	leaderNamespace  string
 	leaseDuration    time.Duration
+	kubeAPIQPS       float64
+	kubeAPIBurst     int
 }
 
 func main() {
@@ -63,6 +66,15 @@ func main() {
 	flag.BoolVar(&o.leaderElect, "leader-elect", true, "run only while holding the dunlin-controller Lease")
 	flag.StringVar(&o.leaderNamespace, "leader-elect-namespace", "kube-system", "namespace of the leader election Lease")
 	flag.DurationVar(&o.leaseDuration, "leader-elect-lease-duration", 15*time.Second, "leader election lease duration")
+	// Each new pod costs one patch (its address annotation). The defaults are 4x kube-scheduler's 50/100,
+	// which paces how fast pods are bound to nodes, and 10x a kube-controller-manager controller's 20/30
+	// (ovn-kubernetes: 50/50 per node; kube-ovn's central controller: 1000/2000), so the controller
+	// keeps up with pod creation in large clusters and allocates a backlog of 10,000 pods (a fresh
+	// install) in under a minute, while API Priority and Fairness still protects the apiserver.
+	flag.Float64Var(&o.kubeAPIQPS, "kube-api-qps", 200,
+		"sustained requests per second to the apiserver (client-side limit; each new pod costs one patch); negative: no client-side limit")
+	flag.IntVar(&o.kubeAPIBurst, "kube-api-burst", 400,
+		"requests that may go out at once before --kube-api-qps paces them, e.g. for a Deployment scaled up by a few hundred pods")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -101,6 +113,18 @@ func (o options) config() (translator.Config, error) {
 	return cfg, nil
 }
 
+// rateLimit returns the client's QPS and burst. client-go reads a QPS of 0 as its default of 5 and a
+// negative one as no limit.
+func (o options) rateLimit() (float32, int, error) {
+	switch {
+	case o.kubeAPIQPS == 0:
+		return 0, 0, errors.New("--kube-api-qps must not be 0 (negative turns the client-side limit off)")
+	case o.kubeAPIQPS > 0 && o.kubeAPIBurst < 1:
+		return 0, 0, fmt.Errorf("--kube-api-burst must be at least 1, not %d", o.kubeAPIBurst)
+	}
+	return float32(o.kubeAPIQPS), o.kubeAPIBurst, nil
+}
+
 func (o options) tlsConfig() (*tls.Config, error) {
 	if o.nbClientCert == "" && o.nbClientKey == "" && o.nbCACert == "" {
 		return nil, nil
@@ -133,7 +157,9 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	restCfg.QPS, restCfg.Burst = 200, 400 // cold starts annotate many pods
+	if restCfg.QPS, restCfg.Burst, err = o.rateLimit(); err != nil {
+		return err
+	}
 	kube, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
