@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"sync"
+	"sync/atomic"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
@@ -39,7 +40,9 @@ func runElected(ctx context.Context, o options, kube kubernetes.Interface, recor
 	electCtx, release := context.WithCancel(context.WithoutCancel(ctx))
 	defer release()
 	w := &guardedWork{}
+	var led atomic.Bool
 	lead := func(leadCtx context.Context) {
+		led.Store(true)
 		// leadCtx ends when leadership is lost; work also stops on SIGTERM.
 		workCtx, cancel := context.WithCancel(leadCtx)
 		defer cancel()
@@ -54,7 +57,12 @@ func runElected(ctx context.Context, o options, kube kubernetes.Interface, recor
 		LeaseDuration: o.leaseDuration, RenewDeadline: o.leaseDuration * 2 / 3, RetryPeriod: o.leaseDuration / 7,
 		Callbacks: leaderelection.LeaderCallbacks{
 			OnStartedLeading: lead,
-			OnStoppedLeading: func() { klog.InfoS("No longer the leader", "identity", id) },
+			// client-go calls this also when it never led.
+			OnStoppedLeading: func() {
+				if led.Load() {
+					klog.InfoS("No longer the leader", "identity", id)
+				}
+			},
 		},
 	})
 	if err != nil {

@@ -79,7 +79,7 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	context.AfterFunc(ctx, func() { klog.InfoS("Shutting down: the translator, then the Lease, then pending events") })
+	context.AfterFunc(ctx, func() { klog.InfoS("Shutting down") })
 	if err := run(ctx, o); err != nil {
 		klog.ErrorS(err, "dunlin-controller failed")
 		klog.Flush()
