@@ -106,6 +106,8 @@ type Controller struct {
 	ready    atomic.Bool
 	// stop ends Run with a cause (nbstore.ErrFenced).
 	stop context.CancelCauseFunc
+	// running counts the goroutines Run waits for: workers and the committer.
+	running sync.WaitGroup
 
 	// nodeFeatures are the features each node's agent announced, as last synced.
 	nodeFeatures sync.Map
@@ -227,28 +229,36 @@ func (c *Controller) handler(kind string) cache.ResourceEventHandler {
 }
 
 // Ready reports whether the startup sync has finished and NB is connected.
-func (c *Controller) Ready() bool { return c.ready.Load() && c.nb.Connected() }
+func (c *Controller) Ready() bool { return c.ready.Load() && nbstore.Connected(c.nb) }
 
 // Run runs the controller until ctx ends, or until another controller claims the NB database (then it
 // returns an error wrapping nbstore.ErrFenced).
 func (c *Controller) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	c.stop = cancel
+	// Return only once nothing of this controller writes any more: the caller may then close the NB
+	// client or give up the lease.
 	defer func() {
+		cancel(nil)
 		for _, q := range c.queues {
 			q.ShutDown()
 		}
+		c.running.Wait()
+		c.factory.Shutdown()
 	}()
 	if err := c.start(ctx); err != nil {
 		return err
 	}
 	for kind, q := range c.queues {
 		for range c.cfg.Workers {
-			go wait.UntilWithContext(ctx, func(ctx context.Context) {
-				for c.processNext(ctx, kind, q) {
-				}
-			}, time.Second)
+			c.running.Add(1)
+			go func() {
+				defer c.running.Done()
+				wait.UntilWithContext(ctx, func(ctx context.Context) {
+					for c.processNext(ctx, kind, q) {
+					}
+				}, time.Second)
+			}()
 		}
 	}
 	c.enqueueAll()
@@ -272,7 +282,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.enqueueAll()
 		case <-connCheck.C:
 			// After NB comes back, retry everything at once rather than after each key's backoff.
-			now := c.nb.Connected()
+			now := nbstore.Connected(c.nb)
 			if now && !connected {
 				klog.InfoS("NB connection restored, reconciling everything")
 				c.enqueueAll()
@@ -291,7 +301,11 @@ func (c *Controller) start(ctx context.Context) error {
 			return fmt.Errorf("informer cache for %v did not sync", typ)
 		}
 	}
-	go c.committer.Run(ctx)
+	c.running.Add(1)
+	go func() {
+		defer c.running.Done()
+		c.committer.Run(ctx)
+	}()
 	// Only one controller may write: claiming also waits until the cache holds whatever the previous
 	// leader committed, so nothing it wrote is written again, and the rebuild below reads it.
 	if err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {

@@ -177,6 +177,9 @@ func run(ctx context.Context, o options) error {
 	events := startEvents(kube)
 	defer events.stop(eventFlushTimeout)
 
+	// The NB writer claim names the process as the Lease does.
+	host, _ := os.Hostname()
+	cfg.Identity = fmt.Sprintf("%s_%d", host, os.Getpid())
 	work := func(ctx context.Context) error {
 		return translate(ctx, o, cfg, tlsCfg, kube, events.recorder, reg, health)
 	}

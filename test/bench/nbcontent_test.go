@@ -42,7 +42,7 @@ type nbRows struct {
 type wantRow struct {
 	table  string
 	info   *mapper.Info
-	parent *parentRef
+	parents []parentRef
 	refs   map[string][]string // reference column -> names of the rows it points to
 }
 
@@ -85,12 +85,12 @@ func (w *nbRows) add(owner string, rows []nbstore.Row) error {
 			}
 		}
 		row := &wantRow{table: table, info: info, refs: map[string][]string{}}
-		if r.Parent != nil {
-			pt, pc := r.ParentTable, r.ParentColumn
+		for _, p := range r.Parents {
+			pt, pc := p.Table, p.Column
 			if pt == "" {
 				pt, pc = spec.ParentTable, spec.ParentColumn
 			}
-			row.parent = &parentRef{table: pt, column: pc, name: r.Parent.Name}
+			row.parents = append(row.parents, parentRef{table: pt, column: pc, name: p.Name})
 		}
 		for col, refs := range r.Refs {
 			for _, ref := range refs {
@@ -310,7 +310,7 @@ func (w *nbRows) rowDiff(table, uuid string, got *mapper.Info, want *wantRow, ge
 			return fmt.Sprintf("%s is %v, want %v", col, g, wv), nil
 		}
 	}
-	if p := want.parent; p != nil {
+	for _, p := range want.parents {
 		parents, err := get(p.table)
 		if err != nil {
 			return "", err
