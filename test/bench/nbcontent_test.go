@@ -40,10 +40,10 @@ type nbRows struct {
 
 // wantRow is one expected row: its model as the mapping gives it, with the owner the store adds.
 type wantRow struct {
-	table  string
-	info   *mapper.Info
+	table   string
+	info    *mapper.Info
 	parents []parentRef
-	refs   map[string][]string // reference column -> names of the rows it points to
+	refs    map[string][]string // reference column -> names of the rows it points to
 }
 
 // parentRef is the row whose column must hold a child's UUID.
