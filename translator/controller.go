@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
@@ -51,6 +52,8 @@ type Config struct {
 	TxnTimeout time.Duration
 	// Identity names this controller in the NB database's writer claim (see nbstore.Committer.Claim).
 	Identity string
+	// ACLLogRate bounds, in packets per second, the ACL log messages of each ACL (the meter's rate).
+	ACLLogRate int
 }
 
 // DefaultConfig returns the defaults of the controller's flags.
@@ -64,6 +67,7 @@ func DefaultConfig() Config {
 		ResyncPeriod:     10 * time.Minute,
 		MaxTxnOps:        2000,
 		TxnTimeout:       15 * time.Second,
+		ACLLogRate:       20,
 	}
 }
 
@@ -88,6 +92,10 @@ type Controller struct {
 	nodeLister corelisters.NodeLister
 	podLister  corelisters.PodLister
 	podIndexer cache.Indexer
+
+	policyLister networkinglisters.NetworkPolicyLister
+	nsLister     corelisters.NamespaceLister
+	peers        *peerRegistry
 
 	serviceLister corelisters.ServiceLister
 	sliceIndexer  cache.Indexer
@@ -149,6 +157,7 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		queues:    map[string]workqueue.TypedRateLimitingInterface[string]{},
 
 		addrWaiters: map[netip.Addr]map[string]bool{},
+		peers:       newPeerRegistry(),
 	}
 	pool.OnRelease(c.addressFreed)
 	c.metrics = newMetrics(reg,
@@ -159,6 +168,10 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		KindNode:    c.syncNode,
 		KindPod:     c.syncPod,
 		KindService: c.syncService,
+
+		KindPolicy:          c.syncPolicy,
+		KindPolicyNamespace: c.syncPolicyNamespace,
+		KindPolicyPeer:      c.syncPolicyPeer,
 	}
 	for kind := range c.syncs {
 		c.queues[kind] = workqueue.NewTypedRateLimitingQueueWithConfig(
@@ -197,6 +210,9 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		return nil, err
 	}
 	if _, err := sliceInformer.Informer().AddEventHandler(c.sliceHandler()); err != nil {
+		return nil, err
+	}
+	if err := c.watchPolicies(); err != nil {
 		return nil, err
 	}
 	// Node addresses and subnets bound which endpoint addresses are believable.
@@ -321,6 +337,9 @@ func (c *Controller) start(ctx context.Context) error {
 	if err := c.rebuildIPAM(); err != nil {
 		return err
 	}
+	if err := c.registerPeers(); err != nil {
+		return err
+	}
 	// The cluster rows (the router, the load balancer group) are parents of every node's and Service's
 	// rows: write them first so the first syncs do not wait for them. Failure is retried by the queue.
 	if err := c.syncCluster(ctx, ""); err != nil {
@@ -396,20 +415,27 @@ var errWait = errors.New("waiting")
 
 // apply plans and commits the desired rows of owner.
 func (c *Controller) apply(ctx context.Context, owner string, desired nbstore.Desired) error {
+	_, err := c.applyCount(ctx, owner, desired)
+	return err
+}
+
+// applyCount is apply, returning how many operations it committed.
+func (c *Controller) applyCount(ctx context.Context, owner string, desired nbstore.Desired) (int, error) {
 	txn := &nbstore.Txn{}
 	if err := c.store.Plan(txn, owner, desired); err != nil {
 		if errors.Is(err, nbstore.ErrParentMissing) {
-			return fmt.Errorf("%w: %v", errWait, err)
+			return 0, fmt.Errorf("%w: %v", errWait, err)
 		}
-		return fmt.Errorf("plan NB rows of %s: %w", owner, err)
+		return 0, fmt.Errorf("plan NB rows of %s: %w", owner, err)
 	}
 	if err := c.committer.Commit(ctx, txn); err != nil {
-		return fmt.Errorf("commit NB rows of %s: %w", owner, err)
+		return 0, fmt.Errorf("commit NB rows of %s: %w", owner, err)
 	}
-	return nil
+	return txn.Len(), nil
 }
 
 // syncCluster keeps the cluster-wide rows.
 func (c *Controller) syncCluster(ctx context.Context, _ string) error {
-	return c.apply(ctx, ClusterOwner, nbstore.Rows(ClusterRows()...))
+	rows := append(ClusterRows(), ClusterPolicyRows(c.managementIPs(), c.cfg.ACLLogRate)...)
+	return c.apply(ctx, ClusterOwner, nbstore.Rows(rows...))
 }

@@ -69,6 +69,7 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 		// Node-local load balancers go with the switch; the Services forget the node.
 		c.switchNodes.Delete(name)
 		c.requeueNodeDependent()
+		c.queues[KindCluster].Add("dunlin") // its management address is no longer always allowed
 		return nil
 	}
 	if err != nil {
@@ -92,6 +93,7 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 	}
 	if _, existed := c.switchNodes.LoadOrStore(name, true); !existed {
 		c.requeueNodeDependent()
+		c.queues[KindCluster].Add("dunlin") // its management address is always allowed
 	}
 	// Pods scheduled before the node had its switch wait in their queue; wake them now. When the
 	// node's agent announced new features, every pod of the node is written again with them.
