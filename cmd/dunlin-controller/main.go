@@ -43,6 +43,7 @@ type options struct {
 	leaseDuration    time.Duration
 	kubeAPIQPS       float64
 	kubeAPIBurst     int
+	aclLogRate       int
 }
 
 func main() {
@@ -75,6 +76,8 @@ func main() {
 		"sustained requests per second to the apiserver (client-side limit; each new pod costs one patch); negative: no client-side limit")
 	flag.IntVar(&o.kubeAPIBurst, "kube-api-burst", 400,
 		"requests that may go out at once before --kube-api-qps paces them, e.g. for a Deployment scaled up by a few hundred pods")
+	flag.IntVar(&o.aclLogRate, "acl-log-rate", def.ACLLogRate,
+		"ACL log messages per second per ACL for namespaces annotated dunlin.io/acl-logging (the rate of the meter dunlin-acl-logging)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -109,7 +112,10 @@ func (o options) config() (translator.Config, error) {
 	if o.workers < 1 {
 		return cfg, fmt.Errorf("--workers must be at least 1")
 	}
-	cfg.NodeSubnetPrefix, cfg.Workers, cfg.ResyncPeriod = o.nodeSubnetPrefix, o.workers, o.resync
+	if o.aclLogRate < 1 {
+		return cfg, fmt.Errorf("--acl-log-rate must be at least 1")
+	}
+	cfg.NodeSubnetPrefix, cfg.Workers, cfg.ResyncPeriod, cfg.ACLLogRate = o.nodeSubnetPrefix, o.workers, o.resync, o.aclLogRate
 	return cfg, nil
 }
 
