@@ -149,7 +149,9 @@ func podRows(srcs []*pod, get func(src, dst *pod) error) []matrixRow {
 
 // printMatrix prints the rows with a column per pod, grouped by node: a column is headed by its node
 // and the pod's letter, and rules separate the nodes.
-func printMatrix(corner string, rows []matrixRow, cols []*pod) { printMatrixMarks(corner, rows, cols, "FAIL") }
+func printMatrix(corner string, rows []matrixRow, cols []*pod) {
+	printMatrixMarks(corner, rows, cols, "FAIL")
+}
 
 // printMatrixMarks is printMatrix marking failed cells with failMark.
 func printMatrixMarks(corner string, rows []matrixRow, cols []*pod, failMark string) {
