@@ -20,9 +20,11 @@ import (
 	"github.com/vishvananda/netlink"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/klog/v2"
 
+	"github.com/dunlinplugin/dunlin/internal/annotations"
 	"github.com/dunlinplugin/dunlin/internal/conventions"
 	"github.com/dunlinplugin/dunlin/nodeagent/ovs"
 )
@@ -153,8 +155,10 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("configure OVS for OVN: %w", err)
 	}
 	logger.Info("Configured OVS", "systemID", systemID, "bridge", a.cfg.Bridge)
-	// Pods plumbed by an older dunlin-node may lack iface-id-ver and the host-end settings; add them.
+	// Pods plumbed by an older dunlin-node may lack iface-id-ver and the host-end settings; add them,
+	// then tell the controller it may require iface-id-ver on this node's ports.
 	a.addIfaceIDVer(ctx)
+	go a.announceFeatures(ctx)
 	if links, err := ourHostLinks(); err == nil {
 		for _, l := range links {
 			if err := quietHostEnd(l); err != nil {
@@ -305,5 +309,25 @@ func (a *Agent) addIfaceIDVer(ctx context.Context) {
 			continue
 		}
 		logger.Info("Added iface-id-ver to a pod's OVS interface", "port", p.Name, "iface-id", p.ExternalIDs[ExtIfaceID], "uid", uid)
+	}
+}
+
+// announceFeatures writes the node's dunlin.io/node-features annotation, retrying until it is written.
+func (a *Agent) announceFeatures(ctx context.Context) {
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, annotations.NodeFeatures, annotations.AgentFeatures())
+	delay := time.Second
+	for {
+		_, err := a.client.CoreV1().Nodes().Patch(ctx, a.cfg.NodeName, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "dunlin-node"})
+		if err == nil {
+			klog.FromContext(ctx).Info("Announced node features", "features", annotations.AgentFeatures())
+			return
+		}
+		klog.FromContext(ctx).Error(err, "Cannot announce node features, retrying", "retryIn", delay)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 30*time.Second)
 	}
 }

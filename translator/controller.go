@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	networkinglisters "k8s.io/client-go/listers/networking/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/client-go/util/workqueue"
@@ -51,6 +52,8 @@ type Config struct {
 	TxnTimeout time.Duration
 	// Identity names this controller in the NB database's writer claim (see nbstore.Committer.Claim).
 	Identity string
+	// ACLLogRate bounds, in packets per second, the ACL log messages of each ACL (the meter's rate).
+	ACLLogRate int
 }
 
 // DefaultConfig returns the defaults of the controller's flags.
@@ -64,6 +67,7 @@ func DefaultConfig() Config {
 		ResyncPeriod:     10 * time.Minute,
 		MaxTxnOps:        2000,
 		TxnTimeout:       15 * time.Second,
+		ACLLogRate:       20,
 	}
 }
 
@@ -89,6 +93,10 @@ type Controller struct {
 	podLister  corelisters.PodLister
 	podIndexer cache.Indexer
 
+	policyLister networkinglisters.NetworkPolicyLister
+	nsLister     corelisters.NamespaceLister
+	peers        *peerRegistry
+
 	serviceLister corelisters.ServiceLister
 	sliceIndexer  cache.Indexer
 	// ranges are the addresses Service backends may have.
@@ -106,7 +114,11 @@ type Controller struct {
 	ready    atomic.Bool
 	// stop ends Run with a cause (nbstore.ErrFenced).
 	stop context.CancelCauseFunc
+	// running counts the goroutines Run waits for: workers and the committer.
+	running sync.WaitGroup
 
+	// nodeFeatures are the features each node's agent announced, as last synced.
+	nodeFeatures sync.Map
 	// unconfirmed holds pod keys (-> UID) whose address annotation write had an unknown outcome.
 	unconfirmed sync.Map
 	// addrWaiters are the pods refused an address their annotation claims, by that address.
@@ -145,6 +157,7 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		queues:    map[string]workqueue.TypedRateLimitingInterface[string]{},
 
 		addrWaiters: map[netip.Addr]map[string]bool{},
+		peers:       newPeerRegistry(),
 	}
 	pool.OnRelease(c.addressFreed)
 	c.metrics = newMetrics(reg,
@@ -155,6 +168,10 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		KindNode:    c.syncNode,
 		KindPod:     c.syncPod,
 		KindService: c.syncService,
+
+		KindPolicy:          c.syncPolicy,
+		KindPolicyNamespace: c.syncPolicyNamespace,
+		KindPolicyPeer:      c.syncPolicyPeer,
 	}
 	for kind := range c.syncs {
 		c.queues[kind] = workqueue.NewTypedRateLimitingQueueWithConfig(
@@ -195,6 +212,9 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 	if _, err := sliceInformer.Informer().AddEventHandler(c.sliceHandler()); err != nil {
 		return nil, err
 	}
+	if err := c.watchPolicies(); err != nil {
+		return nil, err
+	}
 	// Node addresses and subnets bound which endpoint addresses are believable.
 	if _, err := nodeInformer.Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.rangesChanged() },
@@ -225,28 +245,36 @@ func (c *Controller) handler(kind string) cache.ResourceEventHandler {
 }
 
 // Ready reports whether the startup sync has finished and NB is connected.
-func (c *Controller) Ready() bool { return c.ready.Load() && c.nb.Connected() }
+func (c *Controller) Ready() bool { return c.ready.Load() && nbstore.Connected(c.nb) }
 
 // Run runs the controller until ctx ends, or until another controller claims the NB database (then it
 // returns an error wrapping nbstore.ErrFenced).
 func (c *Controller) Run(ctx context.Context) error {
 	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	c.stop = cancel
+	// Return only once nothing of this controller writes any more: the caller may then close the NB
+	// client or give up the lease.
 	defer func() {
+		cancel(nil)
 		for _, q := range c.queues {
 			q.ShutDown()
 		}
+		c.running.Wait()
+		c.factory.Shutdown()
 	}()
 	if err := c.start(ctx); err != nil {
 		return err
 	}
 	for kind, q := range c.queues {
 		for range c.cfg.Workers {
-			go wait.UntilWithContext(ctx, func(ctx context.Context) {
-				for c.processNext(ctx, kind, q) {
-				}
-			}, time.Second)
+			c.running.Add(1)
+			go func() {
+				defer c.running.Done()
+				wait.UntilWithContext(ctx, func(ctx context.Context) {
+					for c.processNext(ctx, kind, q) {
+					}
+				}, time.Second)
+			}()
 		}
 	}
 	c.enqueueAll()
@@ -270,7 +298,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			c.enqueueAll()
 		case <-connCheck.C:
 			// After NB comes back, retry everything at once rather than after each key's backoff.
-			now := c.nb.Connected()
+			now := nbstore.Connected(c.nb)
 			if now && !connected {
 				klog.InfoS("NB connection restored, reconciling everything")
 				c.enqueueAll()
@@ -289,7 +317,11 @@ func (c *Controller) start(ctx context.Context) error {
 			return fmt.Errorf("informer cache for %v did not sync", typ)
 		}
 	}
-	go c.committer.Run(ctx)
+	c.running.Add(1)
+	go func() {
+		defer c.running.Done()
+		c.committer.Run(ctx)
+	}()
 	// Only one controller may write: claiming also waits until the cache holds whatever the previous
 	// leader committed, so nothing it wrote is written again, and the rebuild below reads it.
 	if err := wait.PollUntilContextCancel(ctx, time.Second, true, func(ctx context.Context) (bool, error) {
@@ -303,6 +335,9 @@ func (c *Controller) start(ctx context.Context) error {
 	}
 	// Rebuild address bookkeeping from what is persisted before any worker may allocate.
 	if err := c.rebuildIPAM(); err != nil {
+		return err
+	}
+	if err := c.registerPeers(); err != nil {
 		return err
 	}
 	// The cluster rows (the router, the load balancer group) are parents of every node's and Service's
@@ -380,20 +415,27 @@ var errWait = errors.New("waiting")
 
 // apply plans and commits the desired rows of owner.
 func (c *Controller) apply(ctx context.Context, owner string, desired nbstore.Desired) error {
+	_, err := c.applyCount(ctx, owner, desired)
+	return err
+}
+
+// applyCount is apply, returning how many operations it committed.
+func (c *Controller) applyCount(ctx context.Context, owner string, desired nbstore.Desired) (int, error) {
 	txn := &nbstore.Txn{}
 	if err := c.store.Plan(txn, owner, desired); err != nil {
 		if errors.Is(err, nbstore.ErrParentMissing) {
-			return fmt.Errorf("%w: %v", errWait, err)
+			return 0, fmt.Errorf("%w: %v", errWait, err)
 		}
-		return fmt.Errorf("plan NB rows of %s: %w", owner, err)
+		return 0, fmt.Errorf("plan NB rows of %s: %w", owner, err)
 	}
 	if err := c.committer.Commit(ctx, txn); err != nil {
-		return fmt.Errorf("commit NB rows of %s: %w", owner, err)
+		return 0, fmt.Errorf("commit NB rows of %s: %w", owner, err)
 	}
-	return nil
+	return txn.Len(), nil
 }
 
 // syncCluster keeps the cluster-wide rows.
 func (c *Controller) syncCluster(ctx context.Context, _ string) error {
-	return c.apply(ctx, ClusterOwner, nbstore.Rows(ClusterRows()...))
+	rows := append(ClusterRows(), ClusterPolicyRows(c.managementIPs(), c.cfg.ACLLogRate)...)
+	return c.apply(ctx, ClusterOwner, nbstore.Rows(rows...))
 }

@@ -22,5 +22,15 @@ func (c *Controller) CachedPod(namespace, name string) (*corev1.Pod, error) {
 // CachedNode is the node as the controller's informer sees it.
 func (c *Controller) CachedNode(name string) (*corev1.Node, error) { return c.nodeLister.Get(name) }
 
-// QueuedPods are the pod keys waiting in the pod queue.
-func (c *Controller) QueuedPods() int { return c.queues[KindPod].Len() }
+// DrainPodQueue takes every key waiting in the pod queue.
+func (c *Controller) DrainPodQueue() []string {
+	q := c.queues[KindPod]
+	var keys []string
+	for q.Len() > 0 {
+		k, _ := q.Get()
+		q.Done(k)
+		q.Forget(k)
+		keys = append(keys, k)
+	}
+	return keys
+}

@@ -21,6 +21,8 @@ type PodNetwork struct {
 	Namespace, Name, UID string
 	Node                 string
 	Addr                 netip.Addr
+	// IfaceIDVer requires the OVS interface to carry the pod's UID (the node's agent supports it).
+	IfaceIDVer bool
 }
 
 // ClusterRows are the cluster-wide rows.
@@ -70,13 +72,17 @@ func NodeRows(n NodeNetwork) []nbstore.Row {
 
 // PodRows is a pod's logical switch port on its node's switch.
 func PodRows(p PodNetwork) []nbstore.Row {
+	options := map[string]string{"requested-chassis": p.Node}
+	if p.IfaceIDVer {
+		// Only an OVS interface plumbed for this very pod (same UID) can claim the port.
+		options[conventions.IfaceIDVer] = p.UID
+	}
 	addr := conventions.MACFromIP(p.Addr) + " " + p.Addr.String()
 	return []nbstore.Row{{Model: &nbmodel.LogicalSwitchPort{
 		Name:         conventions.PodPortName(p.Namespace, p.Name),
 		Addresses:    []string{addr},
 		PortSecurity: []string{addr},
-		// iface-id-ver: only an OVS interface plumbed for this very pod (same UID) can claim the port.
-		Options: map[string]string{"requested-chassis": p.Node, conventions.IfaceIDVer: p.UID},
+		Options:      options,
 		ExternalIDs: map[string]string{
 			extNamespace: p.Namespace, extPod: p.Name, extPodUID: p.UID, extNode: p.Node,
 		},

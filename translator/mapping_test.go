@@ -49,6 +49,8 @@ func TestPodRows(t *testing.T) {
 			"default_web", "0a:58:0a:f4:01:03 10.244.1.3"},
 		{"dotted name", PodNetwork{Namespace: "kube-system", Name: "coredns-5d.x", UID: "u2", Node: "n2", Addr: netip.MustParseAddr("10.244.2.200")},
 			"kube-system_coredns-5d.x", "0a:58:0a:f4:02:c8 10.244.2.200"},
+		{"iface-id-ver", PodNetwork{Namespace: "default", Name: "web", UID: "u3", Node: "n1", Addr: netip.MustParseAddr("10.244.1.4"), IfaceIDVer: true},
+			"default_web", "0a:58:0a:f4:01:04 10.244.1.4"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -61,7 +63,7 @@ func TestPodRows(t *testing.T) {
 				!reflect.DeepEqual(lsp.PortSecurity, []string{tc.addr}) {
 				t.Errorf("port = %+v", lsp)
 			}
-			if lsp.Options["requested-chassis"] != tc.in.Node || lsp.Options["iface-id-ver"] != tc.in.UID ||
+			if lsp.Options["requested-chassis"] != tc.in.Node || (lsp.Options["iface-id-ver"] == tc.in.UID) != tc.in.IfaceIDVer ||
 				lsp.ExternalIDs["pod-uid"] != tc.in.UID ||
 				lsp.ExternalIDs["namespace"] != tc.in.Namespace || lsp.ExternalIDs["pod"] != tc.in.Name {
 				t.Errorf("port options/external_ids = %v / %v", lsp.Options, lsp.ExternalIDs)

@@ -28,6 +28,12 @@ const (
 	KindNode    = "Node"
 	KindPod     = "Pod"
 	KindService = "Service"
+	// KindPolicy owns a NetworkPolicy's port group, ACLs and named-port address sets.
+	KindPolicy = "NetworkPolicy"
+	// KindPolicyNamespace owns a namespace's default-deny port groups and ACLs.
+	KindPolicyNamespace = "PolicyNamespace"
+	// KindPolicyPeer owns the address set shared by identical policy peers.
+	KindPolicyPeer = "PolicyPeer"
 )
 
 // external_ids keys Dunlin sets besides nbstore.OwnerKey, for operators' ovn-nbctl find.
@@ -37,6 +43,7 @@ const (
 	extPod       = "pod"
 	extPodUID    = "pod-uid"
 	extService   = "service"
+	extPolicy    = "policy"
 )
 
 // Owner is the owner value of a queue key of kind (namespace/name or name).
@@ -70,5 +77,13 @@ func TableSpecs() map[string]nbstore.TableSpec {
 		"Load_Balancer_Group": {Columns: []string{"name"}, NameOwned: true},
 		"Logical_Switch_Port": {Columns: []string{"name", "type", "addresses", "port_security", "options", "external_ids"},
 			ParentTable: "Logical_Switch", ParentColumn: "ports"},
+		// NetworkPolicy: port groups and address sets change one member at a time.
+		"Port_Group":  {Columns: []string{"name", "external_ids"}, MemberColumns: []string{"ports"}},
+		"Address_Set": {Columns: []string{"name", "external_ids"}, MemberColumns: []string{"addresses"}},
+		"ACL": {Keyed: true, Columns: []string{"action", "direction", "match", "priority", "name", "log", "severity",
+			"meter", "options", "external_ids"}, ParentTable: "Port_Group", ParentColumn: "acls"},
+		"Meter": {Columns: []string{"name", "unit", "fair", "external_ids"}},
+		// A meter needs its band when it is created: the band is held through the meter's Refs.
+		"Meter_Band": {Keyed: true, Columns: []string{"action", "rate", "burst_size", "external_ids"}},
 	}
 }

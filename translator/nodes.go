@@ -65,9 +65,11 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 			return err
 		}
 		c.ipam.ReleaseNodeSubnet(name)
+		c.nodeFeatures.Delete(name)
 		// Node-local load balancers go with the switch; the Services forget the node.
 		c.switchNodes.Delete(name)
 		c.requeueNodeDependent()
+		c.queues[KindCluster].Add("dunlin") // its management address is no longer always allowed
 		return nil
 	}
 	if err != nil {
@@ -91,16 +93,27 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 	}
 	if _, existed := c.switchNodes.LoadOrStore(name, true); !existed {
 		c.requeueNodeDependent()
+		c.queues[KindCluster].Add("dunlin") // its management address is always allowed
 	}
-	// Pods scheduled before the node had its switch wait in their queue; wake them now.
+	// Pods scheduled before the node had its switch wait in their queue; wake them now. When the
+	// node's agent announced new features, every pod of the node is written again with them.
+	features := node.Annotations[annotations.NodeFeatures]
+	old, known := c.nodeFeatures.Swap(name, features)
+	all := known && old != features
 	pods, _ := c.podIndexer.ByIndex(podNodeIndex, name)
 	for _, p := range pods {
 		pod := p.(*corev1.Pod)
-		if _, ok := c.ipam.Pod(pod.Namespace + "/" + pod.Name); !ok || !hasPodNetwork(pod) {
+		if _, ok := c.ipam.Pod(pod.Namespace + "/" + pod.Name); all || !ok || !hasPodNetwork(pod) {
 			c.queues[KindPod].Add(pod.Namespace + "/" + pod.Name)
 		}
 	}
 	return nil
+}
+
+// nodeHas reports whether the node's agent announced feature.
+func (c *Controller) nodeHas(node, feature string) bool {
+	n, err := c.nodeLister.Get(node)
+	return err == nil && annotations.HasFeature(n, feature)
 }
 
 func hasPodNetwork(p *corev1.Pod) bool {

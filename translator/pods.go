@@ -80,13 +80,19 @@ func (c *Controller) syncPod(ctx context.Context, key string) error {
 		// Bad input, reported: the pod has no usable address, so it must not keep a port either.
 		return c.removePodNetwork(ctx, key)
 	}
-	err = c.apply(ctx, owner, nbstore.Rows(PodRows(PodNetwork{
+	n, err := c.applyCount(ctx, owner, nbstore.Rows(PodRows(PodNetwork{
 		Namespace: pod.Namespace, Name: pod.Name, UID: string(pod.UID), Node: pod.Spec.NodeName, Addr: addr,
+		IfaceIDVer: c.nodeHas(pod.Spec.NodeName, annotations.FeatureIfaceIDVer),
 	})...))
 	if err != nil {
 		c.warnNB(pod, err)
+		return err
 	}
-	return err
+	if n > 0 {
+		// Port groups hold ports, which exist only now: the namespace's policies can take it in.
+		c.queuePoliciesOf(pod.Namespace)
+	}
+	return nil
 }
 
 // removePodNetwork removes the pod's port, then frees its address: in that order, so that no other pod

@@ -4,8 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"net/netip"
-	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -41,16 +42,7 @@ func newSyncEnv(t *testing.T, objs ...runtime.Object) *syncEnv {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	dir, err := os.MkdirTemp("", "dl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	ovn, err := harness.StartOVN(ctx, harness.OVNOptions{Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ovn.Stop() })
+	ovn := harness.StartTestOVN(ctx, t)
 	dbModel, _, err := translator.NBModel()
 	if err != nil {
 		t.Fatal(err)
@@ -143,6 +135,45 @@ func (e *syncEnv) seen(name string) {
 	})
 }
 
+// syncPod syncs the pod and fails the test on error.
+func (e *syncEnv) syncPod(name string) {
+	e.t.Helper()
+	if err := e.c.SyncPod(e.ctx, "default/"+name); err != nil {
+		e.t.Fatalf("sync pod %s: %v", name, err)
+	}
+}
+
+// updateNode changes the node through the API and waits until the informer has the change.
+func (e *syncEnv) updateNode(name string, mutate func(*corev1.Node)) {
+	e.t.Helper()
+	n, err := e.kube.CoreV1().Nodes().Get(e.ctx, name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	mutate(n)
+	if n, err = e.kube.CoreV1().Nodes().Update(e.ctx, n, metav1.UpdateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.eventually("informer sees node "+name, func() error {
+		// The fake clientset keeps no resource versions: compare what was changed.
+		if c, err := e.c.CachedNode(name); err != nil || !maps.Equal(c.Annotations, n.Annotations) {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+}
+
+// updatePodAnnotation sets the pod's network annotation through the API and waits for the informer.
+func (e *syncEnv) updatePodAnnotation(name, value string) {
+	e.t.Helper()
+	p := e.apiPod(name)
+	p.Annotations[annotations.PodNetwork] = value
+	if _, err := e.kube.CoreV1().Pods("default").Update(e.ctx, p, metav1.UpdateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.seen(name)
+}
+
 func (e *syncEnv) createPod(p *corev1.Pod) {
 	e.t.Helper()
 	if _, err := e.kube.CoreV1().Pods(p.Namespace).Create(e.ctx, p, metav1.CreateOptions{}); err != nil {
@@ -226,9 +257,7 @@ func TestRefusedPatchFreesTheAddress(t *testing.T) {
 		t.Fatal("sync after a refused patch succeeded")
 	}
 	e.createPod(newPod("b", "n1", ""))
-	if err := e.c.SyncPod(e.ctx, "default/b"); err != nil {
-		t.Fatal(err)
-	}
+	e.syncPod("b")
 	if got := e.podIP("b"); got.String() != "10.244.1.3" {
 		t.Fatalf("b got %v, want the first address, freed by the refusal", got)
 	}
@@ -262,50 +291,30 @@ func TestBadPodAnnotationKeepsTheRunningPodsAddress(t *testing.T) {
 	e := newSyncEnv(t, newNode("n1", "10.244.1.0/24"))
 	e.syncNode("n1")
 	e.createPod(newPod("a", "n1", ""))
-	if err := e.c.SyncPod(e.ctx, "default/a"); err != nil {
-		t.Fatal(err)
-	}
+	e.syncPod("a")
 	a := e.podIP("a")
 	// An edit that breaks the annotation of a running pod.
-	p := e.apiPod("a")
-	p.Annotations[annotations.PodNetwork] = `{"ip_address": 7`
-	if _, err := e.kube.CoreV1().Pods("default").Update(e.ctx, p, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	e.seen("a")
-	if err := e.c.SyncPod(e.ctx, "default/a"); err != nil {
-		t.Fatal(err)
-	}
+	e.updatePodAnnotation("a", `{"ip_address": 7`)
+	e.syncPod("a")
 	if got := e.nbctl("lsp-get-addresses", "default_a"); !strings.HasSuffix(got, " "+a.String()) {
 		t.Fatalf("port of a after a bad edit: %q, want it to keep %s", got, a)
 	}
 	// The address stays taken: a new pod gets another one, and NB never holds it twice.
 	e.createPod(newPod("b", "n1", ""))
-	if err := e.c.SyncPod(e.ctx, "default/b"); err != nil {
-		t.Fatal(err)
-	}
+	e.syncPod("b")
 	if b := e.podIP("b"); b == a || !b.IsValid() {
 		t.Fatalf("b got %v while a keeps %v", b, a)
 	}
 	// An address outside the node's subnet is refused the same way.
-	p = e.apiPod("a")
-	p.Annotations[annotations.PodNetwork] = annotations.NewPodNetworkInfo([]netip.Prefix{netip.MustParsePrefix("10.99.0.5/24")},
-		[]netip.Addr{netip.MustParseAddr("10.99.0.1")}, "0a:58:0a:63:00:05").Marshal()
-	if _, err := e.kube.CoreV1().Pods("default").Update(e.ctx, p, metav1.UpdateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	e.seen("a")
-	if err := e.c.SyncPod(e.ctx, "default/a"); err != nil {
-		t.Fatal(err)
-	}
+	e.updatePodAnnotation("a", annotations.NewPodNetworkInfo([]netip.Prefix{netip.MustParsePrefix("10.99.0.5/24")},
+		[]netip.Addr{netip.MustParseAddr("10.99.0.1")}, "0a:58:0a:63:00:05").Marshal())
+	e.syncPod("a")
 	if got := e.nbctl("lsp-get-addresses", "default_a"); !strings.HasSuffix(got, " "+a.String()) {
 		t.Fatalf("port of a after an outside address: %q", got)
 	}
 	// A pod created with a bad annotation has nothing to keep: no port, no address.
 	e.createPod(newPod("c", "n1", `{"ip_address": 7`))
-	if err := e.c.SyncPod(e.ctx, "default/c"); err != nil {
-		t.Fatal(err)
-	}
+	e.syncPod("c")
 	if got := e.nbctl("--bare", "--columns=name", "find", "Logical_Switch_Port", "name=default_c"); got != "" {
 		t.Fatalf("a pod with a bad annotation got port %q", got)
 	}
@@ -319,25 +328,10 @@ func TestBadNodeSubnetEditKeepsTheSwitch(t *testing.T) {
 	e := newSyncEnv(t, newNode("n1", "10.244.1.0/24"))
 	e.syncNode("n1")
 	e.createPod(newPod("a", "n1", ""))
-	if err := e.c.SyncPod(e.ctx, "default/a"); err != nil {
-		t.Fatal(err)
-	}
+	e.syncPod("a")
 	for _, bad := range []string{"10.244.300.0/24", "10.245.0.0/24", "10.244.9.0/24"} {
-		n, _ := e.kube.CoreV1().Nodes().Get(e.ctx, "n1", metav1.GetOptions{})
-		n.Annotations[annotations.NodeSubnet] = bad
-		if _, err := e.kube.CoreV1().Nodes().Update(e.ctx, n, metav1.UpdateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		e.eventually("informer sees the edit", func() error {
-			n, err := e.c.CachedNode("n1")
-			if err != nil || n.Annotations[annotations.NodeSubnet] != bad {
-				return fmt.Errorf("not yet")
-			}
-			return nil
-		})
-		if err := e.c.SyncNode(e.ctx, "n1"); err != nil {
-			t.Fatalf("%s: %v", bad, err)
-		}
+		e.updateNode("n1", func(n *corev1.Node) { n.Annotations[annotations.NodeSubnet] = bad })
+		e.syncNode("n1")
 		if got := e.nbctl("get", "Logical_Switch", "n1", "other_config:subnet"); got != `"10.244.1.0/24"` {
 			t.Fatalf("%s: switch subnet %s, want the last good 10.244.1.0/24", bad, got)
 		}
@@ -345,13 +339,35 @@ func TestBadNodeSubnetEditKeepsTheSwitch(t *testing.T) {
 			t.Fatalf("%s: pod port gone: %q", bad, got)
 		}
 		// The annotation, which dunlin-node reads too, is put back.
-		n, _ = e.kube.CoreV1().Nodes().Get(e.ctx, "n1", metav1.GetOptions{})
+		n, _ := e.kube.CoreV1().Nodes().Get(e.ctx, "n1", metav1.GetOptions{})
 		if got := n.Annotations[annotations.NodeSubnet]; got != "10.244.1.0/24" {
 			t.Fatalf("%s: annotation %q, want it restored", bad, got)
 		}
 	}
 	if reasons := drain(e.rec); !strings.Contains(reasons, "InvalidNodeSubnet") {
 		t.Fatalf("events: %s", reasons)
+	}
+}
+
+// iface-id-ver goes on a node's pod ports only once the node's agent announced it, so that an agent
+// that does not set it on interfaces (an older release, mid-upgrade) keeps its pods bound.
+func TestIfaceIDVerFollowsTheNodeAgent(t *testing.T) {
+	e := newSyncEnv(t, newNode("n1", "10.244.1.0/24"))
+	e.syncNode("n1")
+	e.createPod(newPod("a", "n1", ""))
+	e.syncPod("a")
+	if got := e.nbctl("get", "Logical_Switch_Port", "default_a", "options"); strings.Contains(got, "iface-id-ver") {
+		t.Fatalf("options before the agent announced it: %s", got)
+	}
+	e.updateNode("n1", func(n *corev1.Node) { n.Annotations[annotations.NodeFeatures] = annotations.AgentFeatures() })
+	e.c.DrainPodQueue()
+	e.syncNode("n1")
+	if queued := e.c.DrainPodQueue(); !slices.Contains(queued, "default/a") {
+		t.Fatalf("queued %v: the node's pods were not queued when its agent announced a feature", queued)
+	}
+	e.syncPod("a")
+	if got := e.nbctl("get", "Logical_Switch_Port", "default_a", "options:iface-id-ver"); got != "uid-a" {
+		t.Fatalf("iface-id-ver %s, want the pod UID", got)
 	}
 }
 

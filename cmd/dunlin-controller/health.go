@@ -29,6 +29,12 @@ func (h *healthState) setController(c *translator.Controller) {
 	h.controller = c
 }
 
+func (h *healthState) setLeaderElector(le *leaderelection.LeaderElector) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.leaderElector = le
+}
+
 func (h *healthState) ready() error {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -16,14 +16,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/kubernetes/scheme"
-	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
@@ -46,6 +41,9 @@ type options struct {
 	leaderElect      bool
 	leaderNamespace  string
 	leaseDuration    time.Duration
+	kubeAPIQPS       float64
+	kubeAPIBurst     int
+	aclLogRate       int
 }
 
 func main() {
@@ -69,10 +67,22 @@ func main() {
 	flag.BoolVar(&o.leaderElect, "leader-elect", true, "run only while holding the dunlin-controller Lease")
 	flag.StringVar(&o.leaderNamespace, "leader-elect-namespace", "kube-system", "namespace of the leader election Lease")
 	flag.DurationVar(&o.leaseDuration, "leader-elect-lease-duration", 15*time.Second, "leader election lease duration")
+	// Each new pod costs one patch (its address annotation). The defaults are 4x kube-scheduler's 50/100,
+	// which paces how fast pods are bound to nodes, and 10x a kube-controller-manager controller's 20/30
+	// (ovn-kubernetes: 50/50 per node; kube-ovn's central controller: 1000/2000), so the controller
+	// keeps up with pod creation in large clusters and allocates a backlog of 10,000 pods (a fresh
+	// install) in under a minute, while API Priority and Fairness still protects the apiserver.
+	flag.Float64Var(&o.kubeAPIQPS, "kube-api-qps", 200,
+		"sustained requests per second to the apiserver (client-side limit; each new pod costs one patch); negative: no client-side limit")
+	flag.IntVar(&o.kubeAPIBurst, "kube-api-burst", 400,
+		"requests that may go out at once before --kube-api-qps paces them, e.g. for a Deployment scaled up by a few hundred pods")
+	flag.IntVar(&o.aclLogRate, "acl-log-rate", def.ACLLogRate,
+		"ACL log messages per second per ACL for namespaces annotated dunlin.io/acl-logging (the rate of the meter dunlin-acl-logging)")
 	flag.Parse()
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	context.AfterFunc(ctx, func() { klog.InfoS("Shutting down") })
 	if err := run(ctx, o); err != nil {
 		klog.ErrorS(err, "dunlin-controller failed")
 		klog.Flush()
@@ -102,8 +112,23 @@ func (o options) config() (translator.Config, error) {
 	if o.workers < 1 {
 		return cfg, fmt.Errorf("--workers must be at least 1")
 	}
-	cfg.NodeSubnetPrefix, cfg.Workers, cfg.ResyncPeriod = o.nodeSubnetPrefix, o.workers, o.resync
+	if o.aclLogRate < 1 {
+		return cfg, fmt.Errorf("--acl-log-rate must be at least 1")
+	}
+	cfg.NodeSubnetPrefix, cfg.Workers, cfg.ResyncPeriod, cfg.ACLLogRate = o.nodeSubnetPrefix, o.workers, o.resync, o.aclLogRate
 	return cfg, nil
+}
+
+// rateLimit returns the client's QPS and burst. client-go reads a QPS of 0 as its default of 5 and a
+// negative one as no limit.
+func (o options) rateLimit() (float32, int, error) {
+	switch {
+	case o.kubeAPIQPS == 0:
+		return 0, 0, errors.New("--kube-api-qps must not be 0 (negative turns the client-side limit off)")
+	case o.kubeAPIQPS > 0 && o.kubeAPIBurst < 1:
+		return 0, 0, fmt.Errorf("--kube-api-burst must be at least 1, not %d", o.kubeAPIBurst)
+	}
+	return float32(o.kubeAPIQPS), o.kubeAPIBurst, nil
 }
 
 func (o options) tlsConfig() (*tls.Config, error) {
@@ -138,7 +163,9 @@ func run(ctx context.Context, o options) error {
 	if err != nil {
 		return err
 	}
-	restCfg.QPS, restCfg.Burst = 200, 400 // cold starts annotate many pods
+	if restCfg.QPS, restCfg.Burst, err = o.rateLimit(); err != nil {
+		return err
+	}
 	kube, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
 		return fmt.Errorf("kubernetes client: %w", err)
@@ -151,42 +178,21 @@ func run(ctx context.Context, o options) error {
 		go serveMetrics(ctx, o.metricsAddr, reg, health)
 	}
 
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartStructuredLogging(4)
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: kube.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "dunlin-controller"})
+	// Events outlive the translator and leader election: the Lease's last event is recorded on the way
+	// out, and stop writes it before the process exits.
+	events := startEvents(kube)
+	defer events.stop(eventFlushTimeout)
 
-	lead := func(ctx context.Context) {
-		if err := translate(ctx, o, cfg, tlsCfg, kube, recorder, reg, health); err != nil && !errors.Is(err, context.Canceled) {
-			klog.ErrorS(err, "Translator stopped")
-		}
+	// The NB writer claim names the process as the Lease does.
+	host, _ := os.Hostname()
+	cfg.Identity = fmt.Sprintf("%s_%d", host, os.Getpid())
+	work := func(ctx context.Context) error {
+		return translate(ctx, o, cfg, tlsCfg, kube, events.recorder, reg, health)
 	}
 	if !o.leaderElect {
-		lead(ctx)
-		return nil
+		return stopped(ctx, work(ctx))
 	}
-	id, _ := os.Hostname()
-	id = fmt.Sprintf("%s_%d", id, os.Getpid())
-	lock, err := resourcelock.New(resourcelock.LeasesResourceLock, o.leaderNamespace, "dunlin-controller",
-		kube.CoreV1(), kube.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: id, EventRecorder: recorder})
-	if err != nil {
-		return fmt.Errorf("leader election lock: %w", err)
-	}
-	le, err := leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-		Lock: lock, ReleaseOnCancel: true, Name: "dunlin-controller",
-		LeaseDuration: o.leaseDuration, RenewDeadline: o.leaseDuration * 2 / 3, RetryPeriod: o.leaseDuration / 7,
-		Callbacks: leaderelection.LeaderCallbacks{
-			OnStartedLeading: lead,
-			OnStoppedLeading: func() { klog.InfoS("No longer the leader", "identity", id) },
-		},
-	})
-	if err != nil {
-		return fmt.Errorf("leader election: %w", err)
-	}
-	health.leaderElector = le
-	le.Run(ctx)
-	return nil
+	return runElected(ctx, o, kube, events.recorder, health, work)
 }
 
 func translate(ctx context.Context, o options, cfg translator.Config, tlsCfg *tls.Config, kube kubernetes.Interface,

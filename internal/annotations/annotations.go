@@ -21,7 +21,31 @@ const (
 	NodeSubnet = "dunlin.io/node-subnet"
 	// PodNetwork holds the pod's PodNetworkInfo as JSON, written before any NB row refers to the address.
 	PodNetwork = "dunlin.io/pod-network"
+	// NodeFeatures lists, comma-separated, what the node's dunlin-node supports; dunlin-node writes it
+	// when it starts. The controller turns a feature on for a node's pods only once the node's agent has
+	// it, so that a rolling upgrade in either order keeps pods connected.
+	NodeFeatures = "dunlin.io/node-features"
 )
+
+// Features in NodeFeatures.
+const (
+	// FeatureIfaceIDVer: the agent puts the pod UID in iface-id-ver on pod interfaces (and has added it
+	// to the interfaces of pods plumbed before it), so the controller may require it on logical ports.
+	FeatureIfaceIDVer = "iface-id-ver"
+)
+
+// AgentFeatures are the features this release's dunlin-node supports, as NodeFeatures holds them.
+func AgentFeatures() string { return FeatureIfaceIDVer }
+
+// HasFeature reports whether the node's agent announced feature.
+func HasFeature(node *corev1.Node, feature string) bool {
+	for _, f := range strings.Split(node.Annotations[NodeFeatures], ",") {
+		if strings.TrimSpace(f) == feature {
+			return true
+		}
+	}
+	return false
+}
 
 // Route is a route the pod gets besides its default route.
 type Route struct {

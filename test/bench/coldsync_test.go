@@ -1,5 +1,5 @@
-// Package bench measures Dunlin against real components. Run with `make bench`; nothing here runs in
-// `make test` (benchmarks only run with -bench).
+// Package bench measures Dunlin against real components. Run with `make bench`; of this package,
+// `make test` runs only TestContentCheck, the test of the benchmarks' completion criterion.
 package bench
 
 import (
@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ovn-kubernetes/libovsdb/cache"
 	"github.com/ovn-kubernetes/libovsdb/client"
 	"github.com/ovn-kubernetes/libovsdb/model"
 	"github.com/ovn-kubernetes/libovsdb/ovsdb"
@@ -43,11 +44,22 @@ func sizes() (nodes, podsPerNode int) {
 	return nodes, podsPerNode
 }
 
+// benchModes are the cold syncs of BenchmarkColdSync; each has a namespace of its own.
+var benchModes = []string{"annotated", "fresh"}
+
 // BenchmarkColdSync starts dunlin-controller against an apiserver holding 100 nodes and 10,000 pods
-// and an empty NB, and measures the time until NB holds every row. "annotated" is a controller
-// restart into an empty NB (subnets and addresses persisted, as after an NB rebuild); "fresh" also
-// allocates every subnet and address and writes every annotation. The floor is the same rows written
-// into another empty NB by a minimal libovsdb writer in 1000-operation transactions, in the same run.
+// and an empty NB, and measures the time until NB holds exactly the rows the translator's mapping
+// gives for the API's objects: every row with every managed column, in its parent, with its
+// references (see nbRows), and nothing else. "annotated" is a controller restart into an empty NB
+// (subnets and addresses persisted, as after an NB rebuild); "fresh" also allocates every subnet and
+// address and writes every annotation.
+//
+// Floors, in the same run: the NB floor is the same rows written into another empty NB by a minimal
+// libovsdb writer in 1000-operation transactions, timed the same way. For "fresh", the patch floor is
+// the apiserver's own rate for the controller's annotation patches: the same merge patch on the same
+// pods, from as many concurrent workers as the controller has, through an unthrottled client. The
+// controller runs with its client-side rate limit off (--kube-api-qps=-1), so what is compared is the
+// controller with the apiserver, not with its own limiter.
 func BenchmarkColdSync(b *testing.B) {
 	ctx := context.Background()
 	dir := tempDir(b)
@@ -58,42 +70,139 @@ func BenchmarkColdSync(b *testing.B) {
 	defer kube.Stop()
 	bin := buildController(b, dir)
 
-	for _, mode := range []string{"annotated", "fresh"} {
+	for _, mode := range benchModes {
 		b.Run(mode, func(b *testing.B) {
-			ns := "bench-" + mode
-			rows := populate(b, kube.Client, ns, mode == "annotated")
-			var ctrlTotal, floorTotal time.Duration
+			fresh := mode == "fresh"
+			var ctrlTotal, floorTotal, patchTotal time.Duration
+			var rows, pods int
 			for i := range b.N {
-				floor := floorWrite(b, dir, rows)
-				took := controllerSync(b, dir, fmt.Sprintf("%s-%d", mode, i), bin, kube, rows, ns)
-				ctrlTotal += took
-				floorTotal += floor
-				if mode == "fresh" && i+1 < b.N {
-					b.StopTimer()
-					populate(b, kube.Client, ns, false)
-					b.StartTimer()
+				// Only this mode's objects are in the API: the controller syncs everything it finds.
+				d := populate(b, kube.Client, "bench-"+mode, !fresh)
+				want, err := d.rows()
+				if err != nil {
+					b.Fatal(err)
 				}
+				rows, pods = want.total(), len(d.pods)
+				run := fmt.Sprintf("%s-%d", mode, i)
+				floorTotal += floorWrite(b, startNB(b, filepath.Join(dir, "floor-"+run)), d, want)
+				if fresh {
+					patchTotal += patchFloor(b, kube, d, translator.DefaultConfig().Workers)
+				}
+				ctrlTotal += controllerSync(b, dir, run, bin, kube, want.count(nbmodel.LogicalSwitchPortTable))
 			}
 			n := float64(b.N)
 			b.ReportMetric(ctrlTotal.Seconds()/n, "s/sync")
-			b.ReportMetric(float64(rows.total())*n/ctrlTotal.Seconds(), "rows/s")
+			b.ReportMetric(float64(rows)*n/ctrlTotal.Seconds(), "rows/s")
 			b.ReportMetric(floorTotal.Seconds()/n, "floor-s/sync")
 			b.ReportMetric(ctrlTotal.Seconds()/floorTotal.Seconds(), "x-floor")
+			b.Logf("%s cold sync of %d rows: controller %.2fs, NB floor %.2fs, %.2fx the floor",
+				mode, rows, ctrlTotal.Seconds()/n, floorTotal.Seconds()/n, ctrlTotal.Seconds()/floorTotal.Seconds())
+			if fresh {
+				ctrlRate := float64(pods) * n / ctrlTotal.Seconds()
+				patchRate := float64(pods) * n / patchTotal.Seconds()
+				b.ReportMetric(ctrlRate, "pods/s")
+				b.ReportMetric(patchRate, "patch-floor-pods/s")
+				b.ReportMetric(ctrlRate/patchRate, "rate/patch-floor")
+				b.Logf("fresh allocation of %d pods: controller %.0f pods/s (whole sync), the apiserver's own annotation "+
+					"patches %.0f pods/s: %.2f of the patch floor; with the default --kube-api-qps=200 a large backlog would go at about 200 pods/s",
+					pods, ctrlRate, patchRate, ctrlRate/patchRate)
+			}
 			b.ReportMetric(0, "ns/op")
 		})
 	}
 }
 
-// desired is the NB content the benchmark cluster means.
+// desired is what the benchmark cluster holds, as the translator's mapping functions take it.
 type desired struct {
 	nodes []translator.NodeNetwork
 	pods  []translator.PodNetwork
 }
 
-// total counts rows: the router, per node a switch, a router port and two ports, one port per pod.
-func (d desired) total() int { return 1 + 4*len(d.nodes) + len(d.pods) }
+// rows are the NB rows the mapping gives for d.
+func (d desired) rows() (*nbRows, error) {
+	db, err := nbDatabaseModel()
+	if err != nil {
+		return nil, err
+	}
+	return expectRows(db, d.nodes, d.pods)
+}
 
-func tempDir(b *testing.B) string {
+// expectRows are the NB rows of the cluster, nodes and pods, from the translator's mapping functions.
+func expectRows(db model.DatabaseModel, nodes []translator.NodeNetwork, pods []translator.PodNetwork) (*nbRows, error) {
+	want := newNBRows(db, nil)
+	if err := want.add(translator.ClusterOwner, translator.ClusterRows()); err != nil {
+		return nil, err
+	}
+	for _, n := range nodes {
+		if err := want.add(translator.Owner(translator.KindNode, n.Name), translator.NodeRows(n)); err != nil {
+			return nil, err
+		}
+	}
+	for _, p := range pods {
+		if err := want.add(translator.Owner(translator.KindPod, p.Namespace+"/"+p.Name), translator.PodRows(p)); err != nil {
+			return nil, err
+		}
+	}
+	return want, nil
+}
+
+// apiRows are the NB rows the API's current nodes and pods mean, from their subnet and address
+// annotations; an error while any of them has none yet.
+func apiRows(ctx context.Context, kube kubernetes.Interface, db model.DatabaseModel) (*nbRows, error) {
+	nodeList, err := kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	podList, err := kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("list pods: %w", err)
+	}
+	var nodes []translator.NodeNetwork
+	for i := range nodeList.Items {
+		n := &nodeList.Items[i]
+		subnets, _, err := annotations.DeclaredNodeSubnets(n)
+		if err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+		}
+		subnet := annotations.IPv4Subnet(subnets)
+		if !subnet.IsValid() {
+			return nil, fmt.Errorf("node %s has no subnet yet", n.Name)
+		}
+		nodes = append(nodes, translator.NodeNetwork{Name: n.Name, Subnet: subnet})
+	}
+	var pods []translator.PodNetwork
+	for _, p := range podList.Items {
+		if p.Spec.NodeName == "" || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		s, ok := p.Annotations[annotations.PodNetwork]
+		if !ok {
+			return nil, fmt.Errorf("pod %s/%s has no address yet", p.Namespace, p.Name)
+		}
+		info, err := annotations.ParsePodNetwork(s)
+		if err != nil {
+			return nil, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
+		}
+		addr, _ := info.IPv4()
+		pods = append(pods, translator.PodNetwork{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID),
+			Node: p.Spec.NodeName, Addr: addr.Addr()})
+	}
+	return expectRows(db, nodes, pods)
+}
+
+func nbDatabaseModel() (model.DatabaseModel, error) {
+	clientModel, schema, err := translator.NBModel()
+	if err != nil {
+		return model.DatabaseModel{}, err
+	}
+	db, errs := model.NewDatabaseModel(schema, clientModel)
+	if len(errs) > 0 {
+		return model.DatabaseModel{}, fmt.Errorf("NB database model: %v", errs)
+	}
+	return db, nil
+}
+
+func tempDir(b testing.TB) string {
 	dir, err := os.MkdirTemp("", "dlb")
 	if err != nil {
 		b.Fatal(err)
@@ -113,14 +222,45 @@ func buildController(b *testing.B, dir string) string {
 	return bin
 }
 
-// populate (re)creates the benchmark's nodes and pods; annotated ones carry the subnet and addresses
-// the controller would have chosen.
+// controllerArgs are the flags of every benchmarked controller. Its client-side rate limit is off:
+// the benchmarks compare it with the apiserver, not with its own limiter.
+func controllerArgs(kube *harness.Kube, nbAddr, metricsAddr string) []string {
+	return []string{"--kubeconfig", kube.Kubeconfig, "--nb-address", nbAddr, "--metrics-bind-address", metricsAddr,
+		"--leader-elect=false", "--kube-api-qps=-1"}
+}
+
+// parallel runs f for 0..n-1 on workers goroutines and returns the first error.
+func parallel(n, workers int, f func(i int) error) error {
+	jobs := make(chan int)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var firstErr error
+	for range workers {
+		wg.Go(func() {
+			for i := range jobs {
+				if err := f(i); err != nil {
+					mu.Lock()
+					if firstErr == nil {
+						firstErr = err
+					}
+					mu.Unlock()
+				}
+			}
+		})
+	}
+	for i := range n {
+		jobs <- i
+	}
+	close(jobs)
+	wg.Wait()
+	return firstErr
+}
+
+// populate leaves exactly the nodes and pods of namespace ns in the API (those of the other modes
+// are deleted); annotated ones carry the subnet and addresses the controller would have chosen.
 func populate(b *testing.B, kube kubernetes.Interface, ns string, annotated bool) desired {
 	ctx := context.Background()
-	var d desired
-	zero := int64(0)
-	_ = kube.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{})
-	_ = kube.CoreV1().Nodes().DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: "bench=" + ns})
+	resetBenchObjects(b, kube)
 	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}},
 		metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		b.Fatal(err)
@@ -131,141 +271,210 @@ func populate(b *testing.B, kube kubernetes.Interface, ns string, annotated bool
 		b.Fatal(err)
 	}
 	benchNodes, benchPodsPerNode := sizes()
-	type job func() error
-	jobs := make(chan job)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	var firstErr error
-	for range 16 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for j := range jobs {
-				if err := j(); err != nil {
-					mu.Lock()
-					firstErr = err
-					mu.Unlock()
-				}
-			}
-		}()
-	}
+	var d desired
 	for i := range benchNodes {
-		name := fmt.Sprintf("%s-n%03d", ns, i)
-		subnet := netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i))
-		d.nodes = append(d.nodes, translator.NodeNetwork{Name: name, Subnet: subnet})
-		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: name, Labels: map[string]string{"bench": ns}}}
-		if annotated {
-			node.Annotations = map[string]string{annotations.NodeSubnet: subnet.String()}
-		}
-		jobs <- func() error {
-			_, err := kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
-			return err
-		}
+		d.nodes = append(d.nodes, translator.NodeNetwork{Name: fmt.Sprintf("%s-n%03d", ns, i),
+			Subnet: netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i))})
 	}
 	for i, n := range d.nodes {
 		for j := range benchPodsPerNode {
-			name := fmt.Sprintf("p%03d-%03d", i, j)
-			addr := netip.AddrFrom4([4]byte{10, 244, byte(i), byte(3 + j)})
-			d.pods = append(d.pods, translator.PodNetwork{Namespace: ns, Name: name, Node: n.Name, Addr: addr})
-			pod := &corev1.Pod{
-				ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
-				Spec:       corev1.PodSpec{NodeName: n.Name, Containers: []corev1.Container{{Name: "c", Image: "x"}}},
-			}
-			if annotated {
-				pod.Annotations = map[string]string{annotations.PodNetwork: annotations.PodNetworkInfo{
-					IPAddresses: []string{netip.PrefixFrom(addr, 24).String()},
-					MACAddress:  conventions.MACFromIP(addr),
-					GatewayIPs:  []string{conventions.GatewayIP(n.Subnet).String()},
-				}.Marshal()}
-			}
-			jobs <- func() error {
-				_, err := kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
-				return err
-			}
+			d.pods = append(d.pods, translator.PodNetwork{Namespace: ns, Name: fmt.Sprintf("p%03d-%03d", i, j), Node: n.Name,
+				Addr: netip.AddrFrom4([4]byte{10, 244, byte(i), byte(3 + j)})})
 		}
 	}
-	close(jobs)
-	wg.Wait()
-	if firstErr != nil {
-		b.Fatal(firstErr)
+	err := parallel(len(d.nodes), 16, func(i int) error {
+		n := d.nodes[i]
+		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{"bench": ns}}}
+		if annotated {
+			node.Annotations = map[string]string{annotations.NodeSubnet: annotations.FormatNodeSubnets([]netip.Prefix{n.Subnet})}
+		}
+		_, err := kube.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{})
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	subnets := map[string]netip.Prefix{}
+	for _, n := range d.nodes {
+		subnets[n.Name] = n.Subnet
+	}
+	err = parallel(len(d.pods), 16, func(i int) error {
+		p := &d.pods[i]
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: p.Name},
+			Spec:       corev1.PodSpec{NodeName: p.Node, Containers: []corev1.Container{{Name: "c", Image: "x"}}},
+		}
+		if annotated {
+			pod.Annotations = map[string]string{annotations.PodNetwork: podNetworkValue(p.Addr, subnets[p.Node])}
+		}
+		created, err := kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+		if err == nil {
+			p.UID = string(created.UID)
+		}
+		return err
+	})
+	if err != nil {
+		b.Fatal(err)
 	}
 	return d
 }
 
-// startNB starts an empty NB and a monitoring client that counts logical switch ports.
-func startNB(b *testing.B, dir string) (*harness.OVN, client.Client) {
+// podNetworkValue is the pod annotation the controller writes for addr in subnet.
+func podNetworkValue(addr netip.Addr, subnet netip.Prefix) string {
+	return annotations.NewPodNetworkInfo([]netip.Prefix{netip.PrefixFrom(addr, subnet.Bits())},
+		[]netip.Addr{conventions.GatewayIP(subnet)}, conventions.MACFromIP(addr)).Marshal()
+}
+
+// resetBenchObjects deletes the pods and nodes of every mode and waits until they are gone.
+func resetBenchObjects(b *testing.B, kube kubernetes.Interface) {
 	ctx := context.Background()
-	ovn, err := harness.StartOVN(ctx, harness.OVNOptions{Dir: dir})
+	zero := int64(0)
+	for _, mode := range benchModes {
+		if err := kube.CoreV1().Pods("bench-"+mode).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero},
+			metav1.ListOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			b.Fatal(err)
+		}
+	}
+	if err := kube.CoreV1().Nodes().DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{LabelSelector: "bench"}); err != nil {
+		b.Fatal(err)
+	}
+	err := harness.Eventually(5*time.Minute, func() error {
+		for _, mode := range benchModes {
+			pods, err := kube.CoreV1().Pods("bench-"+mode).List(ctx, metav1.ListOptions{Limit: 1})
+			if err != nil {
+				return err
+			}
+			if len(pods.Items) > 0 {
+				return fmt.Errorf("pods of bench-%s still exist", mode)
+			}
+		}
+		nodes, err := kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{LabelSelector: "bench", Limit: 1})
+		if err != nil {
+			return err
+		}
+		if len(nodes.Items) > 0 {
+			return fmt.Errorf("bench nodes still exist")
+		}
+		return nil
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+// startNB starts an empty NB.
+func startNB(b testing.TB, dir string) *harness.OVN {
+	ovn, err := harness.StartOVN(context.Background(), harness.OVNOptions{Dir: dir})
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { ovn.Stop() })
+	return ovn
+}
+
+// connectNB connects a client to NB that monitors the tables the controller manages, as the
+// controller's own client does.
+func connectNB(b testing.TB, addr string) client.Client {
 	dbModel, _, err := translator.NBModel()
 	if err != nil {
 		b.Fatal(err)
 	}
-	nb, err := translator.ConnectNB(ctx, ovn.NBAddr, nil, dbModel)
+	nb, err := translator.ConnectNB(context.Background(), addr, nil, dbModel)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(nb.Close)
-	return ovn, nb
+	return nb
 }
 
-// waitRows waits until the cache of nb holds want logical switch ports.
-func waitRows(b *testing.B, nb client.Client, want int, timeout time.Duration) {
-	deadline := time.Now().Add(timeout)
-	for {
-		if tc := nb.Cache().Table("Logical_Switch_Port"); tc != nil && tc.Len() >= want {
-			return
+// watchNB connects a client of its own that monitors the tables the controller manages and notes
+// when any of them changes: what is measured is what any NB reader (ovn-northd) would see, not the
+// writer's cache.
+func watchNB(b testing.TB, addr string) (client.Client, *changeClock) {
+	nb := connectNB(b, addr)
+	clock := &changeClock{}
+	nb.Cache().AddEventHandler(&cache.EventHandlerFuncs{
+		AddFunc:    func(string, model.Model) { clock.touch() },
+		UpdateFunc: func(string, model.Model, model.Model) { clock.touch() },
+		DeleteFunc: func(string, model.Model) { clock.touch() },
+	})
+	return nb, clock
+}
+
+// tableLen counts the rows of table in nb's cache.
+func tableLen(nb client.Client, table string) func() int {
+	return func() int {
+		if tc := nb.Cache().Table(table); tc != nil {
+			return tc.Len()
 		}
-		if time.Now().After(deadline) {
-			b.Fatalf("NB did not reach %d ports in %s", want, timeout)
-		}
-		time.Sleep(5 * time.Millisecond)
+		return 0
 	}
 }
 
-func controllerSync(b *testing.B, dir, run, bin string, kube *harness.Kube, d desired, ns string) time.Duration {
-	ovn, watcher := startNB(b, filepath.Join(dir, "nb-"+run))
+// controllerSync runs the controller against an empty NB until NB holds exactly what the API's
+// objects mean, and returns how long that took. ports, the logical switch ports expected, is only
+// the cheap first sign of completion.
+func controllerSync(b *testing.B, dir, run, bin string, kube *harness.Kube, ports int) time.Duration {
+	ovn := startNB(b, filepath.Join(dir, "nb-"+run))
+	watcher, clock := watchNB(b, ovn.NBAddr)
+	db := watcher.Cache().DatabaseModel()
 	start := time.Now()
 	p, err := harness.StartProcess("dunlin-controller", filepath.Join(dir, run+".log"), nil, bin,
-		"--kubeconfig", kube.Kubeconfig, "--nb-address", ovn.NBAddr,
-		"--metrics-bind-address", "", "--leader-elect=false")
+		controllerArgs(kube, ovn.NBAddr, "")...)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer p.Stop()
-	waitRows(b, watcher, 2*len(d.nodes)+len(d.pods), 10*time.Minute)
-	return time.Since(start)
+	done := syncDone{
+		what:    "controller " + run,
+		count:   tableLen(watcher, nbmodel.LogicalSwitchPortTable),
+		atLeast: ports,
+		content: func() error {
+			want, err := apiRows(context.Background(), kube.Client, db)
+			if err != nil {
+				return err
+			}
+			return want.diff(cacheReader(watcher))
+		},
+		clock: clock,
+		alive: func() bool { return !p.Exited() },
+	}
+	return done.wait(b, 10*time.Minute).Sub(start)
 }
 
-// floorWrite writes the rows of d into an empty NB with no translation: whole switches with their
-// ports in 1000-operation transactions.
-func floorWrite(b *testing.B, dir string, d desired) time.Duration {
-	_, nb := startNB(b, filepath.Join(dir, fmt.Sprintf("floor-%d", time.Now().UnixNano()%1e6)))
+// floorWrite writes the rows of want (the cluster d) into the empty NB ovn with no translation, and
+// times it as the controller is timed. It writes the cluster rows with every router port in one
+// transaction, then whole switches with their ports, in 1000-operation transactions.
+func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Duration {
+	nb := connectNB(b, ovn.NBAddr)
+	watcher, clock := watchNB(b, ovn.NBAddr)
 	ctx := context.Background()
 	podsByNode := map[string][]translator.PodNetwork{}
 	for _, p := range d.pods {
 		podsByNode[p.Node] = append(podsByNode[p.Node], p)
 	}
-	start := time.Now()
 	var ops []ovsdb.Operation
 	named := 0
-	create := func(m model.Model) string {
+	create := func(m model.Model) (string, int) {
 		named++
 		id := fmt.Sprintf("r%d", named)
-		setUUID(m, id)
+		info, err := want.db.NewModelInfo(m)
+		if err == nil {
+			err = info.SetField("_uuid", id)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
 		o, err := nb.Create(m)
 		if err != nil {
 			b.Fatal(err)
 		}
 		ops = append(ops, o...)
-		return id
+		return id, len(ops) - 1
 	}
-	flush := func() {
+	flush := func() []ovsdb.OperationResult {
 		if len(ops) == 0 {
-			return
+			return nil
 		}
 		res, err := nb.Transact(ctx, ops...)
 		if err == nil {
@@ -275,41 +484,67 @@ func floorWrite(b *testing.B, dir string, d desired) time.Duration {
 			b.Fatal(err)
 		}
 		ops = ops[:0]
+		return res
 	}
-	var lrps []string
-	for _, n := range d.nodes {
-		rows := translator.NodeRows(n)
-		lrps = append(lrps, create(rows[1].Model))
-	}
-	create(&nbmodel.LogicalRouter{Name: translator.ClusterRouter, Ports: lrps})
-	flush()
-	for _, n := range d.nodes {
-		rows := translator.NodeRows(n)
-		ports := []string{create(rows[2].Model), create(rows[3].Model)}
-		for _, p := range podsByNode[n.Name] {
-			ports = append(ports, create(translator.PodRows(p)[0].Model))
+	// The rows, prepared before the clock starts.
+	var router *nbmodel.LogicalRouter
+	var group *nbmodel.LoadBalancerGroup
+	for _, m := range want.models(translator.ClusterOwner) {
+		switch m := m.(type) {
+		case *nbmodel.LogicalRouter:
+			router = m
+		case *nbmodel.LoadBalancerGroup:
+			group = m
 		}
-		ls := rows[0].Model.(*nbmodel.LogicalSwitch)
-		ls.Ports = ports
-		create(ls)
+	}
+	type nodeRows struct {
+		ls    *nbmodel.LogicalSwitch
+		lrp   *nbmodel.LogicalRouterPort
+		ports []model.Model
+	}
+	nodes := make([]nodeRows, len(d.nodes))
+	for i, n := range d.nodes {
+		for _, m := range want.models(translator.Owner(translator.KindNode, n.Name)) {
+			switch m := m.(type) {
+			case *nbmodel.LogicalSwitch:
+				nodes[i].ls = m
+			case *nbmodel.LogicalRouterPort:
+				nodes[i].lrp = m
+			default:
+				nodes[i].ports = append(nodes[i].ports, m)
+			}
+		}
+		for _, p := range podsByNode[n.Name] {
+			nodes[i].ports = append(nodes[i].ports, want.models(translator.Owner(translator.KindPod, p.Namespace+"/"+p.Name))...)
+		}
+	}
+
+	start := time.Now()
+	_, groupOp := create(group)
+	for _, n := range nodes {
+		id, _ := create(n.lrp)
+		router.Ports = append(router.Ports, id)
+	}
+	create(router)
+	groupUUID := flush()[groupOp].UUID.GoUUID
+	for _, n := range nodes {
+		for _, p := range n.ports {
+			id, _ := create(p)
+			n.ls.Ports = append(n.ls.Ports, id)
+		}
+		n.ls.LoadBalancerGroup = []string{groupUUID}
+		create(n.ls)
 		if len(ops) >= 1000 {
 			flush()
 		}
 	}
 	flush()
-	waitRows(b, nb, 2*len(d.nodes)+len(d.pods), time.Minute)
-	return time.Since(start)
-}
-
-func setUUID(m model.Model, id string) {
-	switch v := m.(type) {
-	case *nbmodel.LogicalSwitch:
-		v.UUID = id
-	case *nbmodel.LogicalSwitchPort:
-		v.UUID = id
-	case *nbmodel.LogicalRouterPort:
-		v.UUID = id
-	case *nbmodel.LogicalRouter:
-		v.UUID = id
+	done := syncDone{
+		what:    "NB floor",
+		count:   tableLen(watcher, nbmodel.LogicalSwitchPortTable),
+		atLeast: want.count(nbmodel.LogicalSwitchPortTable),
+		content: func() error { return want.diff(cacheReader(watcher)) },
+		clock:   clock,
 	}
+	return done.wait(b, 5*time.Minute).Sub(start)
 }

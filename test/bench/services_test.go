@@ -34,7 +34,6 @@ import (
 	"github.com/dunlinplugin/dunlin/nbmodel"
 	"github.com/dunlinplugin/dunlin/test/harness"
 	"github.com/dunlinplugin/dunlin/translator"
-	"github.com/dunlinplugin/dunlin/translator/nbstore"
 )
 
 const (
@@ -67,9 +66,11 @@ func serviceCount() int {
 
 // BenchmarkServices starts dunlin-controller against an apiserver holding 5,000 ClusterIP Services
 // with one 3-endpoint EndpointSlice each and an empty NB, and measures the time until a separate NB
-// client sees every Service load balancer with its backends. The floor is the same Load_Balancer rows
-// and their insertion into the cluster group, written by a minimal libovsdb writer in 1000-operation
-// transactions, in the same run. With the controller synced, it then updates 100 EndpointSlices per
+// client sees exactly the Service load balancers the translator's mapping gives (every managed
+// column: name, protocol, vips, options, ...; membership of the cluster group; no other load balancer
+// of these Services; see nbRows). The floor is the same Load_Balancer rows and their insertion into
+// the cluster group, written by a minimal libovsdb writer in 1000-operation transactions, timed the
+// same way, in the same run. With the controller synced, it then updates 100 EndpointSlices per
 // second for 20 s (one backend each) and measures, per update, the time from the API call to the new
 // backends in NB.
 func BenchmarkServices(b *testing.B) {
@@ -85,12 +86,16 @@ func BenchmarkServices(b *testing.B) {
 	t0 := time.Now()
 	set := populateServices(b, kube.Client, n)
 	b.Logf("created %d Services and EndpointSlices in %s", n, time.Since(t0).Round(time.Millisecond))
+	want, err := set.rows()
+	if err != nil {
+		b.Fatal(err)
+	}
 
 	var syncTotal, floorTotal time.Duration
 	var res changeResults
 	for i := range b.N {
-		floorTotal += floorServices(b, filepath.Join(dir, fmt.Sprintf("floor-%d", i)), set)
-		run := startServices(b, dir, fmt.Sprintf("svc-%d", i), bin, kube, set)
+		floorTotal += floorServices(b, filepath.Join(dir, fmt.Sprintf("floor-%d", i)), set, want)
+		run := startServices(b, dir, fmt.Sprintf("svc-%d", i), bin, kube, want)
 		syncTotal += run.took
 		b.Logf("controller metrics after cold sync:\n%s", scrapeMetrics(run.metricsURL))
 		res.add(set.changeStream(b, kube.Client, run.watch, uint64(i)))
@@ -127,16 +132,14 @@ func (s *benchService) lbName() string {
 	return translator.ServiceLBName(s.svc.Namespace, s.svc.Name, string(corev1.ProtocolTCP))
 }
 
-// lb is the row the controller should write for the Service with slice, from the controller's own
-// mapping, so the floor and the expectations match it column for column.
+// lb is the load balancer the controller should write for the Service with slice, from the
+// controller's own mapping: the change stream awaits its vips.
 func (s *benchService) lb(slice *discoveryv1.EndpointSlice) (*nbmodel.LoadBalancer, error) {
 	rows, problems := translator.ServiceRows(s.svc, []*discoveryv1.EndpointSlice{slice}, translator.ServiceEnv{Ranges: ranges})
 	if len(problems) > 0 || len(rows) != 1 {
 		return nil, fmt.Errorf("service %s/%s maps to %d rows, problems %v", s.svc.Namespace, s.svc.Name, len(rows), problems)
 	}
-	lb := rows[0].Model.(*nbmodel.LoadBalancer)
-	lb.ExternalIDs[nbstore.OwnerKey] = translator.Owner(translator.KindService, s.svc.Namespace+"/"+s.svc.Name)
-	return lb, nil
+	return rows[0].Model.(*nbmodel.LoadBalancer), nil
 }
 
 type serviceSet struct {
@@ -145,17 +148,26 @@ type serviceSet struct {
 	next int
 }
 
-// want is every Service load balancer's vips after a complete sync.
-func (s *serviceSet) want(b *testing.B) map[string]map[string]string {
-	out := make(map[string]map[string]string, len(s.svcs))
-	for _, bs := range s.svcs {
-		lb, err := bs.lb(bs.slice)
-		if err != nil {
-			b.Fatal(err)
-		}
-		out[lb.Name] = lb.Vips
+// rows are the NB rows of the benchmark's Services after a complete sync, from the translator's
+// mapping; only the rows of these Services are compared (the apiserver's own kubernetes Service has a
+// load balancer too).
+func (s *serviceSet) rows() (*nbRows, error) {
+	db, err := nbDatabaseModel()
+	if err != nil {
+		return nil, err
 	}
-	return out
+	prefix := translator.Owner(translator.KindService, svcNamespace+"/")
+	want := newNBRows(db, func(owner string) bool { return strings.HasPrefix(owner, prefix) })
+	for _, bs := range s.svcs {
+		rows, problems := translator.ServiceRows(bs.svc, []*discoveryv1.EndpointSlice{bs.slice}, translator.ServiceEnv{Ranges: ranges})
+		if len(problems) > 0 {
+			return nil, fmt.Errorf("service %s/%s: %v", bs.svc.Namespace, bs.svc.Name, problems)
+		}
+		if err := want.add(translator.Owner(translator.KindService, bs.svc.Namespace+"/"+bs.svc.Name), rows); err != nil {
+			return nil, err
+		}
+	}
+	return want, nil
 }
 
 func addrAt(base netip.Addr, off int) netip.Addr {
@@ -261,14 +273,10 @@ func createService(ctx context.Context, kube kubernetes.Interface, i int, nodes 
 // is what any NB reader (ovn-northd) would see, not the writer's cache.
 type lbWatch struct {
 	cli client.Client
+	// clock is when the watch last saw a load balancer change.
+	clock *changeClock
 
 	mu sync.Mutex
-	// want is the vips of every load balancer of a complete sync; good counts those that match.
-	want   map[string]map[string]string
-	good   map[string]bool
-	nGood  int
-	done   chan struct{}
-	doneAt time.Time
 	// pending are the changes awaited in NB, by load balancer name; seenAt when each change was
 	// seen, by change number.
 	pending map[string]pendingChange
@@ -280,7 +288,7 @@ type pendingChange struct {
 	vips map[string]string
 }
 
-func newLBWatch(b *testing.B, addr string, want map[string]map[string]string) *lbWatch {
+func newLBWatch(b *testing.B, addr string) *lbWatch {
 	ctx := context.Background()
 	dbModel, err := nbmodel.FullDatabaseModel()
 	if err != nil {
@@ -295,14 +303,15 @@ func newLBWatch(b *testing.B, addr string, want map[string]map[string]string) *l
 		b.Fatal(err)
 	}
 	b.Cleanup(cli.Close)
-	w := &lbWatch{cli: cli, want: want, good: map[string]bool{}, done: make(chan struct{}),
-		pending: map[string]pendingChange{}, seenAt: map[int]time.Time{}}
+	w := &lbWatch{cli: cli, clock: &changeClock{}, pending: map[string]pendingChange{}, seenAt: map[int]time.Time{}}
 	// Events carry the time they are handled: that is when NB's content is known to this client.
 	cli.Cache().AddEventHandler(&cache.EventHandlerFuncs{
 		AddFunc:    func(_ string, m model.Model) { w.seen(m) },
 		UpdateFunc: func(_ string, _, m model.Model) { w.seen(m) },
+		DeleteFunc: func(string, model.Model) { w.clock.touch() },
 	})
-	// Only Load_Balancer: the group's 5,000-UUID set would cost this client more than the rows.
+	// Only Load_Balancer: the group's 5,000-UUID set would cost this client more than the rows (the
+	// group's membership is read once, when the rows are complete: see done).
 	if _, err := cli.Monitor(ctx, cli.NewMonitor(client.WithTable(&nbmodel.LoadBalancer{}))); err != nil {
 		b.Fatal(err)
 	}
@@ -311,56 +320,30 @@ func newLBWatch(b *testing.B, addr string, want map[string]map[string]string) *l
 
 func (w *lbWatch) seen(m model.Model) {
 	now := time.Now()
+	w.clock.touch()
 	lb, ok := m.(*nbmodel.LoadBalancer)
 	if !ok {
 		return
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if want, ok := w.want[lb.Name]; ok && w.doneAt.IsZero() {
-		if good := maps.Equal(lb.Vips, want); good != w.good[lb.Name] {
-			w.good[lb.Name] = good
-			if good {
-				w.nGood++
-			} else {
-				w.nGood--
-			}
-			if w.nGood == len(w.want) {
-				w.doneAt = now
-				close(w.done)
-			}
-		}
-	}
 	if p, ok := w.pending[lb.Name]; ok && maps.Equal(lb.Vips, p.vips) {
 		w.seenAt[p.id] = now
 		delete(w.pending, lb.Name)
 	}
 }
 
-// wait returns when every wanted load balancer was seen complete, failing after timeout or when
-// alive says the writer is gone.
-func (w *lbWatch) wait(b *testing.B, timeout time.Duration, alive func() bool) time.Time {
-	deadline := time.After(timeout)
-	tick := time.NewTicker(time.Second)
-	defer tick.Stop()
-	for {
-		select {
-		case <-w.done:
-			return w.doneAt
-		case <-tick.C:
-			if alive != nil && !alive() {
-				b.Fatalf("writer exited before NB was complete (%d/%d load balancers)", w.complete(), len(w.want))
-			}
-		case <-deadline:
-			b.Fatalf("NB had %d/%d complete load balancers after %s", w.complete(), len(w.want), timeout)
-		}
+// done tells when NB holds exactly the wanted load balancers, in the cluster group. alive, if set,
+// says whether the writer still runs.
+func (w *lbWatch) done(what string, want *nbRows, alive func() bool) syncDone {
+	return syncDone{
+		what:    what,
+		count:   tableLen(w.cli, nbmodel.LoadBalancerTable),
+		atLeast: want.count(nbmodel.LoadBalancerTable),
+		content: func() error { return want.diff(selectReader(w.cli, nbmodel.LoadBalancerGroupTable)) },
+		clock:   w.clock,
+		alive:   alive,
 	}
-}
-
-func (w *lbWatch) complete() int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.nGood
 }
 
 // expect registers a change to await; it is registered before the API call, so that an NB update
@@ -395,17 +378,16 @@ func (w *lbWatch) nPending() int {
 
 // floorServices writes the load balancers of set into an empty NB with no translation: the group,
 // then per load balancer an insert and a mutate of the group, in 1000-operation transactions, through
-// a client that monitors the same tables as the controller's.
-func floorServices(b *testing.B, dir string, set *serviceSet) time.Duration {
-	ovn, nb := startNB(b, dir)
-	w := newLBWatch(b, ovn.NBAddr, set.want(b))
+// a client that monitors the same tables as the controller's. It is timed as the controller is.
+func floorServices(b *testing.B, dir string, set *serviceSet, want *nbRows) time.Duration {
+	ovn := startNB(b, dir)
+	nb := connectNB(b, ovn.NBAddr)
+	w := newLBWatch(b, ovn.NBAddr)
 	var lbs []*nbmodel.LoadBalancer
 	for _, bs := range set.svcs {
-		lb, err := bs.lb(bs.slice)
-		if err != nil {
-			b.Fatal(err)
+		for _, m := range want.models(translator.Owner(translator.KindService, bs.svc.Namespace+"/"+bs.svc.Name)) {
+			lbs = append(lbs, m.(*nbmodel.LoadBalancer))
 		}
-		lbs = append(lbs, lb)
 	}
 	ctx := context.Background()
 	transact := func(ops []ovsdb.Operation) []ovsdb.OperationResult {
@@ -447,7 +429,7 @@ func floorServices(b *testing.B, dir string, set *serviceSet) time.Duration {
 	if len(ops) > 0 {
 		transact(ops)
 	}
-	return w.wait(b, time.Minute, nil).Sub(start)
+	return w.done("load balancer floor", want, nil).wait(b, 5*time.Minute).Sub(start)
 }
 
 type servicesRun struct {
@@ -457,21 +439,15 @@ type servicesRun struct {
 	metricsURL string
 }
 
-// startServices starts the controller against an empty NB and returns once NB holds every Service
-// load balancer complete; the controller keeps running.
-func startServices(b *testing.B, dir, run, bin string, kube *harness.Kube, set *serviceSet) servicesRun {
-	ovn, err := harness.StartOVN(context.Background(), harness.OVNOptions{Dir: filepath.Join(dir, "nb-"+run)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { ovn.Stop() })
-	w := newLBWatch(b, ovn.NBAddr, set.want(b))
+// startServices starts the controller against an empty NB and returns once NB holds exactly the
+// wanted load balancers; the controller keeps running.
+func startServices(b *testing.B, dir, run, bin string, kube *harness.Kube, want *nbRows) servicesRun {
+	ovn := startNB(b, filepath.Join(dir, "nb-"+run))
+	w := newLBWatch(b, ovn.NBAddr)
 	metricsAddr := freeAddr(b)
 	logPath := filepath.Join(dir, run+".log")
 	start := time.Now()
-	p, err := harness.StartProcess("dunlin-controller", logPath, nil, bin,
-		"--kubeconfig", kube.Kubeconfig, "--nb-address", ovn.NBAddr,
-		"--metrics-bind-address", metricsAddr, "--leader-elect=false")
+	p, err := harness.StartProcess("dunlin-controller", logPath, nil, bin, controllerArgs(kube, ovn.NBAddr, metricsAddr)...)
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -483,7 +459,7 @@ func startServices(b *testing.B, dir, run, bin string, kube *harness.Kube, set *
 		}
 		return true
 	}
-	took := w.wait(b, 10*time.Minute, alive).Sub(start)
+	took := w.done("controller "+run, want, alive).wait(b, 10*time.Minute).Sub(start)
 	return servicesRun{took: took, watch: w, proc: p, metricsURL: "http://" + metricsAddr + "/metrics"}
 }
 

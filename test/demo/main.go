@@ -3,8 +3,9 @@
 // each with OVS on the userspace datapath, ovn-controller, dunlin-node and a stand-in kubelet that
 // creates pod sandboxes through the installed CNI plugin. Everything is built from this tree. The demo
 // creates pods, shows what an operator would look at (with the commands that produced it), sends HTTP
-// and ping between every pair of pods, deletes and replaces a pod, and puts a ClusterIP Service (an OVN
-// load balancer) in front of the pods and sends requests to it. `make demo` runs it; with -keep
+// and ping between every pair of pods, deletes and replaces a pod, puts a ClusterIP Service (an OVN
+// load balancer) in front of the pods and sends requests to it, and isolates the pods with a default-deny
+// NetworkPolicy and then an allow, probing after each. `make demo` runs it; with -keep
 // everything stays up until Ctrl-C. Everything lives in one temporary directory, removed at the end.
 package main
 
@@ -137,6 +138,9 @@ func run(ctx context.Context, o options) (err error) {
 		return err
 	}
 	if err := d.service(ctx); err != nil {
+		return err
+	}
+	if err := d.policies(ctx); err != nil {
 		return err
 	}
 	if len(d.failures) == 0 {

@@ -73,7 +73,8 @@ func (d *demo) createNamespace(ctx context.Context) error {
 func (d *demo) createPod(ctx context.Context, p *pod) error {
 	obj := &corev1.Pod{
 		// Every demo pod is a backend of the Service the demo creates last.
-		ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: namespace, Labels: serviceSelector},
+		ObjectMeta: metav1.ObjectMeta{Name: p.name, Namespace: namespace,
+			Labels: map[string]string{"app": serviceSelector["app"], letterLabel: letter(p)}},
 		Spec: corev1.PodSpec{
 			NodeName:   p.node.Name,
 			Containers: []corev1.Container{{Name: "podserver", Image: podImage}},

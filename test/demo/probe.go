@@ -161,6 +161,11 @@ func podRows(srcs []*pod, get func(src, dst *pod) error) []matrixRow {
 // printMatrix prints the rows with a column per pod, grouped by node: a column is headed by its node
 // and the pod's letter, and rules separate the nodes.
 func printMatrix(corner string, rows []matrixRow, cols []*pod) {
+	printMatrixMarks(corner, rows, cols, "FAIL")
+}
+
+// printMatrixMarks is printMatrix marking failed cells with failMark.
+func printMatrixMarks(corner string, rows []matrixRow, cols []*pod, failMark string) {
 	const cellWidth = 5 // "FAIL" and a space
 	labelWidth := len(corner)
 	for _, r := range rows {
@@ -195,7 +200,7 @@ func printMatrix(corner string, rows []matrixRow, cols []*pod) {
 			for _, c := range g {
 				mark := "ok"
 				if r.cell(c) != nil {
-					mark = "FAIL"
+					mark = failMark
 				}
 				fmt.Fprintf(&cells, "%-*s", cellWidth, mark)
 			}

@@ -54,8 +54,12 @@ func (c *cluster) recreateOn(ns, name, node string) {
 // see it happen, gets its port moved to the new node's switch.
 func TestPodRecreatedOnAnotherNodeMovesItsPort(t *testing.T) {
 	c := newCluster(t)
-	c.createNode("a")
-	c.createNode("b")
+	// As their dunlin-node would, the nodes announce iface-id-ver, so ports carry the pod UID.
+	withAgent := func(n *corev1.Node) {
+		n.Annotations = map[string]string{annotations.NodeFeatures: annotations.AgentFeatures()}
+	}
+	c.createNode("a", withAgent)
+	c.createNode("b", withAgent)
 	c.createPod("default", "web-6", "a")
 	c.expectPortOn("default", "web-6", "a")
 

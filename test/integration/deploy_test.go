@@ -54,7 +54,7 @@ func TestDeployManifests(t *testing.T) {
 		t.Fatal(err)
 	}
 	// What dunlin-node does with the API: watch the pods of its node, read its Node.
-	for _, verb := range [][]string{{"list", "pods"}, {"watch", "pods"}, {"get", "pods"}, {"get", "nodes"}} {
+	for _, verb := range [][]string{{"list", "pods"}, {"watch", "pods"}, {"get", "pods"}, {"get", "nodes"}, {"patch", "nodes"}} {
 		out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", kube.Kubeconfig, "auth", "can-i", verb[0], verb[1],
 			"--all-namespaces", "--as=system:serviceaccount:dunlin-system:dunlin-node").CombinedOutput()
 		if err != nil || strings.TrimSpace(string(out)) != "yes" {
@@ -63,7 +63,8 @@ func TestDeployManifests(t *testing.T) {
 	}
 	// What dunlin-controller watches.
 	for _, verb := range [][]string{{"watch", "nodes"}, {"patch", "pods"}, {"list", "services"}, {"watch", "services"},
-		{"list", "endpointslices.discovery.k8s.io"}, {"watch", "endpointslices.discovery.k8s.io"}, {"create", "events"}} {
+		{"list", "endpointslices.discovery.k8s.io"}, {"watch", "endpointslices.discovery.k8s.io"}, {"create", "events"},
+		{"watch", "networkpolicies.networking.k8s.io"}, {"list", "namespaces"}, {"watch", "namespaces"}} {
 		out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", kube.Kubeconfig, "auth", "can-i", verb[0], verb[1],
 			"--all-namespaces", "--as=system:serviceaccount:dunlin-system:dunlin-controller").CombinedOutput()
 		if err != nil || strings.TrimSpace(string(out)) != "yes" {

@@ -68,6 +68,13 @@ type cluster struct {
 
 func newCluster(t *testing.T, flags ...string) *cluster {
 	t.Helper()
+	return newClusterWith(t, harness.OVNOptions{}, flags...)
+}
+
+// newClusterWith is newCluster with OVN central as o says (WithSB: also SB and ovn-northd, for tests
+// that read logical flows).
+func newClusterWith(t *testing.T, o harness.OVNOptions, flags ...string) *cluster {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	dir, err := os.MkdirTemp("", "dl")
@@ -88,7 +95,8 @@ func newCluster(t *testing.T, flags ...string) *cluster {
 		}
 		os.RemoveAll(dir)
 	})
-	if c.ovn, err = harness.StartOVN(ctx, harness.OVNOptions{Dir: filepath.Join(dir, "ovn")}); err != nil {
+	o.Dir = filepath.Join(dir, "ovn")
+	if c.ovn, err = harness.StartOVN(ctx, o); err != nil {
 		t.Fatal(err)
 	}
 	if c.kube, err = harness.StartKube(ctx, harness.KubeOptions{Dir: filepath.Join(dir, "kube")}); err != nil {

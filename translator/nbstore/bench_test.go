@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dunlinplugin/dunlin/nbmodel"
+	"github.com/dunlinplugin/dunlin/test/harness"
 	"github.com/dunlinplugin/dunlin/translator"
 	"github.com/dunlinplugin/dunlin/translator/nbstore"
 )
@@ -129,7 +130,7 @@ func newBenchEnv(b *testing.B, specs map[string]nbstore.TableSpec) *benchEnv {
 	b.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	b.Cleanup(cancel)
-	ovn := startOVN(ctx, b)
+	ovn := harness.StartTestOVN(ctx, b)
 	nb, store := connectStore(ctx, b, ovn.NBAddr, specs)
 	e := &benchEnv{store: store, committer: nbstore.NewCommitter(nb, 1000, 30*time.Second, nbstore.NewMetrics(prometheus.NewRegistry()))}
 	go e.committer.Run(ctx)

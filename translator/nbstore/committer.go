@@ -32,6 +32,13 @@ const (
 	CommitKey = "dunlin.io/commit"
 )
 
+// Connected reports whether cli has a live connection. libovsdb's own Connected stays true while it
+// reconnects; it then has no current endpoint.
+func Connected(cli client.Client) bool { return cli.Connected() && cli.CurrentEndpoint() != "" }
+
+// ErrNotConnected is returned while the NB database is unreachable.
+var ErrNotConnected = errors.New("not connected to the NB database")
+
 // ErrFenced is returned once another controller has claimed the database (see Claim): this one must stop
 // writing.
 var ErrFenced = errors.New("another dunlin-controller has claimed the NB database")
@@ -282,6 +289,11 @@ func describeOp(op ovsdb.Operation) string {
 // transact sends the batch's operations, framed by the fence check and the commit marker. offsets[i] is
 // where caller i's operations start; the last entry is where the marker is.
 func (c *Committer) transact(ctx context.Context, batch []*commitReq) ([]ovsdb.OperationResult, []ovsdb.Operation, []int, uint64, error) {
+	// With reconnection on, the library holds a transaction until the database is back: fail at once
+	// instead, so one outage does not queue every writer behind a timeout (they retry with backoff).
+	if !Connected(c.cli) {
+		return nil, nil, nil, 0, ErrNotConnected
+	}
 	global, err := c.globalUUID()
 	if err != nil {
 		return nil, nil, nil, 0, err

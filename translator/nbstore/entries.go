@@ -157,11 +157,12 @@ func (s *Store) entryOps(ops *Txn, owner string, t *entryTarget) (bool, error) {
 		}
 		for _, k := range slices.Sorted(maps.Keys(want)) {
 			v, present := cur[k]
+			if present && !slices.Contains(held, k) {
+				// Someone else's key, even with the same value: taking it over would later delete it.
+				return false, &ConflictError{Table: t.table, Name: col + ":" + k, Owner: s.entryHolder(ids, col, k)}
+			}
 			if present && v == want[k] {
 				continue
-			}
-			if present && !slices.Contains(held, k) {
-				return false, &ConflictError{Table: t.table, Name: col + ":" + k, Owner: s.entryHolder(ids, col, k)}
 			}
 			if present {
 				del = append(del, k)

@@ -193,7 +193,13 @@ func (s *Store) parents(table, id string, row Row) ([]Parent, error) {
 		}
 		out = append(out, p)
 	}
-	if !s.root[table] && (len(out) != 1 || out[0].Table != spec.ParentTable || out[0].Column != spec.ParentColumn) {
+	switch {
+	case s.root[table]:
+	case spec.ParentTable == "":
+		if len(out) > 0 {
+			return nil, fmt.Errorf("%s %q is held through Refs, not parents", table, id)
+		}
+	case len(out) != 1 || out[0].Table != spec.ParentTable || out[0].Column != spec.ParentColumn:
 		return nil, fmt.Errorf("%s %q must have exactly one parent in %s.%s", table, id, spec.ParentTable, spec.ParentColumn)
 	}
 	return out, nil
@@ -320,6 +326,9 @@ func (s *Store) update(ops *Txn, table, uuid string, cur, want model.Model) erro
 // garbage-collects it; a root row is deleted, its weak references vanishing with it.
 func (s *Store) delete(ops *Txn, table, uuid string) error {
 	spec := s.specs[table]
+	if !s.root[table] && spec.ParentTable == "" {
+		return nil // held through another row's Refs: it goes when that row drops it
+	}
 	if !s.root[table] {
 		op, err := s.dropFromHolders(spec.ParentTable, spec.ParentColumn, uuid)
 		if err != nil {

@@ -1,6 +1,7 @@
 package nbstore
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -58,9 +59,15 @@ func (s *Store) resolveRefs(txn *Txn, table, id string, info *mapper.Info, refs 
 		if target == "" {
 			return fmt.Errorf("%s column %q does not reference another table", table, col)
 		}
+		// Members (a port group's ports) that do not exist yet are left out: their owner's sync writes
+		// them, and the set's owner is planned again then. Other references must resolve.
+		member := slices.Contains(s.specs[table].MemberColumns, col)
 		uuids := make([]string, 0, len(refs[col]))
 		for _, ref := range refs[col] {
 			uuid, _, err := s.findOwned(txn, target, ref)
+			if member && errors.Is(err, ErrParentMissing) {
+				continue
+			}
 			if err != nil {
 				return fmt.Errorf("%s %q column %s: %w", table, id, col, err)
 			}

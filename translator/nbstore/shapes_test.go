@@ -34,13 +34,13 @@ func TestStoreMovesPortToItsNewSwitch(t *testing.T) {
 	e.mustApply(t, translator.ClusterOwner, translator.ClusterRows())
 	e.mustApply(t, "Node/a", node("a", "10.244.1.0/24"))
 	e.mustApply(t, "Node/b", node("b", "10.244.2.0/24"))
-	pod := translator.PodNetwork{Namespace: "ns", Name: "web-6", UID: "u1", Node: "a", Addr: mustAddr("10.244.1.3")}
+	pod := translator.PodNetwork{Namespace: "ns", Name: "web-6", UID: "u1", Node: "a", Addr: mustAddr("10.244.1.3"), IfaceIDVer: true}
 	e.mustApply(t, "Pod/ns/web-6", translator.PodRows(pod))
 	uuid := e.nbctl(t, "--bare", "--columns=_uuid", "find", "Logical_Switch_Port", "name=ns_web-6")
 
 	// The pod comes back on node b: its port moves, in one transaction of three operations (the
 	// update of its columns, the drop from a, the insert into b).
-	pod = translator.PodNetwork{Namespace: "ns", Name: "web-6", UID: "u2", Node: "b", Addr: mustAddr("10.244.2.3")}
+	pod = translator.PodNetwork{Namespace: "ns", Name: "web-6", UID: "u2", Node: "b", Addr: mustAddr("10.244.2.3"), IfaceIDVer: true}
 	if n := e.mustApply(t, "Pod/ns/web-6", translator.PodRows(pod)); n != 3 {
 		t.Fatalf("moving the port sent %d operations, want 3", n)
 	}

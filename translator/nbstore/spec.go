@@ -42,7 +42,8 @@ type TableSpec struct {
 	// addresses, a port group's ports).
 	MemberColumns []string
 	// ParentTable and ParentColumn are the default parent of a row: the set column of another row that
-	// references it. Rows of non-root tables need one.
+	// references it. A row of a non-root table without one is held through another row's Refs (a
+	// meter's bands): it is created before that row and goes with it.
 	ParentTable, ParentColumn string
 	// Keyed tables have no name column: a row is identified within its owner by Row.ID, stored in
 	// external_ids[IDKey] and indexed in the client together with the owner.
@@ -171,9 +172,6 @@ func checkSpec(table string, spec TableSpec, ts *ovsdb.TableSchema) error {
 	}
 	if spec.Keyed && ts.Column("external_ids") == nil {
 		return fmt.Errorf("table %s: a Keyed table needs external_ids", table)
-	}
-	if !ts.IsRoot && spec.ParentTable == "" {
-		return fmt.Errorf("table %s is not a root table: its spec needs a parent", table)
 	}
 	return nil
 }

@@ -3,7 +3,6 @@ package nbstore_test
 import (
 	"context"
 	"errors"
-	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -35,27 +34,11 @@ func newEnvWith(t *testing.T, specs map[string]nbstore.TableSpec) *env {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
-	e := &env{ovn: startOVN(ctx, t)}
+	e := &env{ovn: harness.StartTestOVN(ctx, t)}
 	e.nb, e.store = connectStore(ctx, t, e.ovn.NBAddr, specs)
 	e.committer = nbstore.NewCommitter(e.nb, 1000, 10*time.Second, nbstore.NewMetrics(prometheus.NewRegistry()))
 	go e.committer.Run(ctx)
 	return e
-}
-
-// startOVN starts a real NB (and SB, northd) for the test.
-func startOVN(ctx context.Context, t testing.TB) *harness.OVN {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "dl")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	ovn, err := harness.StartOVN(ctx, harness.OVNOptions{Dir: dir})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { ovn.Stop() })
-	return ovn
 }
 
 // connectStore connects a client monitoring the tables of specs and returns it with its store.
