@@ -16,18 +16,23 @@ import (
 	"github.com/ovn-kubernetes/libovsdb/ovsdb"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/internal/conventions"
 	"github.com/dunlinplugin/dunlin/translator"
 	"github.com/dunlinplugin/dunlin/translator/nbstore"
 )
 
 // Convergence: NB holds exactly the rows that Dunlin's mapping gives for the objects in the API, whole
 // rows compared. The expected rows come from the translator's pure mapping functions (ClusterRows,
-// NodeRows, PodRows, ServiceRows) fed with the nodes', pods', Services' and EndpointSlices' current
-// state, so the check follows the mapping as it evolves; NB is read with ovn-nbctl, the real client.
+// NodeRows, PodRows, ServiceRows, and for NetworkPolicy ClusterPolicyRows, PolicyRows,
+// NamespaceDenyRows and PeerRows) fed with the current nodes, pods, Services, EndpointSlices,
+// namespaces and NetworkPolicies, so the check follows the mapping as it evolves; NB is read with
+// ovn-nbctl, the real client.
 // For every row of every table Dunlin manages (translator.TableSpecs) it compares each column Dunlin
 // sets (external_ids with the owner key included), and every reference between rows of those tables
 // that starts or ends at a Dunlin row: which switch a port is on, which router a router port, which
@@ -43,6 +48,8 @@ type ConvergeOptions struct {
 	ClusterCIDR netip.Prefix
 	// AffinityByHash is --session-affinity=hash.
 	AffinityByHash bool
+	// ACLLogRate is --acl-log-rate; zero means its default.
+	ACLLogRate int
 	// Nodes, when not nil, are exactly the nodes that must have a switch: it is an error while one of
 	// them has no subnet yet or another node has one.
 	Nodes []string
@@ -50,10 +57,11 @@ type ConvergeOptions struct {
 
 // ConvergeOptionsFromFlags reads the ConvergeOptions that dunlin-controller flags imply.
 func ConvergeOptionsFromFlags(flags []string) (ConvergeOptions, error) {
-	o := ConvergeOptions{ClusterCIDR: translator.DefaultConfig().ClusterCIDR}
+	def := translator.DefaultConfig()
+	o := ConvergeOptions{ClusterCIDR: def.ClusterCIDR, ACLLogRate: def.ACLLogRate}
 	for i := 0; i < len(flags); i++ {
 		name, value, hasValue := strings.Cut(strings.TrimLeft(flags[i], "-"), "=")
-		if name != "cluster-cidr" && name != "session-affinity" {
+		if name != "cluster-cidr" && name != "session-affinity" && name != "acl-log-rate" {
 			continue
 		}
 		if !hasValue && i+1 < len(flags) {
@@ -69,6 +77,12 @@ func ConvergeOptionsFromFlags(flags []string) (ConvergeOptions, error) {
 			o.ClusterCIDR = p
 		case "session-affinity":
 			o.AffinityByHash = value == translator.AffinityHash
+		case "acl-log-rate":
+			r, err := strconv.Atoi(value)
+			if err != nil {
+				return o, fmt.Errorf("--acl-log-rate %q: %w", value, err)
+			}
+			o.ACLLogRate = r
 		}
 	}
 	return o, nil
@@ -92,6 +106,9 @@ func (c *Cluster) CheckConverged(ctx context.Context) error {
 func (o *OVN) CheckConverged(ctx context.Context, kube kubernetes.Interface, opts ConvergeOptions) error {
 	if !opts.ClusterCIDR.IsValid() {
 		opts.ClusterCIDR = translator.DefaultConfig().ClusterCIDR
+	}
+	if opts.ACLLogRate == 0 {
+		opts.ACLLogRate = translator.DefaultConfig().ACLLogRate
 	}
 	nb, err := newNBDescriber()
 	if err != nil {
@@ -129,8 +146,10 @@ func expectedRows(ctx context.Context, kube kubernetes.Interface, opts ConvergeO
 		return nil, err
 	}
 	subnets := map[string]netip.Prefix{}
+	byName := map[string]*corev1.Node{}
 	for i := range nodes.Items {
 		n := &nodes.Items[i]
+		byName[n.Name] = n
 		ps, _, err := annotations.DeclaredNodeSubnets(n)
 		if p := annotations.IPv4Subnet(ps); err == nil && p.IsValid() {
 			subnets[n.Name] = p
@@ -151,6 +170,7 @@ func expectedRows(ctx context.Context, kube kubernetes.Interface, opts ConvergeO
 		return nil, err
 	}
 	byAddr := map[netip.Addr]string{}
+	networked := map[string][]translator.PolicyPod{} // by namespace, in name order
 	for _, p := range pods.Items {
 		if p.Spec.NodeName == "" || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
@@ -177,8 +197,10 @@ func expectedRows(ctx context.Context, kube kubernetes.Interface, opts ConvergeO
 			return nil, fmt.Errorf("address %s given to both %s and %s", addr, other, key)
 		}
 		byAddr[addr] = key
+		networked[p.Namespace] = append(networked[p.Namespace], translator.PolicyPod{Pod: &p, Addr: addr})
 		add(translator.Owner(translator.KindPod, key), translator.PodRows(translator.PodNetwork{
 			Namespace: p.Namespace, Name: p.Name, UID: string(p.UID), Node: p.Spec.NodeName, Addr: addr,
+			IfaceIDVer: annotations.HasFeature(byName[p.Spec.NodeName], annotations.FeatureIfaceIDVer),
 		}))
 	}
 
@@ -207,6 +229,109 @@ func expectedRows(ctx context.Context, kube kubernetes.Interface, opts ConvergeO
 		key := svc.Namespace + "/" + svc.Name
 		rs, _ := translator.ServiceRows(svc, bySvc[key], env)
 		add(translator.Owner(translator.KindService, key), rs)
+	}
+
+	var mgmt []netip.Addr
+	for _, name := range switchNodes {
+		mgmt = append(mgmt, conventions.ManagementIP(subnets[name]))
+	}
+	add(translator.ClusterOwner, translator.ClusterPolicyRows(mgmt, opts.ACLLogRate))
+	prs, err := policyRows(ctx, kube, networked, opts)
+	if err != nil {
+		return nil, err
+	}
+	return append(rows, prs...), nil
+}
+
+// policyRows are the NetworkPolicy rows, computed as the controller does: per policy its rows, per
+// namespace with policies its default deny, per distinct peer its address set. networked are the
+// networked pods by namespace.
+func policyRows(ctx context.Context, kube kubernetes.Interface, networked map[string][]translator.PolicyPod, opts ConvergeOptions) ([]expectedRow, error) {
+	for _, pods := range networked {
+		slices.SortFunc(pods, func(a, b translator.PolicyPod) int { return strings.Compare(a.Pod.Name, b.Pod.Name) })
+	}
+	nsList, err := kube.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	policies, err := kube.NetworkingV1().NetworkPolicies("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return nil, err
+	}
+	peerPods := func(peer translator.PolicyPeer) []translator.PolicyPod {
+		var out []translator.PolicyPod
+		for _, n := range nsList.Items {
+			if peer.Namespaces == nil && n.Name != peer.Namespace || peer.Namespaces != nil && !peer.Namespaces.Matches(labels.Set(n.Labels)) {
+				continue
+			}
+			for _, p := range networked[n.Name] {
+				if peer.Pods.Matches(labels.Set(p.Pod.Labels)) {
+					out = append(out, p)
+				}
+			}
+		}
+		return out
+	}
+	logging := map[string]string{}
+	for _, n := range nsList.Items {
+		logging[n.Name] = n.Annotations[translator.ACLLoggingAnnotation]
+	}
+	env := func(ns string) translator.PolicyEnv {
+		return translator.PolicyEnv{Pods: networked[ns], PeerPods: peerPods, Logging: logging[ns], PodNetwork: opts.ClusterCIDR}
+	}
+	var rows []expectedRow
+	add := func(owner string, rs []nbstore.Row) {
+		for _, r := range rs {
+			rows = append(rows, expectedRow{owner, r})
+		}
+	}
+	byNS := map[string][]*networkingv1.NetworkPolicy{}
+	peers := map[string]translator.PolicyPeer{}
+	for i := range policies.Items {
+		np := &policies.Items[i]
+		byNS[np.Namespace] = append(byNS[np.Namespace], np)
+		rs, _ := translator.PolicyRows(np, env(np.Namespace))
+		add(translator.Owner(translator.KindPolicy, np.Namespace+"/"+np.Name), rs)
+		ps, _ := translator.PolicyPeers(np)
+		for _, p := range ps {
+			peers[p.Hash()] = p
+		}
+	}
+	for _, ns := range slices.Sorted(maps.Keys(byNS)) {
+		isolated := [2]map[string]translator.PolicyPod{{}, {}}
+		var names [2][]string
+		for _, np := range byNS[ns] {
+			selected, err := translator.SelectedPods(np, networked[ns])
+			if err != nil {
+				continue
+			}
+			in, out := translator.PolicyTypes(np)
+			for d, on := range []bool{in, out} {
+				if !on {
+					continue
+				}
+				names[d] = append(names[d], np.Name)
+				for _, p := range selected {
+					isolated[d][p.Pod.Name] = p
+				}
+			}
+		}
+		sorted := func(m map[string]translator.PolicyPod) []translator.PolicyPod {
+			out := []translator.PolicyPod{}
+			for _, k := range slices.Sorted(maps.Keys(m)) {
+				out = append(out, m[k])
+			}
+			return out
+		}
+		add(translator.Owner(translator.KindPolicyNamespace, ns),
+			translator.NamespaceDenyRows(ns, sorted(isolated[0]), sorted(isolated[1]), names[0], names[1], logging[ns]))
+	}
+	for _, h := range slices.Sorted(maps.Keys(peers)) {
+		var addrs []netip.Addr
+		for _, p := range peerPods(peers[h]) {
+			addrs = append(addrs, p.Addr)
+		}
+		add(peers[h].Owner(), translator.PeerRows(peers[h], addrs))
 	}
 	return rows, nil
 }
@@ -305,7 +430,7 @@ func (d *nbDescriber) compared(table string) []string {
 	spec := d.specs[table]
 	var cols []string
 	for _, col := range append(slices.Clone(spec.Columns), spec.MemberColumns...) {
-		if col != "name" && d.refTable(table, col) == "" {
+		if (col != "name" || spec.Keyed) && d.refTable(table, col) == "" {
 			cols = append(cols, col)
 		}
 	}

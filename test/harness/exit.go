@@ -15,6 +15,8 @@ func (p *Process) Signal(sig syscall.Signal) error {
 	if p.p.exited() {
 		return fmt.Errorf("signal %s: %s has already exited", sig, p.p.name)
 	}
+	// The exit a signal from the test causes is expected, not a death (see Died).
+	p.p.stopping.Store(true)
 	if err := syscall.Kill(-p.p.cmd.Process.Pid, sig); err != nil {
 		return fmt.Errorf("signal %s to %s: %w", sig, p.p.name, err)
 	}

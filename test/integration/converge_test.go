@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
+	networkingv1 "k8s.io/api/networking/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/dunlinplugin/dunlin/test/harness"
@@ -34,8 +36,18 @@ func TestConvergeCheckSeesDifferences(t *testing.T) {
 	for _, n := range nodes {
 		c.createNode(n)
 	}
-	c.createPod("default", "p1", "n1")
-	c.createPod("default", "p2", "n2")
+	label := func(v string) func(*corev1.Pod) {
+		return func(p *corev1.Pod) { p.Labels = map[string]string{"pod": v} }
+	}
+	c.createPod("default", "p1", "n1", label("a"))
+	c.createPod("default", "p2", "n2", label("b"))
+	c.createPolicy(&networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "allow-b"},
+		Spec: networkingv1.NetworkPolicySpec{
+			PodSelector: metav1.LabelSelector{MatchLabels: map[string]string{"pod": "a"}},
+			Ingress: []networkingv1.NetworkPolicyIngressRule{{
+				From: []networkingv1.NetworkPolicyPeer{{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"pod": "b"}}}},
+			}},
+		}})
 	c.createService("web")
 	c.applySlice("web", "web-a", []slicePort{{"http", 8080, corev1.ProtocolTCP}}, "10.244.0.5")
 	c.createService("local", func(s *corev1.Service) {
@@ -45,12 +57,20 @@ func TestConvergeCheckSeesDifferences(t *testing.T) {
 	// Nothing repairs NB behind the test's back from here.
 	c.stopController()
 
+	get := func(table, row, column string) string { return c.nbctl("get", table, row, column) }
 	uuid := func(table, name string) string {
 		return c.nbctl("--bare", "--columns=_uuid", "find", table, "name="+name)
 	}
 	p1, web, group := uuid("Logical_Switch_Port", "default_p1"), uuid("Load_Balancer", "Service_default/web_TCP"), uuid("Load_Balancer_Group", "dunlin-cluster")
 	localN2 := uuid("Load_Balancer", "Service_default/local_TCP_node_n2")
-	get := func(table, row, column string) string { return c.nbctl("get", table, row, column) }
+	denyACL := c.nbctl("--bare", "--columns=_uuid", "find", "ACL", "external_ids:dunlin.io/owner=PolicyNamespace/default", "external_ids:dunlin.io/id=ingress/deny")
+	var peerSet string
+	for _, name := range strings.Fields(c.nbctl("--bare", "--columns=name", "list", "Address_Set")) {
+		if strings.HasPrefix(name, "peer.") {
+			peerSet = name
+		}
+	}
+	peerAddrs := get("Address_Set", peerSet, "addresses")
 	addresses, otherConfig, vips, networks := get("Logical_Switch_Port", "default_p1", "addresses"),
 		get("Logical_Switch", "n1", "other_config"), get("Load_Balancer", web, "vips"), get("Logical_Router_Port", "rtos-n1", "networks")
 	for _, tc := range []struct {
@@ -111,6 +131,18 @@ func TestConvergeCheckSeesDifferences(t *testing.T) {
 			[][]string{{"set", "Logical_Router_Port", "rtos-n1", `networks="10.244.9.1/24"`}},
 			[][]string{{"set", "Logical_Router_Port", "rtos-n1", "networks=" + networks}},
 			"Logical_Router_Port rtos-n1 (owner Node/n1): column networks"},
+		{"a port out of a policy's port group",
+			[][]string{{"remove", "Port_Group", "np.default.allow_b", "ports", p1}},
+			[][]string{{"add", "Port_Group", "np.default.allow_b", "ports", p1}},
+			"Port_Group np.default.allow_b (owner NetworkPolicy/default/allow-b): references in column ports"},
+		{"a default deny's match",
+			[][]string{{"set", "ACL", denyACL, `match="ip4"`}},
+			[][]string{{"set", "ACL", denyACL, `match="outport == @deny_in.default && ip"`}},
+			"ACL PolicyNamespace/default ingress/deny (owner PolicyNamespace/default): column match"},
+		{"a peer's addresses",
+			[][]string{{"clear", "Address_Set", peerSet, "addresses"}},
+			[][]string{{"set", "Address_Set", peerSet, "addresses=" + peerAddrs}},
+			"Address_Set " + peerSet + " (owner PolicyPeer/"},
 		{"a row of Dunlin's that nothing maps to",
 			[][]string{{"lsp-add", "n1", "default_ghost", "--", "set", "Logical_Switch_Port", "default_ghost", "external_ids:dunlin.io/owner=Pod/default/ghost"}},
 			[][]string{{"lsp-del", "default_ghost"}},
