@@ -90,8 +90,8 @@ func (d *demo) policyInNB(group string) error {
 	if n := len(strings.Fields(ports)); n != len(d.pods) {
 		return fmt.Errorf("port group %s has %d of %d pods", group, n, len(d.pods))
 	}
-	_, err = d.cluster.OVN.NBCtl("--wait=hv", "--timeout=30", "sync")
-	return err
+	// Up to harness.DatapathTimeout, naming a dead daemon rather than timing out.
+	return d.cluster.WaitDatapath(context.Background())
 }
 
 // probeHTTP gets every pod's name from every pod; nil is an answer.
