@@ -74,11 +74,13 @@ func (p npPort) String() string {
 }
 
 var (
-	tcp80 = npPort{corev1.ProtocolTCP, 80}
-	tcp81 = npPort{corev1.ProtocolTCP, 81}
-	udp80 = npPort{corev1.ProtocolUDP, 80}
-	tcp53 = npPort{corev1.ProtocolTCP, 53}
-	udp53 = npPort{corev1.ProtocolUDP, 53}
+	tcp80  = npPort{corev1.ProtocolTCP, 80}
+	tcp81  = npPort{corev1.ProtocolTCP, 81}
+	udp80  = npPort{corev1.ProtocolUDP, 80}
+	tcp53  = npPort{corev1.ProtocolTCP, 53}
+	udp53  = npPort{corev1.ProtocolUDP, 53}
+	sctp80 = npPort{corev1.ProtocolSCTP, 80}
+	sctp81 = npPort{corev1.ProtocolSCTP, 81}
 	// npPorts are the ports of every matrix unless a case says otherwise.
 	npPorts = []npPort{tcp80, tcp81, udp80}
 )
@@ -116,6 +118,11 @@ type npModel struct {
 	subnets map[string]netip.Prefix
 
 	srcPort atomic.Int32
+
+	// SCTP receivers (netpol_sctp_test.go), opened on first use.
+	sctpOnce sync.Once
+	sctp     map[*npPod]*sctpReceiver
+	sctpErr  error
 }
 
 // servePorts are the container ports of the model's pods: serve-80-tcp, serve-81-tcp, serve-80-udp.
@@ -249,6 +256,9 @@ func (m *npModel) dialFrom(ctx context.Context, sb harness.Sandbox, network, add
 // probe asks the server of dst on port, from sb, and checks the answer is dst's name: an HTTP GET
 // for TCP, a datagram for UDP (sent again within the timeout when it is long). nil means allowed.
 func (m *npModel) probe(sb harness.Sandbox, dst *npPod, port npPort, timeout time.Duration) error {
+	if port.proto == corev1.ProtocolSCTP {
+		return m.probeSCTP(sb, dst, port, timeout)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	addr := net.JoinHostPort(dst.ip, strconv.Itoa(int(port.port)))
@@ -331,6 +341,13 @@ func (m *npModel) probeAll(cells []cell, timeout time.Duration) map[cell]error {
 // once more before it counts. It reports the mismatches with both matrices of each port concerned.
 func (m *npModel) check(t *testing.T, what string, from, to []*npPod, ports []npPort, expect func(cell) bool) bool {
 	t.Helper()
+	return m.checkWith(t, what, from, to, ports, expect, m.probeAll)
+}
+
+// checkWith is check with another way of probing a set of cells.
+func (m *npModel) checkWith(t *testing.T, what string, from, to []*npPod, ports []npPort, expect func(cell) bool,
+	probeAll func([]cell, time.Duration) map[cell]error) bool {
+	t.Helper()
 	var cells []cell
 	for _, p := range ports {
 		for _, f := range from {
@@ -340,7 +357,7 @@ func (m *npModel) check(t *testing.T, what string, from, to []*npPod, ports []np
 		}
 	}
 	start := time.Now()
-	results := m.probeAll(cells, npProbeTimeout)
+	results := probeAll(cells, npProbeTimeout)
 	var again []cell
 	for _, c := range cells {
 		if !c.loopback() && (results[c] == nil) != expect(c) {
@@ -348,7 +365,7 @@ func (m *npModel) check(t *testing.T, what string, from, to []*npPod, ports []np
 		}
 	}
 	if len(again) > 0 {
-		for c, err := range m.probeAll(again, npRetryTimeout) {
+		for c, err := range probeAll(again, npRetryTimeout) {
 			results[c] = err
 		}
 	}

@@ -49,6 +49,7 @@ func TestNetworkPolicy(t *testing.T) {
 	for _, c := range npCases(m) {
 		t.Run(c.name, func(t *testing.T) { m.runCase(t, c) })
 	}
+	t.Run("SCTP ports (INIT chunks over raw sockets)", m.sctpCase)
 	t.Run("policy and label updates while traffic flows", m.updates)
 	t.Run("kubelet-style probes from the node reach pods under default deny", m.kubeletProbes)
 	t.Run("ACL logging names the dropping policy in ovn-controller's log", m.aclLogging)
@@ -60,10 +61,11 @@ func TestNetworkPolicy(t *testing.T) {
 }
 
 // npCase is one policy case: its policies, created together, and the matrix they give over the
-// model's pods and npPorts. more runs further checks while the policies are in place.
+// model's pods and its ports. more runs further checks while the policies are in place.
 type npCase struct {
 	name     string
 	policies []*networkingv1.NetworkPolicy
+	ports    []npPort // nil: npPorts
 	expect   func(c cell) bool
 	more     func(t *testing.T)
 }
@@ -72,7 +74,11 @@ type npCase struct {
 func (m *npModel) runCase(t *testing.T, c npCase) {
 	defer m.removePolicies(t)
 	m.apply(t, c.policies...)
-	m.check(t, c.name, m.pods, m.pods, npPorts, c.expect)
+	ports := c.ports
+	if ports == nil {
+		ports = npPorts
+	}
+	m.check(t, c.name, m.pods, m.pods, ports, c.expect)
 	if c.more != nil {
 		c.more(t)
 	}
