@@ -54,6 +54,7 @@ func TestNetworkPolicy(t *testing.T) {
 	t.Run("kubelet-style probes from the node reach pods under default deny", m.kubeletProbes)
 	t.Run("ACL logging names the dropping policy in ovn-controller's log", m.aclLogging)
 	t.Run("bad input", m.badInput)
+	m.flowParseErrors(t)
 	if e.c.Controller.Exited() {
 		t.Errorf("dunlin-controller exited:\n%s", e.c.Controller.LogTail(30))
 	}
