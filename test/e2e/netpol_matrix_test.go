@@ -75,15 +75,15 @@ func (p npPort) String() string {
 }
 
 var (
-	tcp80  = npPort{corev1.ProtocolTCP, 80}
-	tcp81  = npPort{corev1.ProtocolTCP, 81}
-	udp80  = npPort{corev1.ProtocolUDP, 80}
-	tcp53  = npPort{corev1.ProtocolTCP, 53}
-	udp53  = npPort{corev1.ProtocolUDP, 53}
-	sctp80 = npPort{corev1.ProtocolSCTP, 80}
-	sctp81 = npPort{corev1.ProtocolSCTP, 81}
+	npTCP80  = npPort{corev1.ProtocolTCP, 80}
+	npTCP81  = npPort{corev1.ProtocolTCP, 81}
+	npUDP80  = npPort{corev1.ProtocolUDP, 80}
+	npTCP53  = npPort{corev1.ProtocolTCP, 53}
+	npUDP53  = npPort{corev1.ProtocolUDP, 53}
+	npSCTP80 = npPort{corev1.ProtocolSCTP, 80}
+	npSCTP81 = npPort{corev1.ProtocolSCTP, 81}
 	// npPorts are the ports of every matrix unless a case says otherwise.
-	npPorts = []npPort{tcp80, tcp81, udp80}
+	npPorts = []npPort{npTCP80, npTCP81, npUDP80}
 )
 
 // npPod is a pod of the model.
@@ -100,15 +100,15 @@ func (p *npPod) String() string { return p.ns + "/" + p.name }
 // is reports whether the pod is one of names ("x/a", ...).
 func (p *npPod) is(names ...string) bool { return slices.Contains(names, p.String()) }
 
-// cell is one probe of a matrix: from a pod to a pod's IP on a port.
-type cell struct {
+// npCell is one probe of a matrix: from a pod to a pod's IP on a port.
+type npCell struct {
 	from, to *npPod
 	port     npPort
 }
 
-func (c cell) loopback() bool { return c.from == c.to }
+func (c npCell) loopback() bool { return c.from == c.to }
 
-func (c cell) String() string { return fmt.Sprintf("%s -> %s %s", c.from, c.to, c.port) }
+func (c npCell) String() string { return fmt.Sprintf("%s -> %s %s", c.from, c.to, c.port) }
 
 // npModel is the cluster of the truth table: its pods and the source ports used so far.
 type npModel struct {
@@ -122,14 +122,14 @@ type npModel struct {
 
 	// SCTP receivers (netpol_sctp_test.go), opened on first use.
 	sctpOnce sync.Once
-	sctp     map[*npPod]*sctpReceiver
+	sctp     map[*npPod]*npSCTPReceiver
 	sctpErr  error
 }
 
-// servePorts are the container ports of the model's pods: serve-80-tcp, serve-81-tcp, serve-80-udp.
+// npServePorts are the container ports of the model's pods: serve-80-tcp, serve-81-tcp, serve-80-udp.
 // swapped gives serve-80-tcp the number 81 and serve-81-tcp the number 80, so that a named port
 // resolves to different numbers on different pods.
-func servePorts(swapped bool) []corev1.ContainerPort {
+func npServePorts(swapped bool) []corev1.ContainerPort {
 	p80, p81 := int32(80), int32(81)
 	if swapped {
 		p80, p81 = p81, p80
@@ -161,7 +161,7 @@ func newNPModel(t *testing.T, e *env) *npModel {
 	for _, ns := range []string{"x", "y", "z"} {
 		for _, name := range []string{"a", "b", "c"} {
 			p := &npPod{ns: ns, name: name, node: fmt.Sprintf("node%d", i%2+1),
-				labels: map[string]string{"pod": name}, ports: servePorts(ns == "x" && name == "b")}
+				labels: map[string]string{"pod": name}, ports: npServePorts(ns == "x" && name == "b")}
 			m.pods = append(m.pods, p)
 			i++
 		}
@@ -318,8 +318,8 @@ func (m *npModel) probe(sb harness.Sandbox, dst *npPod, port npPort, timeout tim
 }
 
 // probeAll probes the cells, npProbesAtOnce at a time.
-func (m *npModel) probeAll(cells []cell, timeout time.Duration) map[cell]error {
-	results := make(map[cell]error, len(cells))
+func (m *npModel) probeAll(cells []npCell, timeout time.Duration) map[npCell]error {
+	results := make(map[npCell]error, len(cells))
 	var mu sync.Mutex
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, npProbesAtOnce)
@@ -340,26 +340,26 @@ func (m *npModel) probeAll(cells []cell, timeout time.Duration) map[cell]error {
 // check probes every cell of from x to x ports and compares the outcome with expect (true: allowed);
 // loopback (a pod to its own IP) is probed but, as upstream, not compared. A differing cell is probed
 // once more before it counts. It reports the mismatches with both matrices of each port concerned.
-func (m *npModel) check(t *testing.T, what string, from, to []*npPod, ports []npPort, expect func(cell) bool) bool {
+func (m *npModel) check(t *testing.T, what string, from, to []*npPod, ports []npPort, expect func(npCell) bool) bool {
 	t.Helper()
 	return m.checkWith(t, what, from, to, ports, expect, m.probeAll)
 }
 
 // checkWith is check with another way of probing a set of cells.
-func (m *npModel) checkWith(t *testing.T, what string, from, to []*npPod, ports []npPort, expect func(cell) bool,
-	probeAll func([]cell, time.Duration) map[cell]error) bool {
+func (m *npModel) checkWith(t *testing.T, what string, from, to []*npPod, ports []npPort, expect func(npCell) bool,
+	probeAll func([]npCell, time.Duration) map[npCell]error) bool {
 	t.Helper()
-	var cells []cell
+	var cells []npCell
 	for _, p := range ports {
 		for _, f := range from {
 			for _, d := range to {
-				cells = append(cells, cell{f, d, p})
+				cells = append(cells, npCell{f, d, p})
 			}
 		}
 	}
 	start := time.Now()
 	results := probeAll(cells, npProbeTimeout)
-	var again []cell
+	var again []npCell
 	for _, c := range cells {
 		if !c.loopback() && (results[c] == nil) != expect(c) {
 			again = append(again, c)
@@ -370,7 +370,7 @@ func (m *npModel) checkWith(t *testing.T, what string, from, to []*npPod, ports 
 			results[c] = err
 		}
 	}
-	var wrong []cell
+	var wrong []npCell
 	allowed := 0
 	for _, c := range cells {
 		if results[c] == nil {
@@ -389,16 +389,16 @@ func (m *npModel) checkWith(t *testing.T, what string, from, to []*npPod, ports 
 	fmt.Fprintf(&b, "%s: %d of %d cells differ from Kubernetes semantics (rows: from, columns: to; '.' allowed, 'X' blocked; loopback not compared)\n",
 		what, len(wrong), len(cells))
 	for _, p := range ports {
-		if !slices.ContainsFunc(wrong, func(c cell) bool { return c.port == p }) {
+		if !slices.ContainsFunc(wrong, func(c npCell) bool { return c.port == p }) {
 			continue
 		}
 		fmt.Fprintf(&b, "\n%s expected:\n%s\n%s observed:\n%s", p,
-			renderMatrix(from, to, func(f, d *npPod) bool { return f == d || expect(cell{f, d, p}) }),
-			p, renderMatrix(from, to, func(f, d *npPod) bool { return results[cell{f, d, p}] == nil }))
+			npRender(from, to, func(f, d *npPod) bool { return f == d || expect(npCell{f, d, p}) }),
+			p, npRender(from, to, func(f, d *npPod) bool { return results[npCell{f, d, p}] == nil }))
 	}
 	b.WriteString("\ndiffering cells (after one repeat):\n")
 	for _, c := range wrong {
-		fmt.Fprintf(&b, "  %s: want allowed=%v, got %v\n", c, expect(c), orAllowed(results[c]))
+		fmt.Fprintf(&b, "  %s: want allowed=%v, got %v\n", c, expect(c), npOutcome(results[c]))
 	}
 	for _, c := range wrong[:min(len(wrong), 3)] {
 		b.WriteString("\n" + m.explain(c))
@@ -410,15 +410,15 @@ func (m *npModel) checkWith(t *testing.T, what string, from, to []*npPod, ports 
 	return false
 }
 
-func orAllowed(err error) string {
+func npOutcome(err error) string {
 	if err == nil {
 		return "allowed"
 	}
 	return err.Error()
 }
 
-// renderMatrix prints a truth table upstream style.
-func renderMatrix(from, to []*npPod, allowed func(from, to *npPod) bool) string {
+// npRender prints a truth table upstream style.
+func npRender(from, to []*npPod, allowed func(from, to *npPod) bool) string {
 	var b strings.Builder
 	width := 4
 	for _, p := range append(slices.Clone(from), to...) {
@@ -461,7 +461,7 @@ func (m *npModel) datapathCrashes() string {
 	return b.String()
 }
 
-// settle waits until NB holds the rows the policies now in the API call for (see nbPolicyState) and
+// settle waits until NB holds the rows the policies now in the API call for (see npNBState) and
 // then until every chassis has installed the flows for them.
 func (m *npModel) settle(t *testing.T) {
 	t.Helper()
@@ -493,18 +493,18 @@ func (m *npModel) waitHV(t *testing.T) {
 	}
 }
 
-// nbPolicyState is what of NB the tests wait for: the members of the policy and default-deny port
+// npNBState is what of NB the tests wait for: the members of the policy and default-deny port
 // groups, and per policy port group the sets of addresses its ACLs' peer address sets hold.
-type nbPolicyState struct {
+type npNBState struct {
 	groups map[string][]string // port group -> logical ports, sorted
 	peers  map[string][]string // policy port group -> distinct peer address sets' contents ("a b c"), sorted
 	// stale are named-port and peer address sets no ACL refers to.
 	stale []string
 }
 
-func (s nbPolicyState) diff(got nbPolicyState) error {
+func (s npNBState) diff(got npNBState) error {
 	var problems []string
-	for _, pg := range sortedKeys(s.groups, got.groups) {
+	for _, pg := range npSortedKeys(s.groups, got.groups) {
 		w, wok := s.groups[pg]
 		g, gok := got.groups[pg]
 		switch {
@@ -516,7 +516,7 @@ func (s nbPolicyState) diff(got nbPolicyState) error {
 			problems = append(problems, fmt.Sprintf("port group %s holds %v, want %v", pg, g, w))
 		}
 	}
-	for _, pg := range sortedKeys(s.peers, nil) {
+	for _, pg := range npSortedKeys(s.peers, nil) {
 		if !slices.Equal(s.peers[pg], got.peers[pg]) {
 			problems = append(problems, fmt.Sprintf("peer address sets of %s hold %q, want %q", pg, got.peers[pg], s.peers[pg]))
 		}
@@ -530,7 +530,7 @@ func (s nbPolicyState) diff(got nbPolicyState) error {
 	return nil
 }
 
-func sortedKeys[V any](a, b map[string]V) []string {
+func npSortedKeys[V any](a, b map[string]V) []string {
 	var keys []string
 	for k := range a {
 		keys = append(keys, k)
@@ -546,9 +546,9 @@ func sortedKeys[V any](a, b map[string]V) []string {
 
 // wantNB computes, from the policies, pods and namespaces in the API and Kubernetes' selector
 // semantics, the port groups and peer address sets NB must hold.
-func (m *npModel) wantNB() (nbPolicyState, error) {
+func (m *npModel) wantNB() (npNBState, error) {
 	ctx := context.Background()
-	want := nbPolicyState{groups: map[string][]string{}, peers: map[string][]string{}}
+	want := npNBState{groups: map[string][]string{}, peers: map[string][]string{}}
 	nsList, err := m.e.client.CoreV1().Namespaces().List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return want, err
@@ -613,7 +613,7 @@ func (m *npModel) wantNB() (nbPolicyState, error) {
 			if peer.PodSelector == nil && peer.NamespaceSelector == nil {
 				continue
 			}
-			addrs, err := peerAddresses(np.Namespace, peer, pods, nsLabels)
+			addrs, err := npPeerAddresses(np.Namespace, peer, pods, nsLabels)
 			if err != nil {
 				return want, err
 			}
@@ -640,9 +640,9 @@ func (m *npModel) wantNB() (nbPolicyState, error) {
 	return want, nil
 }
 
-// peerAddresses are the IPv4 addresses, sorted, of the pods a pod-selecting peer of a policy in ns
+// npPeerAddresses are the IPv4 addresses, sorted, of the pods a pod-selecting peer of a policy in ns
 // selects.
-func peerAddresses(ns string, peer networkingv1.NetworkPolicyPeer, pods []corev1.Pod, nsLabels map[string]labels.Set) ([]string, error) {
+func npPeerAddresses(ns string, peer networkingv1.NetworkPolicyPeer, pods []corev1.Pod, nsLabels map[string]labels.Set) ([]string, error) {
 	podSel, nsSel := labels.Everything(), labels.Selector(nil)
 	var err error
 	if peer.PodSelector != nil {
@@ -670,13 +670,13 @@ func peerAddresses(ns string, peer networkingv1.NetworkPolicyPeer, pods []corev1
 }
 
 var (
-	pgRefRE  = regexp.MustCompile(`@([A-Za-z0-9_.]+)`)
-	setRefRE = regexp.MustCompile(`\$([A-Za-z0-9_.]+)`)
+	npPGRefRE  = regexp.MustCompile(`@([A-Za-z0-9_.]+)`)
+	npSetRefRE = regexp.MustCompile(`\$([A-Za-z0-9_.]+)`)
 )
 
 // readNB reads the policy port groups (np.*, deny_in.*, deny_out.*), the ACLs and the address sets.
-func (m *npModel) readNB() (nbPolicyState, error) {
-	got := nbPolicyState{groups: map[string][]string{}, peers: map[string][]string{}}
+func (m *npModel) readNB() (npNBState, error) {
+	got := npNBState{groups: map[string][]string{}, peers: map[string][]string{}}
 	lsps, err := m.nbRows("_uuid,name", "Logical_Switch_Port")
 	if err != nil {
 		return got, err
@@ -718,12 +718,12 @@ func (m *npModel) readNB() (nbPolicyState, error) {
 	peerSets := map[string]map[string]bool{}
 	for _, r := range acls {
 		var pg string
-		for _, ref := range pgRefRE.FindAllStringSubmatch(r[0], -1) {
+		for _, ref := range npPGRefRE.FindAllStringSubmatch(r[0], -1) {
 			if strings.HasPrefix(ref[1], "np.") {
 				pg = ref[1]
 			}
 		}
-		for _, ref := range setRefRE.FindAllStringSubmatch(r[0], -1) {
+		for _, ref := range npSetRefRE.FindAllStringSubmatch(r[0], -1) {
 			used[ref[1]] = true
 			if pg != "" && strings.HasPrefix(ref[1], "peer.") {
 				if peerSets[pg] == nil {
@@ -761,7 +761,7 @@ func (m *npModel) nbRows(columns, table string) ([][]string, error) {
 
 // explain gives the evidence for a cell: OVN's logical verdict on its first packet (ovn-trace of a new
 // connection) and the conntrack entries of its address pair on every node.
-func (m *npModel) explain(c cell) string {
+func (m *npModel) explain(c npCell) string {
 	var b strings.Builder
 	from, to := netip.MustParseAddr(c.from.ip), netip.MustParseAddr(c.to.ip)
 	dstMAC := conventions.MACFromIP(to)
@@ -773,7 +773,7 @@ func (m *npModel) explain(c cell) string {
 		conventions.PodPortName(c.from.ns, c.from.name), conventions.MACFromIP(from), dstMAC, from, to, l4, l4, c.port.port)
 	out, err := exec.Command("ovn-trace", "--db="+m.e.c.OVN.SBAddr, "--detailed", c.from.node, expr).CombinedOutput()
 	fmt.Fprintf(&b, "%s: ovn-trace --detailed %s '%s' (%v), its ACL stages and outcome:\n%s\n",
-		c, c.from.node, expr, err, aclStages(string(out), conventions.PodPortName(c.to.ns, c.to.name)))
+		c, c.from.node, expr, err, npACLStages(string(out), conventions.PodPortName(c.to.ns, c.to.name)))
 	for _, n := range m.e.c.Nodes {
 		dump, err := n.AppCtlVSwitchd("dpctl/dump-conntrack")
 		var lines []string
@@ -787,16 +787,16 @@ func (m *npModel) explain(c cell) string {
 	return b.String()
 }
 
-var aclStageRE = regexp.MustCompile(`^\s*\d+\. ls_(in|out)_acl(_after_lb)? `)
+var npACLStageRE = regexp.MustCompile(`^\s*\d+\. ls_(in|out)_acl(_after_lb)? `)
 
-// aclStages keeps, of ovn-trace --detailed output, the ACL stages that matched (with their actions),
+// npACLStages keeps, of ovn-trace --detailed output, the ACL stages that matched (with their actions),
 // any drop, and the output to port, or notes there is none.
-func aclStages(trace, port string) string {
+func npACLStages(trace, port string) string {
 	lines := strings.Split(trace, "\n")
 	var keep []string
 	for i, line := range lines {
 		switch {
-		case aclStageRE.MatchString(line):
+		case npACLStageRE.MatchString(line):
 			keep = append(keep, line)
 			if i+1 < len(lines) {
 				keep = append(keep, lines[i+1])

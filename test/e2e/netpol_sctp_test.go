@@ -35,8 +35,8 @@ import (
 	"github.com/dunlinplugin/dunlin/test/harness"
 )
 
-// sctpReceiver records the SCTP INITs that reach a pod: "<source address>:<source port>><destination port>".
-type sctpReceiver struct {
+// npSCTPReceiver records the SCTP INITs that reach a pod: "<source address>:<source port>><destination port>".
+type npSCTPReceiver struct {
 	fd   int
 	mu   sync.Mutex
 	seen map[string]bool
@@ -44,8 +44,8 @@ type sctpReceiver struct {
 	done chan struct{}
 }
 
-// rawSCTPSocket opens a raw IPv4 socket of protocol SCTP inside the sandbox's netns.
-func rawSCTPSocket(sb harness.Sandbox) (int, error) {
+// npRawSCTPSocket opens a raw IPv4 socket of protocol SCTP inside the sandbox's netns.
+func npRawSCTPSocket(sb harness.Sandbox) (int, error) {
 	fd := -1
 	err := ns.WithNetNSPath(sb.Netns, func(ns.NetNS) error {
 		var err error
@@ -58,8 +58,8 @@ func rawSCTPSocket(sb harness.Sandbox) (int, error) {
 	return fd, nil
 }
 
-func listenSCTP(sb harness.Sandbox) (*sctpReceiver, error) {
-	fd, err := rawSCTPSocket(sb)
+func npListenSCTP(sb harness.Sandbox) (*npSCTPReceiver, error) {
+	fd, err := npRawSCTPSocket(sb)
 	if err != nil {
 		return nil, err
 	}
@@ -69,12 +69,12 @@ func listenSCTP(sb harness.Sandbox) (*sctpReceiver, error) {
 		syscall.Close(fd)
 		return nil, err
 	}
-	r := &sctpReceiver{fd: fd, seen: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+	r := &npSCTPReceiver{fd: fd, seen: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go r.loop()
 	return r, nil
 }
 
-func (r *sctpReceiver) loop() {
+func (r *npSCTPReceiver) loop() {
 	defer close(r.done)
 	buf := make([]byte, 2048)
 	for {
@@ -104,20 +104,20 @@ func (r *sctpReceiver) loop() {
 	}
 }
 
-func (r *sctpReceiver) saw(src string, sport, dport int) bool {
+func (r *npSCTPReceiver) saw(src string, sport, dport int) bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.seen[fmt.Sprintf("%s:%d>%d", src, sport, dport)]
 }
 
-func (r *sctpReceiver) close() {
+func (r *npSCTPReceiver) close() {
 	close(r.stop)
 	<-r.done
 	syscall.Close(r.fd)
 }
 
-// sctpInit is an SCTP packet holding one INIT chunk (RFC 9260 3.1, 3.3.2), with its CRC32c.
-func sctpInit(sport, dport int, tag uint32) []byte {
+// npSCTPInit is an SCTP packet holding one INIT chunk (RFC 9260 3.1, 3.3.2), with its CRC32c.
+func npSCTPInit(sport, dport int, tag uint32) []byte {
 	p := make([]byte, 12+20)
 	binary.BigEndian.PutUint16(p[0:], uint16(sport))
 	binary.BigEndian.PutUint16(p[2:], uint16(dport))
@@ -136,9 +136,9 @@ func sctpInit(sport, dport int, tag uint32) []byte {
 // sctpReceivers opens, once, a receiver in every pod of the model.
 func (m *npModel) sctpReceivers() error {
 	m.sctpOnce.Do(func() {
-		m.sctp = map[*npPod]*sctpReceiver{}
+		m.sctp = map[*npPod]*npSCTPReceiver{}
 		for _, p := range m.pods {
-			r, err := listenSCTP(p.sb)
+			r, err := npListenSCTP(p.sb)
 			if err != nil {
 				m.sctpErr = err
 				return
@@ -171,7 +171,7 @@ func (m *npModel) probeSCTP(sb harness.Sandbox, dst *npPod, port npPort, timeout
 	if err != nil {
 		return err
 	}
-	fd, err := rawSCTPSocket(sb)
+	fd, err := npRawSCTPSocket(sb)
 	if err != nil {
 		return err
 	}
@@ -182,7 +182,7 @@ func (m *npModel) probeSCTP(sb harness.Sandbox, dst *npPod, port npPort, timeout
 	if timeout > 2*time.Second {
 		sends = 3
 	}
-	pkt := sctpInit(src, int(port.port), uint32(src)<<8|0x5a)
+	pkt := npSCTPInit(src, int(port.port), uint32(src)<<8|0x5a)
 	srcIP := sb.IP
 	for range sends {
 		if err := syscall.Sendto(fd, pkt, 0, &syscall.SockaddrInet4{Addr: to}); err != nil {
@@ -212,12 +212,12 @@ func (m *npModel) flushConntrack() error {
 // probeRounds probes TCP and UDP cells with the first round and SCTP cells in rounds, conntrack
 // flushed before each, such that a round holds one SCTP cell at most per pair of addresses: per port,
 // the cells from an earlier pod of the model to a later one, then the others.
-func (m *npModel) probeRounds(cells []cell, timeout time.Duration) map[cell]error {
+func (m *npModel) probeRounds(cells []npCell, timeout time.Duration) map[npCell]error {
 	type roundKey struct {
 		port    npPort
 		forward bool
 	}
-	rounds := [][]cell{nil} // the first also holds the TCP and UDP cells
+	rounds := [][]npCell{nil} // the first also holds the TCP and UDP cells
 	index := map[roundKey]int{}
 	for _, c := range cells {
 		i := 0
@@ -232,7 +232,7 @@ func (m *npModel) probeRounds(cells []cell, timeout time.Duration) map[cell]erro
 		}
 		rounds[i] = append(rounds[i], c)
 	}
-	results := map[cell]error{}
+	results := map[npCell]error{}
 	for i, round := range rounds {
 		if len(round) == 0 {
 			continue
@@ -253,21 +253,21 @@ func (m *npModel) probeRounds(cells []cell, timeout time.Duration) map[cell]erro
 // sctpCase runs a policy with SCTP ports, when the datapath carries SCTP at all.
 func (m *npModel) sctpCase(t *testing.T) {
 	defer m.closeSCTP()
-	ports := []npPort{sctp80, sctp81, tcp80}
+	ports := []npPort{npSCTP80, npSCTP81, npTCP80}
 	xa, xb := m.pod("x/a"), m.pod("x/b") // on different nodes
-	if err := m.probe(xa.sb, xb, sctp80, npRetryTimeout); err != nil {
+	if err := m.probe(xa.sb, xb, npSCTP80, npRetryTimeout); err != nil {
 		t.Skipf("the datapath does not carry SCTP between pods (%s -> %s: %v); no SCTP policy case", xa, xb, err)
 	}
-	m.checkWith(t, "SCTP without policies", m.pods, m.pods, ports, func(cell) bool { return true }, m.probeRounds)
+	m.checkWith(t, "SCTP without policies", m.pods, m.pods, ports, func(npCell) bool { return true }, m.probeRounds)
 	const sctp = corev1.ProtocolSCTP
 	t.Run("ingress and egress rules with SCTP ports", func(t *testing.T) {
 		defer m.removePolicies(t)
 		m.apply(t,
-			policy("x", "allow-sctp-80", sel(), ingress(nil, port(sctp, intstr.FromInt32(80)))),
-			policy("y", "a-to-sctp-81", sel("pod", "a"), egress(nil, port(sctp, intstr.FromInt32(81)))))
-		m.checkWith(t, "SCTP ports in ingress and egress rules", m.pods, m.pods, ports, func(c cell) bool {
-			ingressOK := !in(c.to, "x") || c.port == sctp80
-			egressOK := !c.from.is("y/a") || c.port == sctp81
+			npPolicy("x", "allow-sctp-80", npSel(), npIngress(nil, npRulePort(sctp, intstr.FromInt32(80)))),
+			npPolicy("y", "a-to-sctp-81", npSel("pod", "a"), npEgress(nil, npRulePort(sctp, intstr.FromInt32(81)))))
+		m.checkWith(t, "SCTP ports in ingress and egress rules", m.pods, m.pods, ports, func(c npCell) bool {
+			ingressOK := !npIn(c.to, "x") || c.port == npSCTP80
+			egressOK := !c.from.is("y/a") || c.port == npSCTP81
 			return ingressOK && egressOK
 		}, m.probeRounds)
 	})
@@ -284,26 +284,26 @@ func (m *npModel) sctpCase(t *testing.T) {
 func (m *npModel) sctpSharedConntrack(t *testing.T) {
 	defer m.removePolicies(t)
 	const sctp = corev1.ProtocolSCTP
-	m.apply(t, policy("x", "allow-sctp-80", sel("pod", "a"), ingress(nil, port(sctp, intstr.FromInt32(80)))))
+	m.apply(t, npPolicy("x", "allow-sctp-80", npSel("pod", "a"), npIngress(nil, npRulePort(sctp, intstr.FromInt32(80)))))
 	xa, zb := m.pod("x/a"), m.pod("z/b") // on different nodes
 	mustOK(t, m.flushConntrack())
-	if err := m.probe(zb.sb, xa, sctp81, npRetryTimeout); err == nil {
+	if err := m.probe(zb.sb, xa, npSCTP81, npRetryTimeout); err == nil {
 		t.Fatalf("%s reached %s on SCTP 81: the rule allows only 80", zb, xa)
 	}
-	if err := m.probe(zb.sb, xa, sctp80, npRetryTimeout); err != nil {
+	if err := m.probe(zb.sb, xa, npSCTP80, npRetryTimeout); err != nil {
 		t.Fatalf("%s to %s on SCTP 80, which the rule allows: %v", zb, xa, err)
 	}
-	if err := m.probe(zb.sb, xa, sctp81, npRetryTimeout); err == nil {
+	if err := m.probe(zb.sb, xa, npSCTP81, npRetryTimeout); err == nil {
 		t.Fatalf("%s reached %s on SCTP 81 after an allowed packet to 80: the rule allows only 80", zb, xa)
 	}
 	t.Logf("%s -> %s: SCTP 80 allowed, SCTP 81 blocked before and after it", zb, xa)
 
 	// The other direction.
 	mustOK(t, m.flushConntrack())
-	if err := m.probe(xa.sb, zb, sctp80, npRetryTimeout); err != nil {
+	if err := m.probe(xa.sb, zb, npSCTP80, npRetryTimeout); err != nil {
 		t.Fatalf("%s to %s on SCTP 80 (x's egress is open): %v", xa, zb, err)
 	}
-	err := m.probe(zb.sb, xa, sctp81, npRetryTimeout)
+	err := m.probe(zb.sb, xa, npSCTP81, npRetryTimeout)
 	if err != nil {
 		t.Logf("%s -> %s on SCTP 81 after %s sent to %s: blocked, as it must be", zb, xa, xa, zb)
 		return

@@ -67,7 +67,7 @@ type npCase struct {
 	name     string
 	policies []*networkingv1.NetworkPolicy
 	ports    []npPort // nil: npPorts
-	expect   func(c cell) bool
+	expect   func(c npCell) bool
 	more     func(t *testing.T)
 }
 
@@ -128,8 +128,8 @@ func (m *npModel) removePolicies(t *testing.T) {
 
 // Policy builders.
 
-// sel is a label selector matching the pairs k1, v1, k2, v2...; sel() selects everything.
-func sel(kv ...string) *metav1.LabelSelector {
+// npSel is a label selector matching the pairs k1, v1, k2, v2...; npSel() selects everything.
+func npSel(kv ...string) *metav1.LabelSelector {
 	s := &metav1.LabelSelector{MatchLabels: map[string]string{}}
 	for i := 0; i+1 < len(kv); i += 2 {
 		s.MatchLabels[kv[i]] = kv[i+1]
@@ -137,14 +137,14 @@ func sel(kv ...string) *metav1.LabelSelector {
 	return s
 }
 
-// selExpr is a label selector with one expression.
-func selExpr(key string, op metav1.LabelSelectorOperator, values ...string) *metav1.LabelSelector {
+// npSelExpr is a label selector with one expression.
+func npSelExpr(key string, op metav1.LabelSelectorOperator, values ...string) *metav1.LabelSelector {
 	return &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: key, Operator: op, Values: values}}}
 }
 
-type specOpt func(*networkingv1.NetworkPolicySpec)
+type npSpecOpt func(*networkingv1.NetworkPolicySpec)
 
-func policy(ns, name string, pods *metav1.LabelSelector, opts ...specOpt) *networkingv1.NetworkPolicy {
+func npPolicy(ns, name string, pods *metav1.LabelSelector, opts ...npSpecOpt) *networkingv1.NetworkPolicy {
 	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
 		Spec: networkingv1.NetworkPolicySpec{PodSelector: *pods}}
 	for _, o := range opts {
@@ -153,62 +153,64 @@ func policy(ns, name string, pods *metav1.LabelSelector, opts ...specOpt) *netwo
 	return np
 }
 
-func addType(s *networkingv1.NetworkPolicySpec, pt networkingv1.PolicyType) {
+func npAddType(s *networkingv1.NetworkPolicySpec, pt networkingv1.PolicyType) {
 	if !slices.Contains(s.PolicyTypes, pt) {
 		s.PolicyTypes = append(s.PolicyTypes, pt)
 	}
 }
 
-// isolateIngress and isolateEgress add the policy type without a rule: a default deny.
-func isolateIngress(s *networkingv1.NetworkPolicySpec) { addType(s, networkingv1.PolicyTypeIngress) }
-func isolateEgress(s *networkingv1.NetworkPolicySpec)  { addType(s, networkingv1.PolicyTypeEgress) }
+// npIsolateIngress and npIsolateEgress add the policy type without a rule: a default deny.
+func npIsolateIngress(s *networkingv1.NetworkPolicySpec) {
+	npAddType(s, networkingv1.PolicyTypeIngress)
+}
+func npIsolateEgress(s *networkingv1.NetworkPolicySpec) { npAddType(s, networkingv1.PolicyTypeEgress) }
 
-// ingress adds an ingress rule: from any of peers (none: anywhere) on any of ports (none: all).
-func ingress(peers []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) specOpt {
+// npIngress adds an ingress rule: from any of peers (none: anywhere) on any of ports (none: all).
+func npIngress(peers []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) npSpecOpt {
 	return func(s *networkingv1.NetworkPolicySpec) {
-		isolateIngress(s)
+		npIsolateIngress(s)
 		s.Ingress = append(s.Ingress, networkingv1.NetworkPolicyIngressRule{From: peers, Ports: ports})
 	}
 }
 
-// egress adds an egress rule: to any of peers (none: anywhere) on any of ports (none: all).
-func egress(peers []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) specOpt {
+// npEgress adds an egress rule: to any of peers (none: anywhere) on any of ports (none: all).
+func npEgress(peers []networkingv1.NetworkPolicyPeer, ports ...networkingv1.NetworkPolicyPort) npSpecOpt {
 	return func(s *networkingv1.NetworkPolicySpec) {
-		isolateEgress(s)
+		npIsolateEgress(s)
 		s.Egress = append(s.Egress, networkingv1.NetworkPolicyEgressRule{To: peers, Ports: ports})
 	}
 }
 
-func peers(p ...networkingv1.NetworkPolicyPeer) []networkingv1.NetworkPolicyPeer { return p }
+func npPeers(p ...networkingv1.NetworkPolicyPeer) []networkingv1.NetworkPolicyPeer { return p }
 
-func podPeer(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
+func npPodPeer(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
 	return networkingv1.NetworkPolicyPeer{PodSelector: s}
 }
 
-func nsPeer(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
+func npNSPeer(s *metav1.LabelSelector) networkingv1.NetworkPolicyPeer {
 	return networkingv1.NetworkPolicyPeer{NamespaceSelector: s}
 }
 
-func ipBlock(cidr string, except ...string) networkingv1.NetworkPolicyPeer {
+func npIPBlock(cidr string, except ...string) networkingv1.NetworkPolicyPeer {
 	return networkingv1.NetworkPolicyPeer{IPBlock: &networkingv1.IPBlock{CIDR: cidr, Except: except}}
 }
 
-func port(proto corev1.Protocol, p intstr.IntOrString) networkingv1.NetworkPolicyPort {
+func npRulePort(proto corev1.Protocol, p intstr.IntOrString) networkingv1.NetworkPolicyPort {
 	return networkingv1.NetworkPolicyPort{Protocol: &proto, Port: &p}
 }
 
-func portRange(proto corev1.Protocol, from, to int32) networkingv1.NetworkPolicyPort {
-	p := port(proto, intstr.FromInt32(from))
+func npRulePortRange(proto corev1.Protocol, from, to int32) networkingv1.NetworkPolicyPort {
+	p := npRulePort(proto, intstr.FromInt32(from))
 	p.EndPort = &to
 	return p
 }
 
 // Expectation helpers: Kubernetes semantics in terms of the model.
 
-func in(p *npPod, namespaces ...string) bool { return slices.Contains(namespaces, p.ns) }
+func npIn(p *npPod, namespaces ...string) bool { return slices.Contains(namespaces, p.ns) }
 
-// named is the number the pod gives a named container port, or 0.
-func named(p *npPod, name string, proto corev1.Protocol) int32 {
+// npNamed is the number the pod gives a named container port, or 0.
+func npNamed(p *npPod, name string, proto corev1.Protocol) int32 {
 	for _, cp := range p.ports {
 		if cp.Name == name && cp.Protocol == proto {
 			return cp.ContainerPort
@@ -228,89 +230,89 @@ func npCases(m *npModel) []npCase {
 	yb := m.pod("y/b")
 	return []npCase{{
 		name:   "no policies: everything allowed",
-		expect: func(cell) bool { return true },
+		expect: func(npCell) bool { return true },
 	}, {
 		name:     "default deny ingress",
-		policies: []*networkingv1.NetworkPolicy{policy("x", "deny-ingress", sel(), isolateIngress)},
-		expect:   func(c cell) bool { return !in(c.to, "x") },
+		policies: []*networkingv1.NetworkPolicy{npPolicy("x", "deny-ingress", npSel(), npIsolateIngress)},
+		expect:   func(c npCell) bool { return !npIn(c.to, "x") },
 	}, {
 		name:     "default deny egress",
-		policies: []*networkingv1.NetworkPolicy{policy("x", "deny-egress", sel(), isolateEgress)},
-		expect:   func(c cell) bool { return !in(c.from, "x") },
+		policies: []*networkingv1.NetworkPolicy{npPolicy("x", "deny-egress", npSel(), npIsolateEgress)},
+		expect:   func(c npCell) bool { return !npIn(c.from, "x") },
 	}, {
 		name:     "default deny ingress and egress",
-		policies: []*networkingv1.NetworkPolicy{policy("x", "deny-all", sel(), isolateIngress, isolateEgress)},
-		expect:   func(c cell) bool { return !in(c.to, "x") && !in(c.from, "x") },
+		policies: []*networkingv1.NetworkPolicy{npPolicy("x", "deny-all", npSel(), npIsolateIngress, npIsolateEgress)},
+		expect:   func(c npCell) bool { return !npIn(c.to, "x") && !npIn(c.from, "x") },
 	}, {
 		name:     "allow from the same namespace",
-		policies: []*networkingv1.NetworkPolicy{policy("x", "allow-same-ns", sel(), ingress(peers(podPeer(sel()))))},
-		expect:   func(c cell) bool { return !in(c.to, "x") || in(c.from, "x") },
+		policies: []*networkingv1.NetworkPolicy{npPolicy("x", "allow-same-ns", npSel(), npIngress(npPeers(npPodPeer(npSel()))))},
+		expect:   func(c npCell) bool { return !npIn(c.to, "x") || npIn(c.from, "x") },
 	}, {
 		name: "allow from another namespace by label",
-		policies: []*networkingv1.NetworkPolicy{policy("x", "allow-from-y", sel("pod", "a"),
-			ingress(peers(nsPeer(sel("ns", "y")))))},
-		expect: func(c cell) bool { return !c.to.is("x/a") || in(c.from, "y") },
+		policies: []*networkingv1.NetworkPolicy{npPolicy("x", "allow-from-y", npSel("pod", "a"),
+			npIngress(npPeers(npNSPeer(npSel("ns", "y")))))},
+		expect: func(c npCell) bool { return !c.to.is("x/a") || npIn(c.from, "y") },
 	}, {
 		name: "pod selector and namespace selector in one peer: both must match",
-		policies: []*networkingv1.NetworkPolicy{policy("x", "allow-b-elsewhere", sel("pod", "a"),
-			ingress(peers(networkingv1.NetworkPolicyPeer{
-				NamespaceSelector: selExpr(nsName, metav1.LabelSelectorOpNotIn, "x"),
-				PodSelector:       sel("pod", "b"),
+		policies: []*networkingv1.NetworkPolicy{npPolicy("x", "allow-b-elsewhere", npSel("pod", "a"),
+			npIngress(npPeers(networkingv1.NetworkPolicyPeer{
+				NamespaceSelector: npSelExpr(nsName, metav1.LabelSelectorOpNotIn, "x"),
+				PodSelector:       npSel("pod", "b"),
 			})))},
-		expect: func(c cell) bool { return !c.to.is("x/a") || (!in(c.from, "x") && c.from.name == "b") },
+		expect: func(c npCell) bool { return !c.to.is("x/a") || (!npIn(c.from, "x") && c.from.name == "b") },
 	}, {
 		name: "pod selector and namespace selector as two peers: either matches",
-		policies: []*networkingv1.NetworkPolicy{policy("x", "allow-elsewhere-or-b", sel("pod", "a"),
-			ingress(peers(nsPeer(selExpr(nsName, metav1.LabelSelectorOpNotIn, "x")), podPeer(sel("pod", "b")))))},
-		expect: func(c cell) bool { return !c.to.is("x/a") || !in(c.from, "x") || c.from.is("x/b") },
+		policies: []*networkingv1.NetworkPolicy{npPolicy("x", "allow-elsewhere-or-b", npSel("pod", "a"),
+			npIngress(npPeers(npNSPeer(npSelExpr(nsName, metav1.LabelSelectorOpNotIn, "x")), npPodPeer(npSel("pod", "b")))))},
+		expect: func(c npCell) bool { return !c.to.is("x/a") || !npIn(c.from, "x") || c.from.is("x/b") },
 	}, {
 		name: "ipBlock with except, ingress: node1's pod subnet but y/b",
-		policies: []*networkingv1.NetworkPolicy{policy("x", "allow-node1-but-yb", sel("pod", "a"),
-			ingress(peers(ipBlock(node1, yb.ip+"/32"))))},
-		expect: func(c cell) bool { return !c.to.is("x/a") || (c.from.node == "node1" && !c.from.is("y/b")) },
+		policies: []*networkingv1.NetworkPolicy{npPolicy("x", "allow-node1-but-yb", npSel("pod", "a"),
+			npIngress(npPeers(npIPBlock(node1, yb.ip+"/32"))))},
+		expect: func(c npCell) bool { return !c.to.is("x/a") || (c.from.node == "node1" && !c.from.is("y/b")) },
 	}, {
 		name: "ipBlock with except, egress: everywhere but node1's pod subnet",
-		policies: []*networkingv1.NetworkPolicy{policy("x", "deny-to-node1", sel("pod", "b"),
-			egress(peers(ipBlock("0.0.0.0/0", node1))))},
-		expect: func(c cell) bool { return !c.from.is("x/b") || c.to.node != "node1" },
+		policies: []*networkingv1.NetworkPolicy{npPolicy("x", "deny-to-node1", npSel("pod", "b"),
+			npEgress(npPeers(npIPBlock("0.0.0.0/0", node1))))},
+		expect: func(c npCell) bool { return !c.from.is("x/b") || c.to.node != "node1" },
 	}, {
 		// x/b gives serve-80-tcp the number 81 (and serve-81-tcp 80).
 		name: "named ports resolve per destination pod, ingress",
-		policies: []*networkingv1.NetworkPolicy{policy("x", "allow-serve-80", sel(),
-			ingress(nil, port(tcp, intstr.FromString("serve-80-tcp")), port(udp, intstr.FromString("serve-80-udp"))))},
-		expect: func(c cell) bool {
-			return !in(c.to, "x") || c.port.port == named(c.to, "serve-80-"+strings.ToLower(string(c.port.proto)), c.port.proto)
+		policies: []*networkingv1.NetworkPolicy{npPolicy("x", "allow-serve-80", npSel(),
+			npIngress(nil, npRulePort(tcp, intstr.FromString("serve-80-tcp")), npRulePort(udp, intstr.FromString("serve-80-udp"))))},
+		expect: func(c npCell) bool {
+			return !npIn(c.to, "x") || c.port.port == npNamed(c.to, "serve-80-"+strings.ToLower(string(c.port.proto)), c.port.proto)
 		},
 	}, {
 		name: "named ports resolve per destination pod, egress",
-		policies: []*networkingv1.NetworkPolicy{policy("y", "allow-to-serve-81", sel("pod", "a"),
-			egress(nil, port(tcp, intstr.FromString("serve-81-tcp"))))},
-		expect: func(c cell) bool {
-			return !c.from.is("y/a") || (c.port.proto == tcp && c.port.port == named(c.to, "serve-81-tcp", tcp))
+		policies: []*networkingv1.NetworkPolicy{npPolicy("y", "allow-to-serve-81", npSel("pod", "a"),
+			npEgress(nil, npRulePort(tcp, intstr.FromString("serve-81-tcp"))))},
+		expect: func(c npCell) bool {
+			return !c.from.is("y/a") || (c.port.proto == tcp && c.port.port == npNamed(c.to, "serve-81-tcp", tcp))
 		},
 	}, {
 		name: "endPort ranges",
 		policies: []*networkingv1.NetworkPolicy{
-			policy("x", "allow-ranges", sel(), ingress(nil, portRange(tcp, 81, 90), portRange(udp, 70, 80))),
-			policy("y", "allow-to-75-80", sel("pod", "a"), egress(nil, portRange(tcp, 75, 80))),
+			npPolicy("x", "allow-ranges", npSel(), npIngress(nil, npRulePortRange(tcp, 81, 90), npRulePortRange(udp, 70, 80))),
+			npPolicy("y", "allow-to-75-80", npSel("pod", "a"), npEgress(nil, npRulePortRange(tcp, 75, 80))),
 		},
-		expect: func(c cell) bool {
-			ingressOK := !in(c.to, "x") || c.port == tcp81 || c.port == udp80
-			egressOK := !c.from.is("y/a") || c.port == tcp80
+		expect: func(c npCell) bool {
+			ingressOK := !npIn(c.to, "x") || c.port == npTCP81 || c.port == npUDP80
+			egressOK := !c.from.is("y/a") || c.port == npTCP80
 			return ingressOK && egressOK
 		},
 	}, {
 		name: "multiple policies add up",
 		policies: []*networkingv1.NetworkPolicy{
-			policy("x", "deny-ingress", sel(), isolateIngress),
-			policy("x", "a-from-y-on-80", sel("pod", "a"), ingress(peers(nsPeer(sel("ns", "y"))), port(tcp, intstr.FromInt32(80)))),
-			policy("x", "a-from-b-on-81", sel("pod", "a"), ingress(peers(podPeer(sel("pod", "b"))), port(tcp, intstr.FromInt32(81)))),
+			npPolicy("x", "deny-ingress", npSel(), npIsolateIngress),
+			npPolicy("x", "a-from-y-on-80", npSel("pod", "a"), npIngress(npPeers(npNSPeer(npSel("ns", "y"))), npRulePort(tcp, intstr.FromInt32(80)))),
+			npPolicy("x", "a-from-b-on-81", npSel("pod", "a"), npIngress(npPeers(npPodPeer(npSel("pod", "b"))), npRulePort(tcp, intstr.FromInt32(81)))),
 		},
-		expect: func(c cell) bool {
+		expect: func(c npCell) bool {
 			switch {
 			case c.to.is("x/a"):
-				return (in(c.from, "y") && c.port == tcp80) || (c.from.is("x/b") && c.port == tcp81)
-			case in(c.to, "x"):
+				return (npIn(c.from, "y") && c.port == npTCP80) || (c.from.is("x/b") && c.port == npTCP81)
+			case npIn(c.to, "x"):
 				return false
 			}
 			return true
@@ -318,41 +320,41 @@ func npCases(m *npModel) []npCase {
 	}, {
 		name: "ingress of the destination and egress of the source must both allow",
 		policies: []*networkingv1.NetworkPolicy{
-			policy("x", "from-ya-yb", sel(), ingress(peers(networkingv1.NetworkPolicyPeer{
-				NamespaceSelector: sel("ns", "y"), PodSelector: selExpr("pod", metav1.LabelSelectorOpIn, "a", "b")}))),
-			policy("y", "a-only-to-x", sel("pod", "a"), egress(peers(nsPeer(sel("ns", "x"))))),
+			npPolicy("x", "from-ya-yb", npSel(), npIngress(npPeers(networkingv1.NetworkPolicyPeer{
+				NamespaceSelector: npSel("ns", "y"), PodSelector: npSelExpr("pod", metav1.LabelSelectorOpIn, "a", "b")}))),
+			npPolicy("y", "a-only-to-x", npSel("pod", "a"), npEgress(npPeers(npNSPeer(npSel("ns", "x"))))),
 		},
-		expect: func(c cell) bool {
-			ingressOK := !in(c.to, "x") || c.from.is("y/a", "y/b")
-			egressOK := !c.from.is("y/a") || in(c.to, "x")
+		expect: func(c npCell) bool {
+			ingressOK := !npIn(c.to, "x") || c.from.is("y/a", "y/b")
+			egressOK := !c.from.is("y/a") || npIn(c.to, "x")
 			return ingressOK && egressOK
 		},
 	}, {
 		name: "egress with DNS allowed",
-		policies: []*networkingv1.NetworkPolicy{policy("x", "dns-and-y-80", sel(),
-			egress(peers(networkingv1.NetworkPolicyPeer{NamespaceSelector: sel(nsName, metav1.NamespaceSystem), PodSelector: sel("k8s-app", "kube-dns")}),
-				port(udp, intstr.FromInt32(53)), port(tcp, intstr.FromInt32(53))),
-			egress(peers(nsPeer(sel("ns", "y"))), port(tcp, intstr.FromInt32(80))))},
-		expect: func(c cell) bool { return !in(c.from, "x") || (in(c.to, "y") && c.port == tcp80) },
+		policies: []*networkingv1.NetworkPolicy{npPolicy("x", "dns-and-y-80", npSel(),
+			npEgress(npPeers(networkingv1.NetworkPolicyPeer{NamespaceSelector: npSel(nsName, metav1.NamespaceSystem), PodSelector: npSel("k8s-app", "kube-dns")}),
+				npRulePort(udp, intstr.FromInt32(53)), npRulePort(tcp, intstr.FromInt32(53))),
+			npEgress(npPeers(npNSPeer(npSel("ns", "y"))), npRulePort(tcp, intstr.FromInt32(80))))},
+		expect: func(c npCell) bool { return !npIn(c.from, "x") || (npIn(c.to, "y") && c.port == npTCP80) },
 		more: func(t *testing.T) {
-			m.check(t, "egress with DNS allowed, to kube-system/dns", m.pods, []*npPod{m.dns}, []npPort{udp53, tcp53, tcp80},
-				func(c cell) bool { return !in(c.from, "x") || c.port != tcp80 })
+			m.check(t, "egress with DNS allowed, to kube-system/dns", m.pods, []*npPod{m.dns}, []npPort{npUDP53, npTCP53, npTCP80},
+				func(c npCell) bool { return !npIn(c.from, "x") || c.port != npTCP80 })
 		},
 	}, {
 		name: "deleting the policies restores access",
 		policies: []*networkingv1.NetworkPolicy{
-			policy("x", "deny-all", sel(), isolateIngress, isolateEgress),
-			policy("y", "deny-all", sel(), isolateIngress, isolateEgress),
+			npPolicy("x", "deny-all", npSel(), npIsolateIngress, npIsolateEgress),
+			npPolicy("y", "deny-all", npSel(), npIsolateIngress, npIsolateEgress),
 		},
-		expect: func(c cell) bool { return !in(c.to, "x", "y") && !in(c.from, "x", "y") },
+		expect: func(c npCell) bool { return !npIn(c.to, "x", "y") && !npIn(c.from, "x", "y") },
 		more: func(t *testing.T) {
 			m.removePolicies(t)
-			m.check(t, "after deleting them", m.pods, m.pods, npPorts, func(cell) bool { return true })
+			m.check(t, "after deleting them", m.pods, m.pods, npPorts, func(npCell) bool { return true })
 		},
 	}}
 }
 
-func mustJSON(t *testing.T, v any) []byte {
+func npJSON(t *testing.T, v any) []byte {
 	t.Helper()
 	b, err := json.Marshal(v)
 	if err != nil {
@@ -372,7 +374,7 @@ func (m *npModel) label(t *testing.T, ns, pod string, kv ...string) {
 			l[kv[i]] = kv[i+1]
 		}
 	}
-	patch := fmt.Appendf(nil, `{"metadata":{"labels":%s}}`, mustJSON(t, l))
+	patch := fmt.Appendf(nil, `{"metadata":{"labels":%s}}`, npJSON(t, l))
 	var err error
 	ctx := context.Background()
 	if pod == "" {
@@ -385,8 +387,8 @@ func (m *npModel) label(t *testing.T, ns, pod string, kv ...string) {
 	}
 }
 
-// flow is a probe repeated in the background while policies and labels change.
-type flow struct {
+// npFlow is a probe repeated in the background while policies and labels change.
+type npFlow struct {
 	from, to string
 	port     npPort
 }
@@ -404,50 +406,50 @@ func (m *npModel) updates(t *testing.T) {
 		m.removePolicies(t)
 	}()
 	blue := func(ports ...networkingv1.NetworkPolicyPort) *networkingv1.NetworkPolicy {
-		rule := ingress(peers(nsPeer(sel("team", "blue")), podPeer(sel("role", "client"))), ports...)
+		rule := npIngress(npPeers(npNSPeer(npSel("team", "blue")), npPodPeer(npSel("role", "client"))), ports...)
 		if len(ports) > 0 {
-			rule = ingress(peers(nsPeer(sel("team", "blue"))), ports...)
+			rule = npIngress(npPeers(npNSPeer(npSel("team", "blue"))), ports...)
 		}
-		return policy("x", "allow-blue", sel("target", "yes"), rule)
+		return npPolicy("x", "allow-blue", npSel("target", "yes"), rule)
 	}
 	type step struct {
 		what   string
 		change func()
-		expect func(c cell) bool
+		expect func(c npCell) bool
 	}
 	steps := []step{{
 		what:   "x/a labelled target=yes, policy allow-blue selects it: nobody is blue yet",
 		change: func() { m.label(t, "x", "a", "target", "yes"); m.apply(t, blue()) },
-		expect: func(c cell) bool { return !c.to.is("x/a") },
+		expect: func(c npCell) bool { return !c.to.is("x/a") },
 	}, {
 		what:   "namespace y labelled team=blue",
 		change: func() { m.label(t, "y", "", "team", "blue") },
-		expect: func(c cell) bool { return !c.to.is("x/a") || in(c.from, "y") },
+		expect: func(c npCell) bool { return !c.to.is("x/a") || npIn(c.from, "y") },
 	}, {
 		what: "x/c and z/c labelled role=client: the pod selector is x's only",
 		change: func() {
 			m.label(t, "x", "c", "role", "client")
 			m.label(t, "z", "c", "role", "client")
 		},
-		expect: func(c cell) bool { return !c.to.is("x/a") || in(c.from, "y") || c.from.is("x/c") },
+		expect: func(c npCell) bool { return !c.to.is("x/a") || npIn(c.from, "y") || c.from.is("x/c") },
 	}, {
 		what: "target moves from x/a to x/b",
 		change: func() {
 			m.label(t, "x", "a", "target", "")
 			m.label(t, "x", "b", "target", "yes")
 		},
-		expect: func(c cell) bool { return !c.to.is("x/b") || in(c.from, "y") || c.from.is("x/c") },
+		expect: func(c npCell) bool { return !c.to.is("x/b") || npIn(c.from, "y") || c.from.is("x/c") },
 	}, {
 		what:   "policy updated: only the blue namespace, only on TCP 81",
-		change: func() { m.apply(t, blue(port(corev1.ProtocolTCP, intstr.FromInt32(81)))) },
-		expect: func(c cell) bool { return !c.to.is("x/b") || (in(c.from, "y") && c.port == tcp81) },
+		change: func() { m.apply(t, blue(npRulePort(corev1.ProtocolTCP, intstr.FromInt32(81)))) },
+		expect: func(c npCell) bool { return !c.to.is("x/b") || (npIn(c.from, "y") && c.port == npTCP81) },
 	}, {
 		what:   "policy deleted",
 		change: func() { m.removePolicies(t) },
-		expect: func(c cell) bool { return true },
+		expect: func(c npCell) bool { return true },
 	}}
-	flows := []flow{{"y/a", "x/a", tcp80}, {"x/c", "x/a", tcp80}, {"z/a", "x/a", udp80},
-		{"y/b", "x/b", tcp81}, {"y/c", "x/b", tcp80}, {"z/c", "x/b", tcp80}}
+	flows := []npFlow{{"y/a", "x/a", npTCP80}, {"x/c", "x/a", npTCP80}, {"z/a", "x/a", npUDP80},
+		{"y/b", "x/b", npTCP81}, {"y/c", "x/b", npTCP80}, {"z/c", "x/b", npTCP80}}
 
 	var phase atomic.Int32 // the settled step, or -1 while changing
 	phase.Store(-1)
@@ -469,7 +471,7 @@ func (m *npModel) updates(t *testing.T) {
 				if k < 0 || phase.Load() != k {
 					continue
 				}
-				c := cell{from, to, f.port}
+				c := npCell{from, to, f.port}
 				want := steps[k].expect(c)
 				if (err == nil) != want {
 					err = m.probe(from.sb, to, f.port, npRetryTimeout)
@@ -483,7 +485,7 @@ func (m *npModel) updates(t *testing.T) {
 					allowed++
 				}
 				if (err == nil) != want {
-					wrong = append(wrong, fmt.Sprintf("step %d (%s): %s: want allowed=%v, got %v", k+1, steps[k].what, c, want, orAllowed(err)))
+					wrong = append(wrong, fmt.Sprintf("step %d (%s): %s: want allowed=%v, got %v", k+1, steps[k].what, c, want, npOutcome(err)))
 				}
 				mu.Unlock()
 			}
@@ -513,16 +515,16 @@ func (m *npModel) updates(t *testing.T) {
 // the other node's probes show.
 func (m *npModel) kubeletProbes(t *testing.T) {
 	defer m.removePolicies(t)
-	m.apply(t, policy("x", "deny-all", sel(), isolateIngress, isolateEgress))
+	m.apply(t, npPolicy("x", "deny-all", npSel(), npIsolateIngress, npIsolateEgress))
 	for _, n := range m.e.c.Nodes {
 		host := harness.Sandbox{NetnsName: n.Netns, Netns: "/var/run/netns/" + n.Netns}
 		for _, p := range m.pods {
-			if !in(p, "x") {
+			if !npIn(p, "x") {
 				continue
 			}
-			err := m.probe(host, p, tcp80, npRetryTimeout)
+			err := m.probe(host, p, npTCP80, npRetryTimeout)
 			if err != nil && p.node == n.Name {
-				err = m.probe(host, p, tcp80, npRetryTimeout) // the one repeat
+				err = m.probe(host, p, npTCP80, npRetryTimeout) // the one repeat
 			}
 			switch {
 			case p.node == n.Name && err != nil:
@@ -530,13 +532,13 @@ func (m *npModel) kubeletProbes(t *testing.T) {
 			case p.node == n.Name:
 				t.Logf("%s's host reaches %s on it", n.Name, p)
 			default:
-				t.Logf("%s's host to %s on the other node: %s", n.Name, p, orAllowed(err))
+				t.Logf("%s's host to %s on the other node: %s", n.Name, p, npOutcome(err))
 			}
 		}
 	}
 	// The pods' own traffic stays blocked: the exemption is the hosts'.
-	m.check(t, "pods under the same policy", m.pods, m.pods, []npPort{tcp80},
-		func(c cell) bool { return !in(c.to, "x") && !in(c.from, "x") })
+	m.check(t, "pods under the same policy", m.pods, m.pods, []npPort{npTCP80},
+		func(c npCell) bool { return !npIn(c.to, "x") && !npIn(c.from, "x") })
 }
 
 // aclLogging: with dunlin.io/acl-logging=deny on x, a dropped connection shows up in the ovn-controller
@@ -549,13 +551,13 @@ func (m *npModel) aclLogging(t *testing.T) {
 		m.removePolicies(t)
 	}()
 	m.setAnnotation(t, "x", translator.ACLLoggingAnnotation, "deny")
-	m.apply(t, policy("x", "deny-all", sel(), isolateIngress))
+	m.apply(t, npPolicy("x", "deny-all", npSel(), npIsolateIngress))
 	xb := m.pod("x/b")
 	// From a pod on x/b's node and from one on the other node: to-lport ACLs run on the destination's.
 	var sameNode, otherNode *npPod
 	for _, p := range m.pods {
 		switch {
-		case in(p, "x"):
+		case npIn(p, "x"):
 		case p.node == xb.node && sameNode == nil:
 			sameNode = p
 		case p.node != xb.node && otherNode == nil:
@@ -563,21 +565,21 @@ func (m *npModel) aclLogging(t *testing.T) {
 		}
 	}
 	for _, from := range []*npPod{sameNode, otherNode} {
-		if err := m.probe(from.sb, xb, tcp80, npProbeTimeout); err == nil {
+		if err := m.probe(from.sb, xb, npTCP80, npProbeTimeout); err == nil {
 			t.Errorf("%s reached %s under deny-all", from, xb)
 		}
 		m.expectLog(t, xb.node, `name="x/deny-all"`, "verdict=drop", "nw_src="+from.ip, "nw_dst="+xb.ip)
 	}
 
 	m.setAnnotation(t, "x", translator.ACLLoggingAnnotation, "all")
-	m.apply(t, policy("x", "allow-from-y", sel("pod", "b"), ingress(peers(nsPeer(sel("ns", "y"))))))
+	m.apply(t, npPolicy("x", "allow-from-y", npSel("pod", "b"), npIngress(npPeers(npNSPeer(npSel("ns", "y"))))))
 	ya := m.pod("y/a")
-	if err := m.probe(ya.sb, xb, tcp80, npRetryTimeout); err != nil {
+	if err := m.probe(ya.sb, xb, npTCP80, npRetryTimeout); err != nil {
 		t.Errorf("%s to %s allowed by allow-from-y: %v", ya, xb, err)
 	}
 	m.expectLog(t, xb.node, `name="x/allow-from-y"`, "verdict=allow", "nw_src="+ya.ip, "nw_dst="+xb.ip)
 	zb := m.pod("z/b")
-	if err := m.probe(zb.sb, xb, tcp81, npProbeTimeout); err == nil {
+	if err := m.probe(zb.sb, xb, npTCP81, npProbeTimeout); err == nil {
 		t.Errorf("%s reached %s under deny-all", zb, xb)
 	}
 	// deny-all and allow-from-y both isolate x/b: "<first>+<others>".
@@ -591,7 +593,7 @@ func (m *npModel) setAnnotation(t *testing.T, ns, key, value string) {
 	if value == "" {
 		v = nil
 	}
-	patch := fmt.Appendf(nil, `{"metadata":{"annotations":%s}}`, mustJSON(t, map[string]any{key: v}))
+	patch := fmt.Appendf(nil, `{"metadata":{"annotations":%s}}`, npJSON(t, map[string]any{key: v}))
 	if _, err := m.e.client.CoreV1().Namespaces().Patch(context.Background(), ns, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatalf("annotate namespace %s: %v", ns, err)
 	}
@@ -613,7 +615,7 @@ func (m *npModel) expectLog(t *testing.T, node string, parts ...string) {
 			return err
 		}
 		for _, line := range strings.Split(string(data), "\n") {
-			if strings.Contains(line, "acl_log") && allIn(line, parts) {
+			if strings.Contains(line, "acl_log") && npAllIn(line, parts) {
 				found = line
 				return nil
 			}
@@ -621,13 +623,13 @@ func (m *npModel) expectLog(t *testing.T, node string, parts ...string) {
 		return fmt.Errorf("no acl_log line with %q", parts)
 	})
 	if err != nil {
-		t.Errorf("%s's ovn-controller.log: %v\n--- acl_log lines ---\n%s", node, err, grepLines(path, "acl_log", 20))
+		t.Errorf("%s's ovn-controller.log: %v\n--- acl_log lines ---\n%s", node, err, npGrepLines(path, "acl_log", 20))
 		return
 	}
 	t.Logf("%s: %s", node, found)
 }
 
-func allIn(s string, parts []string) bool {
+func npAllIn(s string, parts []string) bool {
 	for _, p := range parts {
 		if !strings.Contains(s, p) {
 			return false
@@ -636,8 +638,8 @@ func allIn(s string, parts []string) bool {
 	return true
 }
 
-// grepLines returns the last n lines of the file holding s.
-func grepLines(path, s string, n int) string {
+// npGrepLines returns the last n lines of the file holding s.
+func npGrepLines(path, s string, n int) string {
 	data, _ := os.ReadFile(path)
 	var out []string
 	for _, line := range strings.Split(string(data), "\n") {
@@ -660,21 +662,21 @@ func (m *npModel) badInput(t *testing.T) {
 		name   string
 		np     *networkingv1.NetworkPolicy
 		reason string // the Warning expected on the policy; "" none
-		expect func(c cell) bool
+		expect func(c npCell) bool
 	}{{
 		name:   "a policy that selects no pod isolates nothing",
-		np:     policy("x", "selects-nothing", sel("pod", "nobody"), isolateIngress, isolateEgress),
-		expect: func(cell) bool { return true },
+		np:     npPolicy("x", "selects-nothing", npSel("pod", "nobody"), npIsolateIngress, npIsolateEgress),
+		expect: func(npCell) bool { return true },
 	}, {
 		name:   "a named port no pod has: the rule matches nothing, the pods stay isolated",
-		np:     policy("x", "no-such-port", sel(), ingress(nil, port(tcp, intstr.FromString("no-such-port")))),
+		np:     npPolicy("x", "no-such-port", npSel(), npIngress(nil, npRulePort(tcp, intstr.FromString("no-such-port")))),
 		reason: "PolicyNamedPortNotFound",
-		expect: func(c cell) bool { return !in(c.to, "x") },
+		expect: func(c npCell) bool { return !npIn(c.to, "x") },
 	}, {
 		name:   "an ipBlock overlapping the pod network applies to pod addresses",
-		np:     policy("x", "pod-network-block", sel(), ingress(peers(ipBlock(m.subnets["node1"].String())))),
+		np:     npPolicy("x", "pod-network-block", npSel(), npIngress(npPeers(npIPBlock(m.subnets["node1"].String())))),
 		reason: "PolicyIPBlockOverlapsPods",
-		expect: func(c cell) bool { return !in(c.to, "x") || c.from.node == "node1" },
+		expect: func(c npCell) bool { return !npIn(c.to, "x") || c.from.node == "node1" },
 	}}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
