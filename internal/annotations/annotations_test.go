@@ -97,3 +97,32 @@ func TestDeclaredNodeSubnets(t *testing.T) {
 		t.Fatalf("IPv6-only podCIDRs gave an IPv4 subnet %v", p)
 	}
 }
+
+func TestNodeGateway(t *testing.T) {
+	good := NodeGatewayInfo{Format: 1, Bridge: "br-ex", Interface: "eth0", MACAddress: "02:00:00:00:00:01",
+		IPAddresses: []string{"172.30.0.10/24"}, NextHops: []string{"172.30.0.1"}}
+	g, err := ParseNodeGateway(good.Marshal())
+	if err != nil {
+		t.Fatalf("ParseNodeGateway: %v", err)
+	}
+	if nh, ok := g.NextHopFor(g.Addresses()[0].Addr()); !ok || nh.String() != "172.30.0.1" {
+		t.Errorf("NextHopFor = %v %v", nh, ok)
+	}
+	if _, err := ParseNodeGateway(`{"format":1,"bridge":"br-ex","mac_address":"02:00:00:00:00:01","ip_addresses":["172.30.0.10/24"],"future":true}`); err != nil {
+		t.Errorf("unknown fields must be ignored: %v", err)
+	}
+	for _, bad := range []string{
+		`nope`,
+		`{"format":2,"bridge":"br-ex","mac_address":"02:00:00:00:00:01","ip_addresses":["172.30.0.10/24"]}`,
+		`{"format":1,"mac_address":"02:00:00:00:00:01","ip_addresses":["172.30.0.10/24"]}`,
+		`{"format":1,"bridge":"br-ex","mac_address":"zz","ip_addresses":["172.30.0.10/24"]}`,
+		`{"format":1,"bridge":"br-ex","mac_address":"02:00:00:00:00:01"}`,
+		`{"format":1,"bridge":"br-ex","mac_address":"02:00:00:00:00:01","ip_addresses":["172.30.0.10"]}`,
+		`{"format":1,"bridge":"br-ex","mac_address":"02:00:00:00:00:01","ip_addresses":["172.30.0.10/24"],"next_hops":["10.0.0.1"]}`,
+		`{"format":1,"bridge":"br-ex","mac_address":"02:00:00:00:00:01","ip_addresses":["172.30.0.10/24"],"next_hops":["172.30.0.10"]}`,
+	} {
+		if _, err := ParseNodeGateway(bad); err == nil {
+			t.Errorf("ParseNodeGateway(%s) accepted", bad)
+		}
+	}
+}

@@ -36,6 +36,7 @@ type Client struct {
 	writes atomic.Int64 // transactions sent, so tests can tell that an idempotent call wrote nothing
 
 	changed notify.Keyed // interface name -> woken on any change of it
+	recheck time.Duration // waits re-read the cache this often besides events; 0 means defaultRecheck
 }
 
 // Connect dials endpoint (unix:PATH or tcp:IP:PORT), keeps reconnecting for ever, and monitors the

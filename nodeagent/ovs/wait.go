@@ -11,9 +11,9 @@ import (
 	"github.com/dunlinplugin/dunlin/nodeagent/ovsmodel"
 )
 
-// recheckInterval bounds how long a missed cache event (a full event buffer, or a reconnection, which
+// defaultRecheck bounds how long a missed cache event (a full event buffer, or a reconnection, which
 // refills the cache without per-row events) can delay a wait.
-const recheckInterval = time.Second
+const defaultRecheck = time.Second
 
 // waitIface calls check with the cached interface (nil when absent) on every change of it, until check
 // says done or fails, or ctx ends. Get waits for the cache to be consistent after a reconnection
@@ -21,7 +21,11 @@ const recheckInterval = time.Second
 func (c *Client) waitIface(ctx context.Context, name string, check func(iface *ovsmodel.Interface) (bool, error)) error {
 	changed, unsubscribe := c.changed.Subscribe(name)
 	defer unsubscribe()
-	timer := time.NewTimer(recheckInterval)
+	recheck := c.recheck
+	if recheck == 0 {
+		recheck = defaultRecheck
+	}
+	timer := time.NewTimer(recheck)
 	defer timer.Stop()
 	for {
 		iface := &ovsmodel.Interface{Name: name}
@@ -40,7 +44,7 @@ func (c *Client) waitIface(ctx context.Context, name string, check func(iface *o
 		select {
 		case <-changed:
 		case <-timer.C:
-			timer.Reset(recheckInterval)
+			timer.Reset(recheck)
 		case <-ctx.Done():
 			return ctx.Err()
 		}

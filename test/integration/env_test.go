@@ -43,7 +43,8 @@ func TestMain(m *testing.M) {
 	}
 	_, self, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(self), "..", "..")
-	build := exec.Command("go", "build", "-o", controllerBin, "./cmd/dunlin-controller")
+	// With make test's -race, the controller is race-built too; its reports fail the test (see cleanup).
+	build := exec.Command("go", append(harness.GoBuildFlags(), "-o", controllerBin, "./cmd/dunlin-controller")...)
 	build.Dir = root
 	if out, err := build.CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "build dunlin-controller: %v\n%s", err, out)
@@ -87,6 +88,9 @@ func newClusterWith(t *testing.T, o harness.OVNOptions, flags ...string) *cluste
 			t.Logf("controller log tail:\n%s", tail(filepath.Join(dir, "controller.log"), 40))
 		}
 		c.stopController()
+		if err := harness.DataRacesIn(filepath.Join(dir, "controller.log")); err != nil {
+			t.Errorf("dunlin-controller: %v", err)
+		}
 		if c.kube != nil {
 			c.kube.Stop()
 		}

@@ -76,14 +76,19 @@ func (c *cluster) applySlice(service, name string, ports []slicePort, addrs ...s
 	}
 }
 
-// lbVIPs returns the vips of the named load balancer as ovn-nbctl prints them ("" when absent).
+// lbVIPs returns the vips of the named load balancer as ovn-nbctl get prints them ("" when absent). One
+// find reads name and vips together: a find of the UUID followed by a get races with the controller
+// replacing the row in between.
 func (c *cluster) lbVIPs(name string) string {
 	c.t.Helper()
-	uuid := c.nbctl("--bare", "--columns=_uuid", "find", "Load_Balancer", "name="+name)
-	if uuid == "" {
-		return ""
+	out := c.nbctl("--columns=vips", "find", "Load_Balancer", "name="+name)
+	var vips []string
+	for _, line := range strings.Split(out, "\n") {
+		if _, v, ok := strings.Cut(line, ":"); ok {
+			vips = append(vips, strings.TrimSpace(v))
+		}
 	}
-	return c.nbctl("get", "Load_Balancer", uuid, "vips")
+	return strings.Join(vips, "\n")
 }
 
 func (c *cluster) expectVIPs(lb, want string) {

@@ -58,6 +58,9 @@ func newEnv(t *testing.T) *env {
 			t.Logf("logs:\n%s", e.logs())
 		}
 		logErr(t, c.Stop())
+		if err := c.DataRaces(); err != nil { // Dunlin's programs are race-built under make test's -race
+			t.Error(err)
+		}
 	})
 	// The test is the runtime: no stand-in kubelet racing it for the pods of this node.
 	if err := e.n.Kubelet.Stop(); err != nil {

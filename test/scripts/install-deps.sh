@@ -5,7 +5,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
 need=()
-for cmd in ovsdb-server ovsdb-tool ovn-nbctl ovn-northd ovn-controller ovs-vswitchd ovn-trace ethtool ping nc ip openssl; do
+for cmd in ovsdb-server ovsdb-tool ovn-nbctl ovn-northd ovn-controller ovs-vswitchd ovn-trace ethtool ping nc ip openssl gcc; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -17,7 +17,7 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends openvswitch-switch ovn-central ovn-host ovn-common \
-    ethtool iputils-ping netcat-openbsd iproute2 openssl >/dev/null
+    ethtool iputils-ping netcat-openbsd iproute2 openssl gcc libc6-dev >/dev/null # gcc: cgo for -race
 fi
 command -v go >/dev/null 2>&1 || { echo "Go is required (https://go.dev/dl)" >&2; exit 1; }
 
