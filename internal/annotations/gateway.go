@@ -24,6 +24,9 @@ const PhysicalNetwork = "physnet"
 // share the node's uplink.
 type NodeGatewayInfo struct {
 	Format int `json:"format"`
+	// ChassisID is the node's OVS system-id (its OVN chassis name), which pins GR_<node> to the node;
+	// empty means the node name (dunlin-node's default system-id).
+	ChassisID string `json:"chassis_id,omitempty"`
 	// Bridge is the OVS bridge that holds the uplink and the node's addresses ("br-ex").
 	Bridge string `json:"bridge"`
 	// Interface is the uplink moved into Bridge ("eth0").
