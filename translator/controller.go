@@ -277,6 +277,14 @@ func (c *Controller) Run(ctx context.Context) error {
 			}()
 		}
 	}
+	c.running.Add(1)
+	go func() {
+		defer c.running.Done()
+		if c.committer.WaitFenced(ctx) == nil {
+			klog.ErrorS(nbstore.ErrFenced, "Stopping: another dunlin-controller claimed the NB database")
+			c.stop(nbstore.ErrFenced)
+		}
+	}()
 	c.enqueueAll()
 	c.ready.Store(true)
 	klog.InfoS("Controller started", "clusterCIDR", c.cfg.ClusterCIDR, "nodeSubnetPrefix", c.cfg.NodeSubnetPrefix,
