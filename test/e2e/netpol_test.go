@@ -49,6 +49,7 @@ func TestNetworkPolicy(t *testing.T) {
 	for _, c := range npCases(m) {
 		t.Run(c.name, func(t *testing.T) { m.runCase(t, c) })
 	}
+	t.Run("Service traffic is seen after load balancing", m.serviceTraffic)
 	t.Run("SCTP ports (INIT chunks over raw sockets)", m.sctpCase)
 	t.Run("policy and label updates while traffic flows", m.updates)
 	t.Run("kubelet-style probes from the node reach pods under default deny", m.kubeletProbes)
@@ -352,6 +353,45 @@ func npCases(m *npModel) []npCase {
 			m.check(t, "after deleting them", m.pods, m.pods, npPorts, func(npCell) bool { return true })
 		},
 	}}
+}
+
+// serviceTraffic checks policies against traffic to a ClusterIP: the backend's ingress policy sees the
+// client pod's own address (no SNAT before the ACLs), and an egress policy that allows the backend pod
+// allows reaching it through its ClusterIP (egress ACLs apply after load balancing).
+func (m *npModel) serviceTraffic(t *testing.T) {
+	ctx := context.Background()
+	vip := m.e.createService("x", "web", map[string]string{"pod": "a"}, []corev1.ServicePort{
+		{Name: "http", Port: 80, TargetPort: intstr.FromInt32(80), Protocol: corev1.ProtocolTCP}}, nil)
+	defer func() {
+		if err := m.e.client.CoreV1().Services("x").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+			t.Errorf("delete service x/web: %v", err)
+		}
+	}()
+	m.e.waitBackends("x", "web", "TCP", 1)
+	// The ClusterIP, answered by x/a. x/a itself is left out as a client: its own Service hairpins.
+	web := &npPod{ns: "x", name: "a", ip: vip}
+	var clients, yPods []*npPod
+	for _, p := range m.pods {
+		if !p.is("x/a") {
+			clients = append(clients, p)
+		}
+		if npIn(p, "y") {
+			yPods = append(yPods, p)
+		}
+	}
+	defer m.removePolicies(t)
+	m.apply(t, npPolicy("x", "web-from-b", npSel("pod", "a"),
+		npIngress(npPeers(networkingv1.NetworkPolicyPeer{NamespaceSelector: npSel(), PodSelector: npSel("pod", "b")}))))
+	m.check(t, "the backend's ingress policy, through the ClusterIP", clients, []*npPod{web}, []npPort{npTCP80},
+		func(c npCell) bool { return c.from.name == "b" })
+	m.removePolicies(t)
+	m.apply(t, npPolicy("y", "egress-to-x-a", npSel(),
+		npEgress(npPeers(networkingv1.NetworkPolicyPeer{NamespaceSelector: npSel("ns", "x"), PodSelector: npSel("pod", "a")}),
+			npRulePort(corev1.ProtocolTCP, intstr.FromInt32(80)))))
+	m.check(t, "an egress policy allowing the backend, through the ClusterIP", clients, []*npPod{web}, []npPort{npTCP80},
+		func(npCell) bool { return true })
+	m.check(t, "the same egress policy, to another pod", yPods, []*npPod{m.pod("x/b")}, []npPort{npTCP80},
+		func(npCell) bool { return false })
 }
 
 func npJSON(t *testing.T, v any) []byte {
