@@ -15,11 +15,13 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
 	"github.com/dunlinplugin/dunlin/test/harness"
@@ -367,6 +369,17 @@ func (m *npModel) serviceTraffic(t *testing.T) {
 			t.Errorf("delete service x/web: %v", err)
 		}
 	}()
+	// No kube-controller-manager runs in this cluster: write the Service's EndpointSlice as it would.
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "x", Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](80), Protocol: ptr.To(corev1.ProtocolTCP)}},
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{m.pod("x/a").ip}, NodeName: ptr.To(m.pod("x/a").node),
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}}},
+	}
+	if _, err := m.e.client.DiscoveryV1().EndpointSlices("x").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create EndpointSlice x/web-1: %v", err)
+	}
 	m.e.waitBackends("x", "web", "TCP", 1)
 	// The ClusterIP, answered by x/a. x/a itself is left out as a client: its own Service hairpins.
 	web := &npPod{ns: "x", name: "a", ip: vip}
