@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strconv"
 	"sync"
@@ -446,50 +447,125 @@ func controllerSync(b *testing.B, dir, run, bin string, kube *harness.Kube, port
 // times it as the controller is timed. It writes the cluster rows with every router port in one
 // transaction, then whole switches with their ports, in 1000-operation transactions.
 func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Duration {
-	nb := connectNB(b, ovn.NBAddr)
-	watcher, clock := watchNB(b, ovn.NBAddr)
-	ctx := context.Background()
+	w := newFloorWriter(b, ovn, want)
+	write := w.prepareNodes(d) // the rows, prepared before the clock starts
+	start := time.Now()
+	write()
+	w.flush()
+	return w.done("NB floor").wait(b, 5*time.Minute).Sub(start)
+}
+
+// floorWriter writes expected rows straight into NB, in batched transactions, through a client that
+// monitors the tables the controller's does; a second client watches as the controller is watched.
+type floorWriter struct {
+	b       testing.TB
+	nb      client.Client
+	watcher client.Client
+	clock   *changeClock
+	want    *nbRows
+	ops     []ovsdb.Operation
+	named   int
+	// created are the rows of ops not committed yet (named UUID -> operation index); uuids the real
+	// UUIDs of committed ones, by named UUID.
+	created map[string]int
+	uuids   map[string]string
+	// ids are the named UUIDs of created rows by table and identity (see nbRows.identity).
+	ids map[string]string
+}
+
+func newFloorWriter(b testing.TB, ovn *harness.OVN, want *nbRows) *floorWriter {
+	w := &floorWriter{b: b, nb: connectNB(b, ovn.NBAddr), want: want, created: map[string]int{},
+		uuids: map[string]string{}, ids: map[string]string{}}
+	w.watcher, w.clock = watchNB(b, ovn.NBAddr)
+	return w
+}
+
+// create adds the insert of m and returns its named UUID, which other rows of the same transaction
+// may reference (ref resolves it in later ones).
+func (w *floorWriter) create(m model.Model) string {
+	w.named++
+	id := fmt.Sprintf("r%d", w.named)
+	table := w.want.db.FindTable(reflect.TypeOf(m))
+	info, err := w.want.db.NewModelInfo(m)
+	if err == nil {
+		err = info.SetField("_uuid", id)
+	}
+	var identity string
+	if err == nil {
+		identity, err = w.want.identity(table, info)
+	}
+	if err != nil {
+		w.b.Fatal(err)
+	}
+	w.ids[table+"/"+identity] = id
+	o, err := w.nb.Create(m)
+	if err != nil {
+		w.b.Fatal(err)
+	}
+	w.ops = append(w.ops, o...)
+	w.created[id] = len(w.ops) - 1
+	return id
+}
+
+// flush commits the pending operations in one transaction.
+func (w *floorWriter) flush() {
+	if len(w.ops) == 0 {
+		return
+	}
+	res, err := w.nb.Transact(context.Background(), w.ops...)
+	if err == nil {
+		_, err = ovsdb.CheckOperationResults(res, w.ops)
+	}
+	if err != nil {
+		w.b.Fatal(err)
+	}
+	for id, i := range w.created {
+		w.uuids[id] = res[i].UUID.GoUUID
+	}
+	w.ops, w.created = w.ops[:0], map[string]int{}
+}
+
+// flushIfFull commits once a transaction holds 1000 operations.
+func (w *floorWriter) flushIfFull() {
+	if len(w.ops) >= 1000 {
+		w.flush()
+	}
+}
+
+// ref is what references the created row of table with identity: its named UUID while it is in
+// the pending transaction, its real UUID after.
+func (w *floorWriter) ref(table, identity string) string {
+	id, ok := w.ids[table+"/"+identity]
+	if !ok {
+		w.b.Fatalf("floor: %s %q was not created", table, identity)
+	}
+	if _, pending := w.created[id]; pending {
+		return id
+	}
+	return w.uuids[id]
+}
+
+// done tells when the watcher sees exactly the expected rows.
+func (w *floorWriter) done(what string) syncDone {
+	return syncDone{
+		what:    what,
+		count:   tableLen(w.watcher, nbmodel.LogicalSwitchPortTable),
+		atLeast: w.want.count(nbmodel.LogicalSwitchPortTable),
+		content: func() error { return w.want.diff(cacheReader(w.watcher)) },
+		clock:   w.clock,
+	}
+}
+
+// prepareNodes prepares the cluster, node and pod rows of d and returns what writes them: the cluster
+// rows with every router port in one transaction, then whole switches with their ports.
+func (w *floorWriter) prepareNodes(d desired) func() {
 	podsByNode := map[string][]translator.PodNetwork{}
 	for _, p := range d.pods {
 		podsByNode[p.Node] = append(podsByNode[p.Node], p)
 	}
-	var ops []ovsdb.Operation
-	named := 0
-	create := func(m model.Model) (string, int) {
-		named++
-		id := fmt.Sprintf("r%d", named)
-		info, err := want.db.NewModelInfo(m)
-		if err == nil {
-			err = info.SetField("_uuid", id)
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
-		o, err := nb.Create(m)
-		if err != nil {
-			b.Fatal(err)
-		}
-		ops = append(ops, o...)
-		return id, len(ops) - 1
-	}
-	flush := func() []ovsdb.OperationResult {
-		if len(ops) == 0 {
-			return nil
-		}
-		res, err := nb.Transact(ctx, ops...)
-		if err == nil {
-			_, err = ovsdb.CheckOperationResults(res, ops)
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
-		ops = ops[:0]
-		return res
-	}
-	// The rows, prepared before the clock starts.
 	var router *nbmodel.LogicalRouter
 	var group *nbmodel.LoadBalancerGroup
-	for _, m := range want.models(translator.ClusterOwner) {
+	for _, m := range w.want.models(translator.ClusterOwner) {
 		switch m := m.(type) {
 		case *nbmodel.LogicalRouter:
 			router = m
@@ -504,7 +580,7 @@ func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Du
 	}
 	nodes := make([]nodeRows, len(d.nodes))
 	for i, n := range d.nodes {
-		for _, m := range want.models(translator.Owner(translator.KindNode, n.Name)) {
+		for _, m := range w.want.models(translator.Owner(translator.KindNode, n.Name)) {
 			switch m := m.(type) {
 			case *nbmodel.LogicalSwitch:
 				nodes[i].ls = m
@@ -515,36 +591,24 @@ func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Du
 			}
 		}
 		for _, p := range podsByNode[n.Name] {
-			nodes[i].ports = append(nodes[i].ports, want.models(translator.Owner(translator.KindPod, p.Namespace+"/"+p.Name))...)
+			nodes[i].ports = append(nodes[i].ports, w.want.models(translator.Owner(translator.KindPod, p.Namespace+"/"+p.Name))...)
 		}
 	}
-
-	start := time.Now()
-	_, groupOp := create(group)
-	for _, n := range nodes {
-		id, _ := create(n.lrp)
-		router.Ports = append(router.Ports, id)
-	}
-	create(router)
-	groupUUID := flush()[groupOp].UUID.GoUUID
-	for _, n := range nodes {
-		for _, p := range n.ports {
-			id, _ := create(p)
-			n.ls.Ports = append(n.ls.Ports, id)
+	return func() {
+		w.create(group)
+		for _, n := range nodes {
+			router.Ports = append(router.Ports, w.create(n.lrp))
 		}
-		n.ls.LoadBalancerGroup = []string{groupUUID}
-		create(n.ls)
-		if len(ops) >= 1000 {
-			flush()
+		w.create(router)
+		w.flush()
+		groupUUID := w.ref(nbmodel.LoadBalancerGroupTable, group.Name)
+		for _, n := range nodes {
+			for _, p := range n.ports {
+				n.ls.Ports = append(n.ls.Ports, w.create(p))
+			}
+			n.ls.LoadBalancerGroup = []string{groupUUID}
+			w.create(n.ls)
+			w.flushIfFull()
 		}
 	}
-	flush()
-	done := syncDone{
-		what:    "NB floor",
-		count:   tableLen(watcher, nbmodel.LogicalSwitchPortTable),
-		atLeast: want.count(nbmodel.LogicalSwitchPortTable),
-		content: func() error { return want.diff(cacheReader(watcher)) },
-		clock:   clock,
-	}
-	return done.wait(b, 5*time.Minute).Sub(start)
 }
