@@ -150,45 +150,58 @@ func expectRows(db model.DatabaseModel, nodes []translator.NodeNetwork, pods []t
 // apiRows are the NB rows the API's current nodes and pods mean, from their subnet and address
 // annotations; an error while any of them has none yet.
 func apiRows(ctx context.Context, kube kubernetes.Interface, db model.DatabaseModel) (*nbRows, error) {
+	d, _, err := apiDesired(ctx, kube)
+	if err != nil {
+		return nil, err
+	}
+	return expectRows(db, d.nodes, d.pods)
+}
+
+// apiDesired is the cluster the API holds now, from the nodes' subnet and the pods' address
+// annotations, with the networked pods as NetworkPolicy's mapping takes them; an error while any of
+// them has none yet.
+func apiDesired(ctx context.Context, kube kubernetes.Interface) (desired, []translator.PolicyPod, error) {
+	var d desired
 	nodeList, err := kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
+		return d, nil, fmt.Errorf("list nodes: %w", err)
 	}
 	podList, err := kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("list pods: %w", err)
+		return d, nil, fmt.Errorf("list pods: %w", err)
 	}
-	var nodes []translator.NodeNetwork
 	for i := range nodeList.Items {
 		n := &nodeList.Items[i]
 		subnets, _, err := annotations.DeclaredNodeSubnets(n)
 		if err != nil {
-			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+			return d, nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
 		subnet := annotations.IPv4Subnet(subnets)
 		if !subnet.IsValid() {
-			return nil, fmt.Errorf("node %s has no subnet yet", n.Name)
+			return d, nil, fmt.Errorf("node %s has no subnet yet", n.Name)
 		}
-		nodes = append(nodes, translator.NodeNetwork{Name: n.Name, Subnet: subnet})
+		d.nodes = append(d.nodes, translator.NodeNetwork{Name: n.Name, Subnet: subnet})
 	}
-	var pods []translator.PodNetwork
-	for _, p := range podList.Items {
+	var networked []translator.PolicyPod
+	for i := range podList.Items {
+		p := &podList.Items[i]
 		if p.Spec.NodeName == "" || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}
 		s, ok := p.Annotations[annotations.PodNetwork]
 		if !ok {
-			return nil, fmt.Errorf("pod %s/%s has no address yet", p.Namespace, p.Name)
+			return d, nil, fmt.Errorf("pod %s/%s has no address yet", p.Namespace, p.Name)
 		}
 		info, err := annotations.ParsePodNetwork(s)
 		if err != nil {
-			return nil, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
+			return d, nil, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
 		}
 		addr, _ := info.IPv4()
-		pods = append(pods, translator.PodNetwork{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID),
+		d.pods = append(d.pods, translator.PodNetwork{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID),
 			Node: p.Spec.NodeName, Addr: addr.Addr()})
+		networked = append(networked, translator.PolicyPod{Pod: p, Addr: addr.Addr()})
 	}
-	return expectRows(db, nodes, pods)
+	return d, networked, nil
 }
 
 func nbDatabaseModel() (model.DatabaseModel, error) {
