@@ -338,6 +338,13 @@ func (r *peerRegistry) set(policy string, peers []PolicyPeer, egressNamed bool) 
 	return out
 }
 
+// hashes are the peers some policy uses.
+func (r *peerRegistry) hashes() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Sorted(maps.Keys(r.peers))
+}
+
 func (r *peerRegistry) get(hash string) (PolicyPeer, bool) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
