@@ -661,30 +661,33 @@ func (w *policyWatch) expect(pm podMembership) {
 // check notes the pod of port as complete when its port is in every awaited port group and its
 // address in every awaited address set. w.mu is held.
 func (w *policyWatch) check(port string, now time.Time) {
-	pm, ok := w.awaited[port]
-	if !ok {
-		return
+	if pm, ok := w.awaited[port]; ok && w.missing(pm) == "" {
+		w.seenAt[port] = now
+		w.forget(pm)
 	}
-	lsp := w.ports[port]
+}
+
+// missing says where the pod's port or address is not yet, "" when it is everywhere. w.mu is held.
+func (w *policyWatch) missing(pm podMembership) string {
+	lsp := w.ports[pm.port]
 	if lsp == nil || len(lsp.Addresses) == 0 {
-		return
+		return "no port"
 	}
 	fields := strings.Fields(lsp.Addresses[0]) // "MAC IP"
 	if len(fields) < 2 {
-		return
+		return "no address on the port"
 	}
 	for _, g := range pm.groups {
 		if pg := w.groups[g]; pg == nil || !slices.Contains(pg.Ports, lsp.UUID) {
-			return
+			return "not in port group " + g
 		}
 	}
 	for _, s := range pm.sets {
 		if as := w.sets[s]; as == nil || !slices.Contains(as.Addresses, fields[1]) {
-			return
+			return "not in address set " + s
 		}
 	}
-	w.seenAt[port] = now
-	w.forget(pm)
+	return ""
 }
 
 // forget stops awaiting a pod. w.mu is held.
@@ -710,10 +713,14 @@ func (w *policyWatch) nAwaited() int {
 	return len(w.awaited)
 }
 
-// takeSeen returns when each pod was complete, by port name, and stops awaiting the others.
-func (w *policyWatch) takeSeen() map[string]time.Time {
+// takeSeen returns when each pod was complete, by port name, and stops awaiting the others, after
+// saying where a few of them are missing.
+func (w *policyWatch) takeSeen(b *testing.B) map[string]time.Time {
 	w.mu.Lock()
 	defer w.mu.Unlock()
+	for _, port := range slices.Sorted(maps.Keys(w.awaited))[:min(5, len(w.awaited))] {
+		b.Logf("pod port %s never complete: %s", port, w.missing(w.awaited[port]))
+	}
 	seen := w.seenAt
 	w.seenAt, w.awaited, w.waiting = map[string]time.Time{}, map[string]podMembership{}, map[string][]string{}
 	return seen
@@ -866,7 +873,7 @@ func (w *policyWorld) churn(b *testing.B, kube kubernetes.Interface, run policie
 	for deadline := time.Now().Add(churnTimeout); time.Now().Before(deadline) && run.watcher.nAwaited() > 0; {
 		time.Sleep(10 * time.Millisecond)
 	}
-	seen := run.watcher.takeSeen()
+	seen := run.watcher.takeSeen(b)
 	r := churnResults{created: n}
 	for i, cp := range pods {
 		at, ok := seen[cp.pm.port]
