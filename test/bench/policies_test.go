@@ -630,7 +630,8 @@ func (w *policyWatch) seen(m model.Model, deleted bool) {
 	default:
 		return
 	}
-	for _, port := range w.waiting[key] {
+	// A clone: check drops completed pods from w.waiting[key] in place.
+	for _, port := range slices.Clone(w.waiting[key]) {
 		w.check(port, now)
 	}
 }
