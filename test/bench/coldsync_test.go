@@ -1,5 +1,6 @@
 // Package bench measures Dunlin against real components. Run with `make bench`; of this package,
-// `make test` runs only TestContentCheck, the test of the benchmarks' completion criterion.
+// `make test` runs only TestContentCheck and TestPolicyContentCheck, the tests of the benchmarks'
+// completion criterion.
 package bench
 
 import (

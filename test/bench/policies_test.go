@@ -108,7 +108,7 @@ func BenchmarkNetworkPolicies(b *testing.B) {
 	var syncTotal, floorTotal time.Duration
 	var res churnResults
 	for i := range b.N {
-		floorTotal += floorPolicies(b, filepath.Join(dir, fmt.Sprintf("floor-%d", i)), world, want)
+		floorTotal += floorPolicies(b, startNB(b, filepath.Join(dir, fmt.Sprintf("floor-%d", i))), world, want)
 		run := startPolicies(b, dir, fmt.Sprintf("np-%d", i), bin, kube, want)
 		syncTotal += run.took
 		for _, t := range policyTables {
@@ -383,15 +383,39 @@ func policyNodes(pods int) int {
 	return max((pods+basePodsPerNode-1)/basePodsPerNode, (churnPods+churnPodsPerNode-1)/churnPodsPerNode)
 }
 
-// populatePolicies creates the namespaces (with the default service account pods need), the nodes,
-// the annotated pods and the policies, and returns them as the mapping takes them.
-func populatePolicies(b *testing.B, kube kubernetes.Interface) *policyWorld {
-	ctx := context.Background()
-	nPolicies, nPods, nNamespaces := policySizes()
+// newPolicyWorld generates the namespaces, nodes, annotated pods and policies of a benchmark of that
+// size, as they are before creation.
+func newPolicyWorld(nPolicies, nPods, nNamespaces int) *policyWorld {
 	w := &policyWorld{}
 	for i := range nNamespaces {
 		w.namespaces = append(w.namespaces, benchNamespace(i))
 	}
+	for i := range policyNodes(nPods) {
+		w.nodes = append(w.nodes, translator.NodeNetwork{Name: fmt.Sprintf("bench-np-n%03d", i),
+			Subnet: netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i))})
+	}
+	for k := range nPods {
+		n := w.nodes[k%len(w.nodes)]
+		addr := netip.AddrFrom4([4]byte{10, 244, n.Subnet.Addr().As4()[2], byte(3 + k/len(w.nodes))})
+		ns := w.namespaces[k%len(w.namespaces)].Name
+		pod := benchPod(ns, fmt.Sprintf("p%05d", k), k/len(w.namespaces), n.Name)
+		pod.Annotations = map[string]string{annotations.PodNetwork: podNetworkValue(addr, n.Subnet)}
+		w.policyPods = append(w.policyPods, translator.PolicyPod{Pod: pod, Addr: addr})
+		w.pods = append(w.pods, translator.PodNetwork{Namespace: ns, Name: pod.Name, Node: n.Name, Addr: addr})
+	}
+	for m := range nPolicies {
+		ns := w.namespaces[m%len(w.namespaces)].Name
+		w.policies = append(w.policies, benchPolicy(ns, m, m/len(w.namespaces)))
+	}
+	return w
+}
+
+// populatePolicies creates the objects of a world of the benchmark's size in the API (namespaces with
+// the default service account pods need), and returns the world as created (pod UIDs, namespace labels
+// the apiserver adds).
+func populatePolicies(b *testing.B, kube kubernetes.Interface) *policyWorld {
+	ctx := context.Background()
+	w := newPolicyWorld(policySizes())
 	err := parallel(len(w.namespaces), 16, func(i int) error {
 		// The apiserver adds kubernetes.io/metadata.name: the created namespace is what selectors see.
 		ns, err := kube.CoreV1().Namespaces().Create(ctx, w.namespaces[i], metav1.CreateOptions{})
@@ -410,10 +434,6 @@ func populatePolicies(b *testing.B, kube kubernetes.Interface) *policyWorld {
 	if err != nil {
 		b.Fatal(err)
 	}
-	for i := range policyNodes(nPods) {
-		w.nodes = append(w.nodes, translator.NodeNetwork{Name: fmt.Sprintf("bench-np-n%03d", i),
-			Subnet: netip.MustParsePrefix(fmt.Sprintf("10.244.%d.0/24", i))})
-	}
 	err = parallel(len(w.nodes), 16, func(i int) error {
 		n := w.nodes[i]
 		node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: n.Name, Labels: map[string]string{"bench": "np"},
@@ -426,31 +446,22 @@ func populatePolicies(b *testing.B, kube kubernetes.Interface) *policyWorld {
 	if err != nil {
 		b.Fatal(err)
 	}
-	w.policyPods = make([]translator.PolicyPod, nPods)
-	w.pods = make([]translator.PodNetwork, nPods)
-	err = parallel(nPods, 16, func(k int) error {
-		n := w.nodes[k%len(w.nodes)]
-		addr := netip.AddrFrom4([4]byte{10, 244, n.Subnet.Addr().As4()[2], byte(3 + k/len(w.nodes))})
-		ns := w.namespaces[k%len(w.namespaces)].Name
-		pod := benchPod(ns, fmt.Sprintf("p%05d", k), k/len(w.namespaces), n.Name)
-		pod.Annotations = map[string]string{annotations.PodNetwork: podNetworkValue(addr, n.Subnet)}
-		created, err := kube.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{})
+	err = parallel(len(w.policyPods), 16, func(k int) error {
+		pod := w.policyPods[k].Pod
+		created, err := kube.CoreV1().Pods(pod.Namespace).Create(ctx, pod, metav1.CreateOptions{})
 		if err != nil {
-			return fmt.Errorf("create pod %s/%s: %w", ns, pod.Name, err)
+			return fmt.Errorf("create pod %s/%s: %w", pod.Namespace, pod.Name, err)
 		}
-		w.policyPods[k] = translator.PolicyPod{Pod: created, Addr: addr}
-		w.pods[k] = translator.PodNetwork{Namespace: ns, Name: pod.Name, UID: string(created.UID), Node: n.Name, Addr: addr}
+		w.policyPods[k].Pod, w.pods[k].UID = created, string(created.UID)
 		return nil
 	})
 	if err != nil {
 		b.Fatal(err)
 	}
-	w.policies = make([]*networkingv1.NetworkPolicy, nPolicies)
-	err = parallel(nPolicies, 16, func(m int) error {
-		ns := w.namespaces[m%len(w.namespaces)].Name
-		np, err := kube.NetworkingV1().NetworkPolicies(ns).Create(ctx, benchPolicy(ns, m, m/len(w.namespaces)), metav1.CreateOptions{})
+	err = parallel(len(w.policies), 16, func(m int) error {
+		np, err := kube.NetworkingV1().NetworkPolicies(w.policies[m].Namespace).Create(ctx, w.policies[m], metav1.CreateOptions{})
 		if err != nil {
-			return fmt.Errorf("create policy %s/pol-%04d: %w", ns, m, err)
+			return fmt.Errorf("create policy %s/%s: %w", w.policies[m].Namespace, w.policies[m].Name, err)
 		}
 		w.policies[m] = np
 		return nil
@@ -461,10 +472,10 @@ func populatePolicies(b *testing.B, kube kubernetes.Interface) *policyWorld {
 	return w
 }
 
-// floorPolicies writes the rows of want into an empty NB with no translation: the nodes' and pods' rows
-// as floorWrite does, then the policies', and times it as the controller is timed.
-func floorPolicies(b *testing.B, dir string, world *policyWorld, want *nbRows) time.Duration {
-	w := newFloorWriter(b, startNB(b, dir), want)
+// floorPolicies writes the rows of want into the empty NB ovn with no translation: the nodes' and pods'
+// rows as floorWrite does, then the policies', and times it as the controller is timed.
+func floorPolicies(b testing.TB, ovn *harness.OVN, world *policyWorld, want *nbRows) time.Duration {
+	w := newFloorWriter(b, ovn, want)
 	writeNodes := w.prepareNodes(world.desired)
 	writePolicies := w.preparePolicies()
 	start := time.Now()
@@ -837,11 +848,10 @@ func (w *policyWorld) churn(b *testing.B, kube kubernetes.Interface, run policie
 	}
 	lag := churnRate * int(churnTimeout/time.Second)
 	zero := int64(0)
-	tick := time.NewTicker(time.Second / churnRate)
-	defer tick.Stop()
 	begin := time.Now()
 	for i, cp := range pods {
-		<-tick.C
+		// Paced against the start, not a ticker, which drops ticks when the machine is busy.
+		time.Sleep(time.Until(begin.Add(time.Duration(i) * time.Second / churnRate)))
 		// Awaited before the call: NB may show the pod before the API reply arrives.
 		run.watcher.expect(cp.pm)
 		wg.Go(func() {
