@@ -80,13 +80,7 @@ func policySizes() (policies, pods, namespaces int) {
 // what the API means.
 func BenchmarkNetworkPolicies(b *testing.B) {
 	ctx := context.Background()
-	dir := tempDir(b)
-	kube, err := harness.StartKube(ctx, harness.KubeOptions{Dir: filepath.Join(dir, "kube")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer kube.Stop()
-	bin := buildController(b, dir)
+	dir, kube, bin := startKube(b)
 	t0 := time.Now()
 	world := populatePolicies(b, kube.Client)
 	b.Logf("created %d namespaces, %d nodes, %d pods, %d NetworkPolicies in %s", len(world.namespaces), len(world.nodes),
@@ -544,10 +538,9 @@ func (w *floorWriter) preparePolicies() func() {
 
 // policiesRun is a controller synced against an NB of its own, still running.
 type policiesRun struct {
-	took       time.Duration
-	watcher    *policyWatch
-	proc       *harness.Process
-	metricsURL string
+	benchController
+	took    time.Duration
+	watcher *policyWatch
 }
 
 // startPolicies starts the controller against an empty NB and returns once NB holds exactly want.
@@ -555,30 +548,17 @@ func startPolicies(b *testing.B, dir, run, bin string, kube *harness.Kube, want 
 	ovn := startNB(b, filepath.Join(dir, "nb-"+run))
 	// The watch follows NB from the start: its view of each port group and address set is its own.
 	w := newPolicyWatch(b, ovn.NBAddr)
-	metricsAddr := freeAddr(b)
-	start := time.Now()
-	p, err := harness.StartProcess("dunlin-controller", filepath.Join(dir, run+".log"), nil, bin,
-		controllerArgs(kube, ovn.NBAddr, metricsAddr)...)
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { p.Stop() })
+	c := startController(b, dir, run, bin, kube, ovn)
 	done := syncDone{
 		what:    "controller " + run,
 		count:   tableLen(w.Client, nbmodel.LogicalSwitchPortTable),
 		atLeast: want.count(nbmodel.LogicalSwitchPortTable),
 		content: func() error { return want.diff(cacheReader(w.Client)) },
 		clock:   w.clock,
-		alive: func() bool {
-			if p.Exited() {
-				b.Logf("controller log tail:\n%s", p.LogTail(30))
-				return false
-			}
-			return true
-		},
+		alive:   c.alive(b),
 	}
-	took := done.wait(b, 10*time.Minute).Sub(start)
-	return policiesRun{took: took, watcher: w, proc: p, metricsURL: "http://" + metricsAddr + "/metrics"}
+	took := done.wait(b, 10*time.Minute).Sub(c.start)
+	return policiesRun{benchController: c, took: took, watcher: w}
 }
 
 // policyWatch is an NB client of its own (monitoring what the controller's does) that knows, from the
