@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -99,6 +100,8 @@ func BenchmarkNetworkPolicies(b *testing.B) {
 	}
 	b.Logf("expected NB rows: %d in all; %s", want.total(), strings.Join(counts, ", "))
 
+	// Other work on the machine slows the controller and NB more than the floor's few transactions.
+	b.Logf("machine load before the runs (1, 5, 15 min): %s on %d CPUs", loadAvg(), runtime.NumCPU())
 	var syncTotal, floorTotal time.Duration
 	var res churnResults
 	for i := range b.N {
@@ -136,6 +139,7 @@ func BenchmarkNetworkPolicies(b *testing.B) {
 		}
 		deleteChurnPods(b, kube.Client, world.namespaces)
 	}
+	b.Logf("machine load after the runs (1, 5, 15 min): %s", loadAvg())
 	nf := float64(b.N)
 	b.ReportMetric(syncTotal.Seconds()/nf, "s/sync")
 	b.ReportMetric(floorTotal.Seconds()/nf, "floor-s/sync")
@@ -152,6 +156,16 @@ func BenchmarkNetworkPolicies(b *testing.B) {
 		b.Errorf("%d new pods never reached all their port groups and address sets", res.lost)
 	}
 	b.ReportMetric(0, "ns/op")
+}
+
+// loadAvg is the machine's load average, as /proc/loadavg gives it.
+func loadAvg() string {
+	data, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return "unknown (" + err.Error() + ")"
+	}
+	f := strings.Fields(string(data))
+	return strings.Join(f[:min(3, len(f))], " ")
 }
 
 // policyWorld is the benchmark's cluster as the translator's mapping functions take it.
