@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -66,6 +67,9 @@ type ClusterOptions struct {
 	ControllerFlags []string
 	// ControllerManager also runs kube-controller-manager (EndpointSlices for Services).
 	ControllerManager bool
+	// Gateway gives every node a plain uplink (NodeOptions.Gateway) that its dunlin-node moves into
+	// br-ex, and starts the Outside namespace. Without it dunlin-node runs with --gateway=false.
+	Gateway bool
 }
 
 // Cluster is OVN central (NB, SB, northd), kube-apiserver, dunlin-controller and simulated nodes, each
@@ -78,6 +82,8 @@ type Cluster struct {
 	Underlay   *Underlay
 	Controller *Process
 	Nodes      []*ClusterNode
+	Outside    *Outside // with ClusterOptions.Gateway
+	gateway    bool
 	encap      string
 	ctrlFlags  []string
 }
@@ -103,7 +109,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	if o.EncapType == "" {
 		o.EncapType = "geneve"
 	}
-	c = &Cluster{Dir: o.Dir, Bins: o.Bins, encap: o.EncapType, ctrlFlags: o.ControllerFlags}
+	c = &Cluster{Dir: o.Dir, Bins: o.Bins, encap: o.EncapType, ctrlFlags: o.ControllerFlags, gateway: o.Gateway}
 	defer func() {
 		if err != nil {
 			_ = c.Stop()
@@ -121,9 +127,14 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	if c.Underlay, err = StartUnderlay(ctx, UnderlayOptions{Dir: filepath.Join(o.Dir, "ul")}); err != nil {
 		return c, err
 	}
+	if o.Gateway {
+		if c.Outside, err = c.Underlay.StartOutside(ctx); err != nil {
+			return c, err
+		}
+	}
 	for i := range o.Nodes {
 		name := fmt.Sprintf("node%d", i+1)
-		n, err := StartNode(ctx, NodeOptions{Name: name, Index: i, Dir: filepath.Join(o.Dir, name), Underlay: c.Underlay})
+		n, err := StartNode(ctx, NodeOptions{Name: name, Index: i, Dir: filepath.Join(o.Dir, name), Underlay: c.Underlay, Gateway: o.Gateway})
 		if err != nil {
 			return c, err
 		}
@@ -216,6 +227,8 @@ func (n *ClusterNode) StartAgent(ctx context.Context, extra ...string) error {
 		"--cni-bin-dir", n.BinDir,
 		"--cni-plugin-source", c.Bins.CNI,
 		"--ovn-rundir", n.RunDir,
+		"--ovs-rundir", n.RunDir,
+		"--gateway=" + strconv.FormatBool(n.Gateway),
 		"--metrics-bind-address=",
 		"-v=2",
 	}, extra...)
