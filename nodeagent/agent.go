@@ -55,6 +55,9 @@ type Config struct {
 	// GatewayInterface is the uplink; empty: the interface of the default route.
 	GatewayInterface string
 	OVSRunDir        string // where ovs-vswitchd keeps the bridges' OpenFlow management sockets
+	// GatewayCrashAfter names a step of the gateway set-up after which the process exits at once, as
+	// if it crashed there; tests use it to prove a restart recovers. Empty: never.
+	GatewayCrashAfter string
 
 	OVNRunDir          string // where ovn-controller keeps its control socket
 	MetricsBindAddress string

@@ -212,7 +212,7 @@ func (s savedRoute) route(link netlink.Link) (*netlink.Route, error) {
 // moveAddressing puts addrs and routes on to (up first, so that routes through a gateway resolve) and
 // removes them from from. Adding before removing means the host always has each address on one of the
 // two; replacing a route keyed like the old one moves it atomically.
-func moveAddressing(from, to netlink.Link, addrs []string, routes []savedRoute) error {
+func moveAddressing(from, to netlink.Link, addrs []string, routes []savedRoute, step func(string)) error {
 	if err := netlink.LinkSetUp(to); err != nil {
 		return fmt.Errorf("set %s up: %w", to.Attrs().Name, err)
 	}
@@ -225,6 +225,7 @@ func moveAddressing(from, to netlink.Link, addrs []string, routes []savedRoute) 
 			return fmt.Errorf("add %s to %s: %w", s, to.Attrs().Name, err)
 		}
 	}
+	step("addresses-added")
 	for _, s := range routes {
 		r, err := s.route(to)
 		if err != nil {
@@ -234,6 +235,7 @@ func moveAddressing(from, to netlink.Link, addrs []string, routes []savedRoute) 
 			return fmt.Errorf("route %s via %s dev %s: %w", r.Dst, s.Gw, to.Attrs().Name, err)
 		}
 	}
+	step("routes-moved")
 	for _, s := range addrs {
 		a, _ := netlink.ParseAddr(s) // parsed above
 		if err := netlink.AddrDel(from, a); err != nil && !errors.Is(err, unix.EADDRNOTAVAIL) {
@@ -313,6 +315,7 @@ func (a *Agent) setUpGateway(ctx context.Context, installFlows func(context.Cont
 	if err != nil {
 		return gs, err
 	}
+	a.crashPoint("bridge")
 	if gs.bridge, err = waitLink(ctx, GatewayBridge, linkTimeout); err != nil {
 		return gs, err
 	}
@@ -333,10 +336,11 @@ func (a *Agent) setUpGateway(ctx context.Context, installFlows func(context.Cont
 	if err := a.ovs.AddPort(ctx, ovs.PortSpec{Bridge: GatewayBridge, Name: gs.state.Interface}); err != nil {
 		return gs, fmt.Errorf("add uplink %s to %s: %w", gs.state.Interface, GatewayBridge, err)
 	}
+	a.crashPoint("port")
 	if err := installFlows(ctx, gs.state); err != nil {
 		return gs, err
 	}
-	if err := moveAddressing(gs.uplink, gs.bridge, gs.state.Addresses, gs.state.Routes); err != nil {
+	if err := moveAddressing(gs.uplink, gs.bridge, gs.state.Addresses, gs.state.Routes, a.crashPoint); err != nil {
 		return gs, err
 	}
 	if a.cfg.DatapathType == "netdev" {
@@ -393,12 +397,12 @@ func CleanupGateway(ctx context.Context, cli *ovs.Client) error {
 			}
 		}
 		if bridge, err := netlink.LinkByName(GatewayBridge); err == nil {
-			if err := moveAddressing(bridge, uplink, st.Addresses, st.Routes); err != nil {
+			if err := moveAddressing(bridge, uplink, st.Addresses, st.Routes, func(string) {}); err != nil {
 				return err
 			}
 		} else if !isNotFound(err) {
 			return fmt.Errorf("gateway bridge device: %w", err)
-		} else if err := moveAddressing(uplink, uplink, nil, nil); err != nil { // only sets it up
+		} else if err := moveAddressing(uplink, uplink, nil, nil, func(string) {}); err != nil { // only sets it up
 			return err
 		}
 		logger.Info("Gave the uplink its addresses and routes back", "uplink", st.Interface, "addresses", st.Addresses, "routes", len(st.Routes))
@@ -479,4 +483,13 @@ func Cleanup(ctx context.Context, cfg Config, client kubernetes.Interface) error
 	}
 	klog.FromContext(ctx).Info("Node gateway removed", "bridge", GatewayBridge)
 	return nil
+}
+
+// crashPoint exits the process at once when step is cfg.GatewayCrashAfter (tests of crash recovery).
+func (a *Agent) crashPoint(step string) {
+	if a.cfg.GatewayCrashAfter == step {
+		klog.InfoS("Exiting as asked, as if crashed", "after", step)
+		klog.Flush()
+		os.Exit(3)
+	}
 }

@@ -50,6 +50,7 @@ func main() {
 	flag.DurationVar(&cfg.PodNetworkTimeout, "pod-network-timeout", cfg.PodNetworkTimeout, "how long ADD waits for the pod's network annotation")
 	flag.DurationVar(&cfg.OVNInstalledTimeout, "ovn-installed-timeout", cfg.OVNInstalledTimeout, "how long ADD waits for ovn-controller to install the port")
 	flag.Parse()
+	cfg.GatewayCrashAfter = os.Getenv("DUNLIN_TEST_GATEWAY_CRASH_AFTER") // tests only
 
 	for _, f := range []struct {
 		flag string

@@ -213,8 +213,37 @@ func (c *Cluster) createNode(ctx context.Context, name, ip string) error {
 
 // StartAgent runs dunlin-node inside the node's netns and waits until it serves CNI requests.
 func (n *ClusterNode) StartAgent(ctx context.Context, extra ...string) error {
+	p, err := n.StartProcess("dunlin-node "+n.Name, n.AgentLog, nil, n.cluster.Bins.Node, n.agentArgs(extra...)...)
+	if err != nil {
+		return err
+	}
+	n.Agent = p
+	// Serving once the conflist (written last) and the socket are there.
+	return waitReady(ctx, p.p, 60*time.Second, func(context.Context) error {
+		for _, f := range []string{filepath.Join(n.ConfDir, "10-dunlin.conflist"), n.Socket} {
+			if _, err := os.Stat(f); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// RunAgent runs dunlin-node with the flags StartAgent gives plus extra (e.g. --cleanup) inside the
+// node's netns, with env added to the environment, until it exits; it returns its combined output.
+func (n *ClusterNode) RunAgent(ctx context.Context, env []string, extra ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Netns, n.cluster.Bins.Node}, n.agentArgs(extra...)...)...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("dunlin-node %s on %s: %w", strings.Join(extra, " "), n.Name, err)
+	}
+	return string(out), nil
+}
+
+func (n *ClusterNode) agentArgs(extra ...string) []string {
 	c := n.cluster
-	args := append([]string{
+	return append([]string{
 		"--kubeconfig", c.Kube.Kubeconfig,
 		"--node-name", n.Name,
 		"--ovs-db", n.OVSDB,
@@ -232,20 +261,6 @@ func (n *ClusterNode) StartAgent(ctx context.Context, extra ...string) error {
 		"--metrics-bind-address=",
 		"-v=2",
 	}, extra...)
-	p, err := n.StartProcess("dunlin-node "+n.Name, n.AgentLog, nil, c.Bins.Node, args...)
-	if err != nil {
-		return err
-	}
-	n.Agent = p
-	// Serving once the conflist (written last) and the socket are there.
-	return waitReady(ctx, p.p, 60*time.Second, func(context.Context) error {
-		for _, f := range []string{filepath.Join(n.ConfDir, "10-dunlin.conflist"), n.Socket} {
-			if _, err := os.Stat(f); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
 }
 
 // StopAgent stops dunlin-node (SIGTERM), leaving OVS, ovn-controller and the pods running.

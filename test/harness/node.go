@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -502,4 +503,9 @@ func (n *Node) Stop() error {
 		return fmt.Errorf("stop node %s: %w", n.Name, err)
 	}
 	return nil
+}
+
+// Listen listens on addr inside the node's namespace, as a host-network server would.
+func (n *Node) Listen(network, addr string) (net.Listener, error) {
+	return listenIn("/var/run/netns/"+n.Netns, network, addr)
 }
