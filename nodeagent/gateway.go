@@ -328,6 +328,13 @@ func (a *Agent) setUpGateway(ctx context.Context, installFlows func(context.Cont
 			return gs, fmt.Errorf("set MAC of %s: %w", GatewayBridge, err)
 		}
 	}
+	// The userspace datapath does not complete checksums the kernel leaves to the device: without
+	// this the host's TCP through the bridge stalls (ping works).
+	if a.cfg.DatapathType == "netdev" {
+		if err := disableTxChecksum(GatewayBridge); err != nil {
+			return gs, err
+		}
+	}
 	if gs.bridge.Attrs().MTU != gs.state.MTU {
 		if err := netlink.LinkSetMTU(gs.bridge, gs.state.MTU); err != nil {
 			return gs, fmt.Errorf("set MTU of %s: %w", GatewayBridge, err)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"strconv"
 	"sync"
 )
@@ -134,6 +135,13 @@ func (u *Underlay) StartOutside(ctx context.Context) (*Outside, error) {
 	err := u.plug(ctx, o.Netns, "eth0", "o"+o.Netns[2:8])
 	if err == nil {
 		err = runIP(ctx, "-n", o.Netns, "addr", "add", OutsideIP+"/24", "dev", "eth0")
+	}
+	if err == nil {
+		// A veth leaves TCP/UDP checksums to the receiver's kernel, which a userspace OVS bridge in
+		// between cannot pass on: the frames must carry real checksums, as on a wire.
+		if out, xerr := exec.CommandContext(ctx, "ip", "netns", "exec", o.Netns, "ethtool", "-K", "eth0", "tx", "off").CombinedOutput(); xerr != nil {
+			err = fmt.Errorf("ethtool -K eth0 tx off in %s: %w: %s", o.Netns, xerr, out)
+		}
 	}
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("start outside: %w", err), deleteOwnedNetns(o.Netns))
