@@ -98,7 +98,7 @@ func linkState(t *testing.T, n *harness.ClusterNode, dev string) string {
 
 // brexFlows returns br-ex's flows without counters and ages, sorted.
 func brexFlows(n *harness.ClusterNode) ([]string, error) {
-	out, err := n.OFCtl("--no-stats", "--names", "dump-flows", "unix:"+n.RunDir+"/br-ex.mgmt")
+	out, err := n.OFCtl("--no-stats", "--no-names", "dump-flows", "unix:"+n.RunDir+"/br-ex.mgmt")
 	if err != nil {
 		return nil, err
 	}
@@ -254,9 +254,14 @@ func TestNodeGateway(t *testing.T) {
 			return err
 		}
 		joined := strings.Join(flows, "\n")
+		// OpenFlow truncates port names to 15 characters: compare numbers.
+		upport, err := n.VSCtl("get", "interface", harness.NodeUplink, "ofport")
+		if err != nil {
+			return err
+		}
 		for _, want := range []string{
-			fmt.Sprintf("tcp,in_port=%s,nw_dst=%s,tp_dst=%d actions=output:%s", harness.NodeUplink, n.EncapIP, gwNodePort, patch),
-			"ct_state=+est+trk,ct_mark=0x1 actions=output:" + patch,
+			fmt.Sprintf("tcp,in_port=%s,nw_dst=%s,tp_dst=%d actions=output:%s", upport, n.EncapIP, gwNodePort, ofport),
+			"ct_state=+est+trk,ct_mark=0x1 actions=output:" + ofport,
 			"ct(commit,zone=" + gwZoneFlow,
 		} {
 			if !strings.Contains(joined, want) {
