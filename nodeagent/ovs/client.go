@@ -105,7 +105,7 @@ func (c *Client) start(ctx context.Context, cli client.Client) error {
 		client.WithTable(&ovsmodel.OpenvSwitch{}),
 		client.WithTable(&ovsmodel.Bridge{}),
 		client.WithTable(&ovsmodel.Port{}),
-		client.WithTable(iface, &iface.Name, &iface.Type, &iface.MAC, &iface.ExternalIDs, &iface.Error, &iface.Ofport),
+		client.WithTable(iface, &iface.Name, &iface.Type, &iface.MAC, &iface.ExternalIDs, &iface.Error, &iface.Ofport, &iface.MTURequest),
 	))
 	if err != nil {
 		return fmt.Errorf("monitor tables: %w", err)
