@@ -104,7 +104,7 @@ func sortFlows(flows []string) []string {
 		flows[i] = strings.Replace(f, ",,", ",", 1) // an empty match
 	}
 	slices.Sort(flows)
-	return flows
+	return slices.Compact(flows) // two Services may ask for the same port (one is refused by the API, or stale)
 }
 
 // replaceFlows makes the bridge's flows exactly flows in one OpenFlow bundle (atomically, so no packet

@@ -69,6 +69,11 @@ func (g *gateway) poke() {
 // It returns once the host's addressing lives on the bridge.
 func (g *gateway) start(ctx context.Context) error {
 	g.factory.Start(ctx.Done())
+	// The first flows must already hold the NodePorts: flows without them, even briefly, would
+	// drop a restarted agent's NodePort traffic to the host.
+	if !cache.WaitForCacheSync(ctx.Done(), g.synced) {
+		return fmt.Errorf("service cache did not sync: %w", ctx.Err())
+	}
 	gs, err := g.a.setUpGateway(ctx, func(ctx context.Context, st uplinkState) error {
 		g.state = st
 		return g.syncFlows(ctx, true)
@@ -77,9 +82,6 @@ func (g *gateway) start(ctx context.Context) error {
 		return fmt.Errorf("set up the node gateway: %w", err)
 	}
 	g.state = gs.state
-	if !cache.WaitForCacheSync(ctx.Done(), g.synced) {
-		return fmt.Errorf("service cache did not sync: %w", ctx.Err())
-	}
 	return nil
 }
 
@@ -145,14 +147,12 @@ func (g *gateway) params() (gatewayFlowParams, error) {
 			p.NodeAddrs = append(p.NodeAddrs, pr.Addr().Unmap())
 		}
 	}
-	if g.synced() {
-		svcs, err := g.services.List(labels.Everything())
-		if err != nil {
-			return p, fmt.Errorf("list services: %w", err)
-		}
-		for _, svc := range svcs {
-			p.Targets = append(p.Targets, serviceTargets(svc, p.NodeAddrs)...)
-		}
+	svcs, err := g.services.List(labels.Everything())
+	if err != nil {
+		return p, fmt.Errorf("list services: %w", err)
+	}
+	for _, svc := range svcs {
+		p.Targets = append(p.Targets, serviceTargets(svc, p.NodeAddrs)...)
 	}
 	return p, nil
 }

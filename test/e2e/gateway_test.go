@@ -31,6 +31,9 @@ const (
 	gwNodePort = 30080   // the NodePort test Service's
 	gwEchoPort = "8090"  // the outside server the pods reach
 	gwZoneFlow = "64000" // nodeagent.GatewayCTZone
+	// gwExternalIP is the test Service's externalIP, on the underlay subnet: the gateway router
+	// answers ARP for it (a load balancer VIP on a router port's network).
+	gwExternalIP = "172.30.0.100"
 )
 
 // hostServer is a TCP server in a node's namespace answering each connection with the node's name.
@@ -113,8 +116,8 @@ func brexFlows(n *harness.ClusterNode) ([]string, error) {
 }
 
 func TestNodeGateway(t *testing.T) {
-	e := newClusterEnv(t, harness.ClusterOptions{Nodes: 1, Gateway: true})
-	n := e.c.Nodes[0]
+	e := newClusterEnv(t, harness.ClusterOptions{Nodes: 2, Gateway: true})
+	n, n2 := e.c.Nodes[0], e.c.Nodes[1]
 	ctx := context.Background()
 	hostServer(t, n)
 	e.outsideReachesHost("while dunlin-node runs", n)
@@ -178,7 +181,10 @@ func TestNodeGateway(t *testing.T) {
 		t.Fatal(err)
 	}
 	e.outsideReachesHost("after dunlin-node started again", n)
-	if err := n.PrimeUnderlay(ctx); err != nil {
+	if err := n.PrimeUnderlay(ctx, n2.EncapIP); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.PrimeUnderlay(ctx, n.EncapIP); err != nil {
 		t.Fatal(err)
 	}
 	mappings, err := n.VSCtl("get", "Open_vSwitch", ".", "external_ids:ovn-bridge-mappings")
@@ -220,10 +226,17 @@ func TestNodeGateway(t *testing.T) {
 
 	// A NodePort Service and a pod behind it; then the gateway router by hand.
 	e.createPodWith("default", "gwpod", n.Name, map[string]string{"app": "gw"})
-	_, sb := e.running("default", "gwpod")
+	e.createPod("default", "gwpod2", n2.Name)
+	pod1, sb := e.running("default", "gwpod")
+	_, sb2 := e.running("default", "gwpod2")
+	// Both nodes' tunnel endpoints are on br-ex now: pods talk across them.
+	e.eventually(60*time.Second, "pod on node2 reaches the pod on node1 through the tunnel", func() error {
+		return expectName(sb2, pod1.Status.PodIP, "gwpod")
+	})
 	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "gwnp"}, Spec: corev1.ServiceSpec{
 		Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"app": "gw"},
-		Ports: []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080), NodePort: gwNodePort, Protocol: corev1.ProtocolTCP}},
+		Ports:       []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080), NodePort: gwNodePort, Protocol: corev1.ProtocolTCP}},
+		ExternalIPs: []string{gwExternalIP},
 	}}
 	if _, err := e.client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -261,6 +274,7 @@ func TestNodeGateway(t *testing.T) {
 		}
 		for _, want := range []string{
 			fmt.Sprintf("tcp,in_port=%s,nw_dst=%s,tp_dst=%d actions=output:%s", upport, n.EncapIP, gwNodePort, ofport),
+			fmt.Sprintf("tcp,in_port=%s,nw_dst=%s,tp_dst=80 actions=output:%s", upport, gwExternalIP, ofport),
 			"ct_state=+est+trk,ct_mark=0x1 actions=output:" + ofport,
 			"ct(commit,zone=" + gwZoneFlow,
 		} {
@@ -305,12 +319,27 @@ func TestNodeGateway(t *testing.T) {
 		}
 		return nil
 	})
+	e.eventually(90*time.Second, "outside reaches the externalIP", func() error {
+		body, err := outsideGet(e.c.Outside, "http://"+gwExternalIP+":80/")
+		if err != nil {
+			return err
+		}
+		if strings.TrimSpace(body) != "gwpod" {
+			return fmt.Errorf("externalIP answered %q", body)
+		}
+		return nil
+	})
 	e.outsideReachesHost("with the gateway router in place", n)
 
-	// A restart changes no flow and keeps everything working.
+	// A restart changes no flow and keeps everything working: the flows are not even re-added (the
+	// NodePort flow keeps its packet count).
 	flows, err := brexFlows(n)
 	if err != nil {
 		t.Fatal(err)
+	}
+	npBefore := nodePortPackets(t, n)
+	if npBefore == 0 {
+		t.Fatal("the NodePort flow counted no packet")
 	}
 	if err := n.StopAgent(); err != nil {
 		t.Fatal(err)
@@ -331,6 +360,9 @@ func TestNodeGateway(t *testing.T) {
 	})
 	if got := linkState(t, n, "br-ex"); got != gwLink {
 		t.Fatalf("br-ex after a restart:\n%s\nwant\n%s", got, gwLink)
+	}
+	if after := nodePortPackets(t, n); after < npBefore {
+		t.Fatalf("the NodePort flow's packet count went from %d to %d: the restart re-added it", npBefore, after)
 	}
 	e.eventually(60*time.Second, "NodePort after a restart", func() error {
 		_, err := outsideGet(e.c.Outside, fmt.Sprintf("http://%s:%d/", n.EncapIP, gwNodePort))
@@ -423,6 +455,8 @@ func (e *env) gatewayRouterByHand(n *harness.ClusterNode) {
 		{"--policy=src-ip", "lr-route-add", "ovn_cluster_router", subnet, "100.64.0.2"},
 		{"lb-add", "gwtest-np", fmt.Sprintf("%s:%d", strings.Split(info.IPAddresses[0], "/")[0], gwNodePort), pod.Status.PodIP + ":8080", "tcp"},
 		{"lr-lb-add", gr, "gwtest-np"},
+		{"lb-add", "gwtest-eip", gwExternalIP + ":80", pod.Status.PodIP + ":8080", "tcp"},
+		{"lr-lb-add", gr, "gwtest-eip"},
 	} {
 		if _, err := e.c.OVN.NBCtl(args...); err != nil {
 			e.t.Fatal(err)
@@ -473,4 +507,20 @@ func outsideGet(o *harness.Outside, url string) (string, error) {
 	}
 	_, body, _ := strings.Cut(resp, "\r\n\r\n")
 	return body, nil
+}
+
+// nodePortPackets returns the packet count of br-ex's flow for the test NodePort.
+func nodePortPackets(t *testing.T, n *harness.ClusterNode) int {
+	t.Helper()
+	out, err := n.OFCtl("dump-flows", "unix:"+n.RunDir+"/br-ex.mgmt", fmt.Sprintf("tcp,nw_dst=%s,tp_dst=%d", n.EncapIP, gwNodePort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`n_packets=(\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no NodePort flow:\n%s", out)
+	}
+	var count int
+	fmt.Sscan(m[1], &count)
+	return count
 }
