@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -141,6 +142,9 @@ func snapshotUplink(link netlink.Link) (uplinkState, error) {
 	}
 	for _, s := range uplinkSysctls(name) {
 		v, err := readSysctl(s.Path)
+		if errors.Is(err, os.ErrNotExist) { // e.g. no IPv6 in this kernel: nothing to change
+			continue
+		}
 		if err != nil {
 			return st, err
 		}
@@ -352,6 +356,10 @@ func (a *Agent) setUpGateway(ctx context.Context, installFlows func(context.Cont
 	}
 	if a.cfg.DatapathType == "netdev" {
 		for _, s := range uplinkSysctls(gs.state.Interface) {
+			// Only what the record holds: it can be put back.
+			if !slices.ContainsFunc(gs.state.Sysctls, func(r savedSysctl) bool { return r.Path == s.Path }) {
+				continue
+			}
 			if err := writeSysctl(s.Path, s.Value); err != nil {
 				return gs, err
 			}
@@ -379,7 +387,10 @@ func CleanupGateway(ctx context.Context, cli *ovs.Client) error {
 	logger := klog.FromContext(ctx)
 	ids, exists := cli.Bridge(GatewayBridge)
 	raw, ok := ids[extUplinkState]
-	if exists && ok {
+	if exists && !ok {
+		return fmt.Errorf("%s has no %s record: it was not made by dunlin-node, leaving it and its bridge mapping alone", GatewayBridge, extUplinkState)
+	}
+	if exists {
 		var st uplinkState
 		if err := json.Unmarshal([]byte(raw), &st); err != nil {
 			return fmt.Errorf("%s external_ids:%s is not valid; restore the uplink by hand: %w", GatewayBridge, extUplinkState, err)
@@ -417,9 +428,6 @@ func CleanupGateway(ctx context.Context, cli *ovs.Client) error {
 	// The mapping goes before the bridge, so ovn-controller removes its patch port from a live bridge.
 	if err := cli.RemoveBridgeMapping(ctx, annotations.PhysicalNetwork, GatewayBridge); err != nil {
 		return err
-	}
-	if exists && !ok {
-		return fmt.Errorf("%s has no %s record: it was not made by dunlin-node, leaving it alone", GatewayBridge, extUplinkState)
 	}
 	return cli.DeleteBridge(ctx, GatewayBridge)
 }
