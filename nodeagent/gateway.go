@@ -326,23 +326,8 @@ func (a *Agent) setUpGateway(ctx context.Context, installFlows func(context.Cont
 	if gs.uplink, err = netlink.LinkByName(gs.state.Interface); err != nil {
 		return gs, fmt.Errorf("uplink %s: %w", gs.state.Interface, err)
 	}
-	// OVS sets the device's MAC from hwaddr; set it here too in case it has not yet.
-	if hw, err := net.ParseMAC(gs.state.MAC); err == nil && gs.bridge.Attrs().HardwareAddr.String() != hw.String() {
-		if err := netlink.LinkSetHardwareAddr(gs.bridge, hw); err != nil {
-			return gs, fmt.Errorf("set MAC of %s: %w", GatewayBridge, err)
-		}
-	}
-	// The userspace datapath does not complete checksums the kernel leaves to the device: without
-	// this the host's TCP through the bridge stalls (ping works).
-	if a.cfg.DatapathType == "netdev" {
-		if err := disableTxChecksum(GatewayBridge); err != nil {
-			return gs, err
-		}
-	}
-	if gs.bridge.Attrs().MTU != gs.state.MTU {
-		if err := netlink.LinkSetMTU(gs.bridge, gs.state.MTU); err != nil {
-			return gs, fmt.Errorf("set MTU of %s: %w", GatewayBridge, err)
-		}
+	if err := a.prepareBridgeLink(gs.bridge, gs.state); err != nil {
+		return gs, err
 	}
 	if err := a.ovs.AddPort(ctx, ovs.PortSpec{Bridge: GatewayBridge, Name: gs.state.Interface}); err != nil {
 		return gs, fmt.Errorf("add uplink %s to %s: %w", gs.state.Interface, GatewayBridge, err)
@@ -507,4 +492,27 @@ func (a *Agent) crashPoint(step string) {
 		klog.Flush()
 		os.Exit(3)
 	}
+}
+
+// prepareBridgeLink gives the bridge device the uplink's MAC and MTU (OVS sets them from hwaddr and
+// mtu_request too, maybe not yet) and, on the userspace datapath, turns TX checksum offload off: OVS
+// does not complete checksums the kernel leaves to the device, and the host's TCP through the bridge
+// would stall (ping works).
+func (a *Agent) prepareBridgeLink(bridge netlink.Link, st uplinkState) error {
+	if hw, err := net.ParseMAC(st.MAC); err == nil && bridge.Attrs().HardwareAddr.String() != hw.String() {
+		if err := netlink.LinkSetHardwareAddr(bridge, hw); err != nil {
+			return fmt.Errorf("set MAC of %s: %w", GatewayBridge, err)
+		}
+	}
+	if a.cfg.DatapathType == "netdev" {
+		if err := disableTxChecksum(GatewayBridge); err != nil {
+			return err
+		}
+	}
+	if st.MTU > 0 && bridge.Attrs().MTU != st.MTU {
+		if err := netlink.LinkSetMTU(bridge, st.MTU); err != nil {
+			return fmt.Errorf("set MTU of %s: %w", GatewayBridge, err)
+		}
+	}
+	return nil
 }

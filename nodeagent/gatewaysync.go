@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"time"
@@ -90,12 +91,24 @@ func (g *gateway) run(ctx context.Context) {
 	logger := klog.FromContext(ctx)
 	ports, unsubscribe := g.a.ovs.SubscribePorts()
 	defer unsubscribe()
+	// Address changes wake the loop: a restarted ovs-vswitchd recreates br-ex's device without them.
+	addrs := make(chan netlink.AddrUpdate, 16)
+	done := make(chan struct{})
+	defer close(done)
+	if err := netlink.AddrSubscribeWithOptions(addrs, done, netlink.AddrSubscribeOptions{ErrorCallback: func(err error) {
+		logger.Error(err, "Address change notifications failed; relying on the periodic check")
+	}}); err != nil {
+		logger.Error(err, "Cannot subscribe to address changes; relying on the periodic check")
+	}
 	ticker := time.NewTicker(gatewayResync)
 	defer ticker.Stop()
 	delay := time.Second
 	force := true
 	for {
-		err := g.syncFlows(ctx, force)
+		err := g.ensureAddressing(ctx)
+		if err == nil {
+			err = g.syncFlows(ctx, force)
+		}
 		if err == nil {
 			err = g.publish(ctx, force)
 		}
@@ -114,6 +127,7 @@ func (g *gateway) run(ctx context.Context) {
 			return
 		case <-g.trigger:
 		case <-ports:
+		case <-addrs:
 		case <-retry:
 			force = true
 		case <-ticker.C:
@@ -265,4 +279,33 @@ func RemoveGatewayAnnotation(ctx context.Context, client kubernetes.Interface, n
 		return nil
 	}
 	return patchNodeAnnotation(ctx, client, node, annotations.NodeGateway, nil)
+}
+
+// ensureAddressing puts the recorded addresses and routes back on br-ex when it lost any: ovs-vswitchd
+// recreates the device of a userspace bridge when it restarts, and someone may flush it by hand.
+func (g *gateway) ensureAddressing(ctx context.Context) error {
+	bridge, err := netlink.LinkByName(GatewayBridge)
+	if err != nil {
+		return fmt.Errorf("gateway bridge device: %w", err)
+	}
+	have, err := netlink.AddrList(bridge, netlink.FAMILY_ALL)
+	if err != nil {
+		return fmt.Errorf("list addresses of %s: %w", GatewayBridge, err)
+	}
+	missing := slices.ContainsFunc(g.state.Addresses, func(want string) bool {
+		return !slices.ContainsFunc(have, func(a netlink.Addr) bool { return a.IPNet.String() == want })
+	})
+	if !missing && bridge.Attrs().Flags&net.FlagUp != 0 {
+		return nil
+	}
+	klog.FromContext(ctx).Info("The gateway bridge lost its addressing (ovs-vswitchd restarted?): putting it back",
+		"bridge", GatewayBridge, "addresses", g.state.Addresses)
+	uplink, err := netlink.LinkByName(g.state.Interface)
+	if err != nil {
+		return fmt.Errorf("uplink %s: %w", g.state.Interface, err)
+	}
+	if err := g.a.prepareBridgeLink(bridge, g.state); err != nil {
+		return err
+	}
+	return moveAddressing(uplink, bridge, g.state.Addresses, g.state.Routes, func(string) {})
 }

@@ -369,6 +369,17 @@ func TestNodeGateway(t *testing.T) {
 		return err
 	})
 
+	// Addresses lost from br-ex (as when ovs-vswitchd restarts and recreates its device) come back.
+	if _, err := n.Exec(ctx, "ip", "addr", "flush", "dev", "br-ex"); err != nil {
+		t.Fatal(err)
+	}
+	e.outsideReachesHost("after br-ex's addresses were flushed", n)
+	// The kernel's IPv6 link-local address went with the flush for good: the rest is as it was.
+	linkLocal := regexp.MustCompile(`fe80::\S+ ?`)
+	if got := linkLocal.ReplaceAllString(linkState(t, n, "br-ex"), ""); got != linkLocal.ReplaceAllString(gwLink, "") {
+		t.Fatalf("br-ex after its addresses were flushed:\n%s\nwant\n%s", got, gwLink)
+	}
+
 	// The Service's deletion removes its NodePort flow.
 	if err := e.client.CoreV1().Services("default").Delete(ctx, "gwnp", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
