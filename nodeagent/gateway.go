@@ -428,7 +428,7 @@ func gatewayInfo(bridge netlink.Link, uplink, chassisID string) (annotations.Nod
 	}
 	seen := map[bool]bool{}
 	for _, ad := range addrs {
-		p, ok := netipPrefix(ad.IPNet)
+		p, ok := ipNetToPrefix(ad.IPNet)
 		if !ok || ad.Scope != int(netlink.SCOPE_UNIVERSE) || p.Addr().IsLinkLocalUnicast() || seen[p.Addr().Is4()] {
 			continue
 		}
@@ -452,15 +452,6 @@ func gatewayInfo(bridge netlink.Link, uplink, chassisID string) (annotations.Nod
 		info.NextHops = append(info.NextHops, gw.Unmap().String())
 	}
 	return info, nil
-}
-
-func netipPrefix(n *net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
 }
 
 // Cleanup is dunlin-node --cleanup: it undoes the node gateway (CleanupGateway) and, with a client,

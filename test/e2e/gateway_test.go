@@ -43,6 +43,25 @@ func hostServer(t *testing.T, n *harness.ClusterNode) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	serveLine(t, ln, func(net.Conn) string { return n.Name })
+}
+
+// readLine connects to addr over TCP with dial (from a namespace) and returns the first line it reads.
+func readLine(dial func(context.Context, string, string) (net.Conn, error), addr string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := dial(ctx, "tcp", addr)
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	line, err := bufio.NewReader(c).ReadString('\n')
+	return strings.TrimSpace(line), err
+}
+
+// serveLine answers each connection to ln with one line, until the test ends.
+func serveLine(t *testing.T, ln net.Listener, line func(net.Conn) string) {
 	t.Cleanup(func() { ln.Close() })
 	go func() {
 		for {
@@ -50,7 +69,7 @@ func hostServer(t *testing.T, n *harness.ClusterNode) {
 			if err != nil {
 				return
 			}
-			fmt.Fprintln(c, n.Name)
+			fmt.Fprintln(c, line(c))
 			c.Close()
 		}
 	}()
@@ -61,19 +80,11 @@ func hostServer(t *testing.T, n *harness.ClusterNode) {
 func (e *env) outsideReachesHost(what string, n *harness.ClusterNode) {
 	e.t.Helper()
 	e.eventually(60*time.Second, "outside reaches the host of "+n.Name+" "+what, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		c, err := e.c.Outside.Dial(ctx, "tcp", n.EncapIP+":"+gwHostPort)
+		line, err := readLine(e.c.Outside.Dial, n.EncapIP+":"+gwHostPort)
 		if err != nil {
 			return err
 		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			return err
-		}
-		if strings.TrimSpace(line) != n.Name {
+		if line != n.Name {
 			return fmt.Errorf("answered %q", line)
 		}
 		return nil
@@ -289,19 +300,11 @@ func TestNodeGateway(t *testing.T) {
 	// Pod egress: the outside server sees the node IP.
 	outsideEcho(t, e.c.Outside)
 	e.eventually(90*time.Second, "pod reaches the outside server", func() error {
-		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		defer cancel()
-		c, err := sb.Dial(cctx, "tcp", harness.OutsideIP+":"+gwEchoPort)
+		line, err := readLine(sb.Dial, harness.OutsideIP+":"+gwEchoPort)
 		if err != nil {
 			return err
 		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(5 * time.Second))
-		line, err := bufio.NewReader(c).ReadString('\n')
-		if err != nil {
-			return err
-		}
-		host, _, _ := net.SplitHostPort(strings.TrimSpace(line))
+		host, _, _ := net.SplitHostPort(line)
 		if host != n.EncapIP {
 			return fmt.Errorf("the outside server saw %s, want the node IP %s", line, n.EncapIP)
 		}
@@ -483,17 +486,7 @@ func outsideEcho(t *testing.T, o *harness.Outside) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { ln.Close() })
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			fmt.Fprintln(c, c.RemoteAddr().String())
-			c.Close()
-		}
-	}()
+	serveLine(t, ln, func(c net.Conn) string { return c.RemoteAddr().String() })
 }
 
 // outsideGet fetches url from the outside namespace.
