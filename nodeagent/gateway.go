@@ -270,8 +270,9 @@ type gatewaySetup struct {
 // that a finished one is still in place. Each step is idempotent and keeps the host reachable:
 //  1. the bridge is created with the uplink's MAC and MTU and, in the same transaction, the record of
 //     what the uplink had (nothing has moved yet);
-//  2. the bridge's flows are installed (by the caller's flow sync, run here through installFlows);
-//  3. the uplink becomes a port of the bridge;
+//  2. the uplink becomes a port of the bridge (whose flows are NORMAL until step 3: the host's traffic
+//     still passes);
+//  3. the bridge's flows are installed (by the caller's flow sync, run here through installFlows);
 //  4. each address, then each route, is added on the bridge and then removed from the uplink;
 //  5. with the userspace datapath, the uplink's sysctls make the kernel ignore what it receives.
 func (a *Agent) setUpGateway(ctx context.Context, installFlows func(context.Context, uplinkState) error) (gatewaySetup, error) {
