@@ -91,23 +91,14 @@ func (e *env) outsideReachesHost(what string, n *harness.ClusterNode) {
 	})
 }
 
-// linkState is what the test compares of the uplink before and after: addresses, routes, MAC.
+// linkState is what the test compares of a device before and after: addresses, routes, MAC.
 func linkState(t *testing.T, n *harness.ClusterNode, dev string) string {
 	t.Helper()
-	var b strings.Builder
-	for _, args := range [][]string{
-		{"-br", "addr", "show", "dev", dev},
-		{"route", "show", "dev", dev},
-		{"-br", "link", "show", "dev", dev},
-	} {
-		out, err := n.Exec(context.Background(), "ip", args...)
-		if err != nil {
-			t.Fatal(err)
-		}
-		// The link line's flags change with br-ex membership (master is not shown for OVS ports).
-		b.WriteString(regexp.MustCompile(`<[^>]*>`).ReplaceAllString(out, ""))
+	s, err := n.LinkState(context.Background(), dev)
+	if err != nil {
+		t.Fatal(err)
 	}
-	return b.String()
+	return s
 }
 
 // brexFlows returns br-ex's flows without counters and ages, sorted.
@@ -142,8 +133,8 @@ func TestNodeGateway(t *testing.T) {
 		t.Fatalf("%v\n%s", err, out)
 	}
 	before := linkState(t, n, harness.NodeUplink)
-	if !strings.Contains(before, n.EncapIP+"/24") || !strings.Contains(before, "default via "+harness.OutsideIP) {
-		t.Fatalf("after --cleanup the uplink lacks its address or default route:\n%s", before)
+	if before != n.UplinkBefore {
+		t.Fatalf("after --cleanup the uplink is\n%s\nwant it as it was before dunlin-node started:\n%s", before, n.UplinkBefore)
 	}
 	if _, err := n.VSCtl("br-exists", "br-ex"); err == nil {
 		t.Fatal("br-ex still exists after --cleanup")

@@ -91,14 +91,16 @@ type Cluster struct {
 // ClusterNode is one simulated node.
 type ClusterNode struct {
 	*Node
-	Agent     *Process // dunlin-node, inside the node's netns
-	Kubelet   *Kubelet
-	ConfDir   string
-	BinDir    string
-	Socket    string
-	AgentLog  string
-	forwarder *Forwarder
-	cluster   *Cluster
+	Agent    *Process // dunlin-node, inside the node's netns
+	Kubelet  *Kubelet
+	ConfDir  string
+	BinDir   string
+	Socket   string
+	AgentLog string
+	// UplinkBefore is LinkState(NodeUplink) before dunlin-node first started, on gateway nodes.
+	UplinkBefore string
+	forwarder    *Forwarder
+	cluster      *Cluster
 }
 
 // StartCluster brings everything up and returns once every node's agent serves CNI requests.
@@ -148,6 +150,11 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		apiAddr := strings.TrimPrefix(c.Kube.Config.Host, "https://")
 		if cn.forwarder, err = ForwardInto("/var/run/netns/"+n.Netns, apiAddr); err != nil {
 			return c, err
+		}
+		if o.Gateway {
+			if cn.UplinkBefore, err = n.LinkState(ctx, NodeUplink); err != nil {
+				return c, err
+			}
 		}
 		if err := cn.StartAgent(ctx); err != nil {
 			return c, err

@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -508,4 +509,22 @@ func (n *Node) Stop() error {
 // Listen listens on addr inside the node's namespace, as a host-network server would.
 func (n *Node) Listen(network, addr string) (net.Listener, error) {
 	return listenIn("/var/run/netns/"+n.Netns, network, addr)
+}
+
+// LinkState describes dev's addresses, routes and MAC (`ip -br addr`, `ip route`, `ip -br link`
+// without the flags, which OVS membership changes), to compare a device before and after.
+func (n *Node) LinkState(ctx context.Context, dev string) (string, error) {
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"-br", "addr", "show", "dev", dev},
+		{"route", "show", "dev", dev},
+		{"-br", "link", "show", "dev", dev},
+	} {
+		out, err := n.Exec(ctx, "ip", args...)
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(regexp.MustCompile(`<[^>]*>`).ReplaceAllString(out, ""))
+	}
+	return b.String(), nil
 }
