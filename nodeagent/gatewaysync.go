@@ -127,7 +127,10 @@ func (g *gateway) run(ctx context.Context) {
 			return
 		case <-g.trigger:
 		case <-ports:
-		case <-addrs:
+		case _, ok := <-addrs:
+			if !ok { // the subscription failed (logged): the periodic check remains
+				addrs = nil
+			}
 		case <-retry:
 			force = true
 		case <-ticker.C:
