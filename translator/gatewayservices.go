@@ -3,6 +3,7 @@ package translator
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"strings"
 
 	corev1 "k8s.io/api/core/v1"
@@ -24,6 +25,22 @@ import (
 
 // PortRange is an inclusive range of ports (--service-node-port-range).
 type PortRange struct{ Min, Max int }
+
+// DefaultNodePortRange is Kubernetes' default --service-node-port-range; a zero PortRange means it.
+func DefaultNodePortRange() PortRange { return PortRange{Min: 30000, Max: 32767} }
+
+// ParsePortRange reads "min-max".
+func ParsePortRange(s string) (PortRange, error) {
+	lo, hi, ok := strings.Cut(s, "-")
+	var r PortRange
+	var err1, err2 error
+	r.Min, err1 = strconv.Atoi(strings.TrimSpace(lo))
+	r.Max, err2 = strconv.Atoi(strings.TrimSpace(hi))
+	if !ok || err1 != nil || err2 != nil || r.Min < 1 || r.Max > 65535 || r.Min > r.Max {
+		return PortRange{}, fmt.Errorf("port range %q is not min-max within 1-65535", s)
+	}
+	return r, nil
+}
 
 // Contains reports whether p is in the range.
 func (r PortRange) Contains(p int) bool { return p >= r.Min && p <= r.Max }
@@ -47,6 +64,9 @@ func externalLocal(svc *corev1.Service) bool {
 func nodePorts(svc *corev1.Service, r PortRange) ([]corev1.ServicePort, []ServiceProblem) {
 	if svc.Spec.Type != corev1.ServiceTypeNodePort && svc.Spec.Type != corev1.ServiceTypeLoadBalancer {
 		return nil, nil
+	}
+	if r == (PortRange{}) {
+		r = DefaultNodePortRange()
 	}
 	var out []corev1.ServicePort
 	var problems []ServiceProblem
