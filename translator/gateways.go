@@ -90,6 +90,11 @@ func (c *Controller) syncGateway(ctx context.Context, name string) error {
 		// No switch, so no management port: syncNode queues the gateway again once it has one.
 		return c.dropGateway(ctx, name)
 	}
+	if _, ok := c.switchNodes.Load(name); !ok {
+		// The policy's next hop is on the node switch's router port: wait for it (syncNode queues the
+		// gateway once it has written the switch), so ovn-northd never sees a policy without a path.
+		return nil
+	}
 	n := GatewayNode{Name: name, Subnet: subnet, HostIPs: hostIPs(node)}
 	raw, has := node.Annotations[annotations.NodeGateway]
 	if has {

@@ -1,0 +1,217 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/utils/ptr"
+
+	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/test/harness"
+)
+
+// gatewayInfo is the annotation dunlin-node would publish for node i: 172.18.0.(i+1) on br-ex.
+func gatewayInfo(i int) annotations.NodeGatewayInfo {
+	return annotations.NodeGatewayInfo{Format: 1, ChassisID: fmt.Sprintf("chassis-%d", i), Bridge: "br-ex", Interface: "eth0",
+		MACAddress: fmt.Sprintf("0a:00:00:00:%02x:%02x", i/256, i%256), IPAddresses: []string{fmt.Sprintf("172.18.%d.%d/16", i/250, 1+i%250)},
+		NextHops: []string{"172.18.0.1"}}
+}
+
+// createGatewayNode creates node name with pod subnet 10.244.<i>.0/24, InternalIP 172.18.x.y and,
+// unless gw is "", the gateway annotation gw.
+func (c *cluster) createGatewayNode(name string, i int, gw string) {
+	c.t.Helper()
+	subnet := fmt.Sprintf("10.244.%d.0/24", i)
+	n := c.createNode(name, func(n *corev1.Node) {
+		n.Spec.PodCIDR, n.Spec.PodCIDRs = subnet, []string{subnet}
+		if gw != "" {
+			n.Annotations = map[string]string{annotations.NodeGateway: gw}
+		}
+	})
+	ip, _, _ := strings.Cut(gatewayInfo(i).IPAddresses[0], "/")
+	n.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip}}
+	if _, err := c.client.CoreV1().Nodes().UpdateStatus(context.Background(), n, metav1.UpdateOptions{}); err != nil {
+		c.t.Fatalf("node %s status: %v", name, err)
+	}
+}
+
+func (c *cluster) setGatewayAnnotation(node, value string) {
+	c.t.Helper()
+	v := "null"
+	if value != "" {
+		v = fmt.Sprintf("%q", value)
+	}
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%s}}}`, annotations.NodeGateway, v)
+	if _, err := c.client.CoreV1().Nodes().Patch(context.Background(), node, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		c.t.Fatalf("annotate node %s: %v", node, err)
+	}
+}
+
+// expectNB waits until ovn-nbctl args prints something matching every pattern (and, for patterns
+// starting with "!", not matching it), and returns that output.
+func (c *cluster) expectNB(what string, args []string, patterns ...string) string {
+	c.t.Helper()
+	var out string
+	c.eventually(60*time.Second, what, func() error {
+		o, err := c.ovn.NBCtl(args...)
+		if err != nil {
+			return err
+		}
+		out = o
+		for _, p := range patterns {
+			neg := strings.HasPrefix(p, "!")
+			if regexp.MustCompile(strings.TrimPrefix(p, "!")).MatchString(o) == neg {
+				return fmt.Errorf("ovn-nbctl %v: %q matched=%v in:\n%s", args, p, neg, o)
+			}
+		}
+		return nil
+	})
+	return out
+}
+
+// joinIP is the address of GR_<node>'s port on the join switch.
+func (c *cluster) joinIP(node string) string {
+	c.t.Helper()
+	return strings.Trim(strings.TrimSpace(c.nbctl("--bare", "--columns=networks", "find", "Logical_Router_Port", "name=rtoj-GR_"+node)), `"`)
+}
+
+func nodePortService(port int32, local bool) func(*corev1.Service) {
+	return func(s *corev1.Service) {
+		s.Spec.Type = corev1.ServiceTypeNodePort
+		s.Spec.Ports[0].NodePort = port
+		if local {
+			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+		}
+	}
+}
+
+// TestGatewayTopology checks a two-node gateway topology as ovn-nbctl and ovn-northd see it, and with
+// ovn-trace that a pod's packet to the outside is SNATed to its node's IP and a NodePort packet from the
+// outside is DNATed to a pod.
+func TestGatewayTopology(t *testing.T) {
+	c := newClusterWith(t, harness.OVNOptions{WithSB: true})
+	for i, n := range []string{"n1", "n2"} {
+		c.createGatewayNode(n, i+1, gatewayInfo(i+1).Marshal())
+	}
+	c.createService("web", nodePortService(30080, false), func(s *corev1.Service) { s.Spec.ExternalIPs = []string{"192.0.2.10"} })
+	c.createService("local", nodePortService(30081, true))
+	c.applySlice("web", "web-a", []slicePort{{"http", 8080, corev1.ProtocolTCP}}, "10.244.1.5", "10.244.2.5")
+	c.applySlice("local", "local-a", []slicePort{{"http", 8080, corev1.ProtocolTCP}}, "10.244.1.6")
+	setNode := func(slice string, i int, node string) {
+		s, err := c.client.DiscoveryV1().EndpointSlices("default").Get(context.Background(), slice, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Endpoints[i].NodeName = ptr.To(node)
+		if _, err := c.client.DiscoveryV1().EndpointSlices("default").Update(context.Background(), s, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	setNode("local-a", 0, "n1")
+
+	show := c.expectNB("gateway topology", []string{"show"},
+		`router \S+ \(GR_n1\)`, `router \S+ \(GR_n2\)`, `switch \S+ \(join\)`, `switch \S+ \(ext_n1\)`,
+		`port br-ex_n1\n\s+type: localnet`, `port rtoe-GR_n1\n\s+mac: "0a:00:00:00:00:01"\n\s+networks: \["172.18.0.2/16"\]`,
+		`port rtoj-ovn_cluster_router\n\s+mac: "[0-9a-f:]+"\n\s+networks: \["100.64.0.1/16"\]`)
+	t.Logf("ovn-nbctl show:\n%s", show)
+	c.expectNB("GR_n1 options", []string{"get", "Logical_Router", "GR_n1", "options"},
+		`chassis=chassis-1`, `lb_force_snat_ip=router_ip`, `dynamic_neigh_routers="true"`)
+	gr1 := c.expectNB("GR_n1 routes", []string{"lr-route-list", "GR_n1"},
+		`0.0.0.0/0\s+172.18.0.1 dst-ip rtoe-GR_n1`, `10.244.0.0/16\s+100.64.0.1 dst-ip`)
+	j1, j2 := c.joinIP("n1"), c.joinIP("n2")
+	if j1 == j2 || !strings.HasPrefix(j1, "100.64.0.") || !strings.HasPrefix(j2, "100.64.0.") {
+		t.Fatalf("join addresses %q %q", j1, j2)
+	}
+	routes := c.expectNB("cluster router routes", []string{"lr-route-list", "ovn_cluster_router"},
+		`10.244.1.0/24\s+`+strings.TrimSuffix(j1, "/16")+` src-ip`, `10.244.2.0/24\s+`+strings.TrimSuffix(j2, "/16")+` src-ip`)
+	policies := c.expectNB("host-network policies", []string{"lr-policy-list", "ovn_cluster_router"},
+		`1004 ip4.src == 10.244.0.0/16 && ip4.dst == \{172.18.0.2\}\s+reroute\s+10.244.1.2`,
+		`1004 ip4.src == 10.244.0.0/16 && ip4.dst == \{172.18.0.3\}\s+reroute\s+10.244.2.2`)
+	nat := c.expectNB("GR_n2 NAT", []string{"lr-nat-list", "GR_n2"}, `snat\s+172.18.0.3\s+10.244.0.0/16`)
+	c.expectVIPs("Service_default/web_TCP_nodeport", `{"^NODEIP:30080"="10.244.1.5:8080,10.244.2.5:8080"}`)
+	c.expectVIPs("Service_default/web_TCP_external", `{"192.0.2.10:80"="10.244.1.5:8080,10.244.2.5:8080"}`)
+	c.expectVIPs("Service_default/local_TCP_gateway_n1", `{"172.18.0.2:30081"="10.244.1.6:8080"}`)
+	c.expectVIPs("Service_default/local_TCP_gateway_n2", `{"172.18.0.3:30081"=""}`)
+	lbs := c.nbctl("lb-list")
+	c.expectNB("template variables", []string{"--columns=chassis,variables", "list", "Chassis_Template_Var"},
+		`chassis\s+: chassis-1\nvariables\s+: \{NODEIP="172.18.0.2"\}`, `chassis\s+: chassis-2\nvariables\s+: \{NODEIP="172.18.0.3"\}`)
+	c.expectNB("GR load balancers", []string{"lr-lb-list", "GR_n1"}, `172.18.0.2:30081\s+10.244.1.6:8080`, `\^NODEIP:30080`, `192.0.2.10:80`, `!172.18.0.3:30081`)
+	t.Logf("lr-route-list GR_n1:\n%s\nlr-route-list ovn_cluster_router:\n%s\nlr-policy-list:\n%s\nlr-nat-list GR_n2:\n%s\nlb-list:\n%s",
+		gr1, routes, policies, nat, lbs)
+
+	// ovn-northd compiles it: the routers' flows exist and its log has no errors.
+	var flows string
+	c.eventually(60*time.Second, "GR_n1 logical flows", func() error {
+		out, err := c.ovn.SBCtl("lflow-list", "GR_n1")
+		if err != nil {
+			return err
+		}
+		for _, want := range []string{"ct_snat(172.18.0.2)", "30080", "172.18.0.2 && tcp && tcp.dst == 30081"} {
+			if !strings.Contains(out, want) {
+				return fmt.Errorf("no %q in GR_n1's flows", want)
+			}
+		}
+		flows = out
+		return nil
+	})
+	_ = flows
+	log, err := os.ReadFile(filepath.Join(c.ovn.Dir, "northd.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(log), "\n") {
+		// Known and not the gateways': ports pinned to chassis that do not run here, and the node
+		// switches' exclude_ips naming the management address their port also has.
+		if strings.Contains(line, "Unknown chassis") || strings.Contains(line, "Duplicate IP set") {
+			continue
+		}
+		if strings.Contains(line, "|ERR|") || strings.Contains(line, "|WARN|") {
+			t.Errorf("ovn-northd: %s", line)
+		}
+	}
+
+	// ovn-trace cannot answer ARP: give it the next hops' MACs as SB MAC_Binding rows, as
+	// ovn-controller would learn them (rows of the test, not Dunlin's).
+	dp, err := c.ovn.SBCtl("--bare", "--columns=_uuid", "find", "Datapath_Binding", "external_ids:name=GR_n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for port, ipmac := range map[string][2]string{"rtoe-GR_n1": {"172.18.0.1", "0a:00:00:00:00:fe"}, "rtoj-GR_n1": {"100.64.0.1", "0a:58:64:40:00:01"}} {
+		if _, err := c.ovn.SBCtl("create", "MAC_Binding", "logical_port="+port, "ip="+ipmac[0], fmt.Sprintf("mac=%q", ipmac[1]), "datapath="+dp); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A pod's packet to the outside leaves GR_n1 towards the next hop with the node's address.
+	rtoj := strings.Trim(strings.TrimSpace(c.nbctl("get", "Logical_Router_Port", "rtoj-GR_n1", "mac")), `"`)
+	egress := trace(t, c, "GR_n1", fmt.Sprintf(`inport == "rtoj-GR_n1" && eth.src == 0a:58:64:40:00:01 && eth.dst == %s && ip4.src == 10.244.1.5 && ip4.dst == 8.8.8.8 && ip.ttl == 64 && tcp && tcp.src == 40000 && tcp.dst == 53`, rtoj))
+	for _, want := range []string{"ct_snat(ip4.src=172.18.0.2)", "0a:00:00:00:00:fe", `output to "br-ex_n1", type "localnet"`} {
+		if !strings.Contains(egress, want) {
+			t.Errorf("egress trace has no %q:\n%s", want, egress)
+		}
+	}
+	// A NodePort packet from the outside is DNATed to the node's local endpoint.
+	ingress := trace(t, c, "GR_n1", `inport == "rtoe-GR_n1" && eth.src == 0a:00:00:00:99:99 && eth.dst == 0a:00:00:00:00:01 && ip4.src == 172.18.0.100 && ip4.dst == 172.18.0.2 && ip.ttl == 64 && tcp && tcp.src == 40000 && tcp.dst == 30081`)
+	if !strings.Contains(ingress, "ct_lb_mark(backends=10.244.1.6:8080; skip_snat)") || !strings.Contains(ingress, `output to "rtoj-GR_n1"`) {
+		t.Errorf("NodePort trace has no DNAT to 10.244.1.6:8080:\n%s", ingress)
+	}
+	t.Logf("ovn-trace egress:\n%s\novn-trace NodePort:\n%s", egress, ingress)
+}
+
+// trace runs ovn-trace on datapath against the SB database.
+func trace(t *testing.T, c *cluster, datapath, flow string) string {
+	t.Helper()
+	out, err := c.ovn.Trace("--summary", "--ct=new", "--ct=new", datapath, flow)
+	if err != nil {
+		t.Fatalf("ovn-trace %s: %v\n%s", flow, err, out)
+	}
+	return out
+}
