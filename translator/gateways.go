@@ -119,8 +119,18 @@ func (c *Controller) syncGateway(ctx context.Context, name string) error {
 		}
 		n.JoinIP = ip
 	}
-	if err := c.apply(ctx, owner, nbstore.Rows(GatewayRows(n, c.gatewayEnv())...)); err != nil {
-		c.warnNB(node, err) // a foreign GR_<node> is an NBNameConflict, left alone
+	err = c.apply(ctx, owner, nbstore.Rows(GatewayRows(n, c.gatewayEnv())...))
+	var conflict *nbstore.ConflictError
+	if n.Gateway != nil && errors.As(err, &conflict) {
+		// A router, switch or port of that name that is not Dunlin's is left alone, and the node
+		// goes without a gateway; its pods still reach its addresses. A node update or the periodic
+		// resync tries again.
+		c.warnNB(node, err)
+		n.Gateway = nil
+		err = c.apply(ctx, owner, nbstore.Rows(GatewayRows(n, c.gatewayEnv())...))
+	}
+	if err != nil {
+		c.warnNB(node, err)
 		return err
 	}
 	if n.Gateway == nil {

@@ -215,3 +215,146 @@ func trace(t *testing.T, c *cluster, datapath, flow string) string {
 	}
 	return out
 }
+
+// gatewayRowCount counts the NB rows a node's gateway owns, in every table.
+func (c *cluster) ownedRows(owner string) int {
+	c.t.Helper()
+	n := 0
+	for _, table := range []string{"Logical_Router", "Logical_Router_Port", "Logical_Switch", "Logical_Switch_Port",
+		"Logical_Router_Static_Route", "Logical_Router_Policy", "NAT", "Chassis_Template_Var", "Load_Balancer"} {
+		out := c.nbctl("--bare", "--columns=_uuid", "find", table, fmt.Sprintf(`external_ids:"dunlin.io/owner"="%s"`, owner))
+		n += len(strings.Fields(out))
+	}
+	return n
+}
+
+// noWarning fails if node has a Warning with reason.
+func (c *cluster) noWarning(name, reason string) {
+	c.t.Helper()
+	sel := fmt.Sprintf("involvedObject.name=%s,reason=%s", name, reason)
+	evs, err := c.client.CoreV1().Events("").List(context.Background(), metav1.ListOptions{FieldSelector: sel})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if len(evs.Items) > 0 {
+		c.t.Errorf("%s has a %s event: %s", name, reason, evs.Items[0].Message)
+	}
+}
+
+// TestGatewayLifecycle: nodes without or with a bad annotation, a restart, a deleted node, a foreign
+// router and a node port outside the range; every other node converges meanwhile.
+func TestGatewayLifecycle(t *testing.T) {
+	c := newCluster(t, "--service-node-port-range=30000-30999")
+	// A router of someone else's with the name a node's gateway would get.
+	c.nbctl("lr-add", "GR_foreign", "--", "set", "Logical_Router", "GR_foreign", "options:chassis=elsewhere")
+	c.createGatewayNode("n1", 1, gatewayInfo(1).Marshal())
+	c.createGatewayNode("bare", 2, "")
+	bad := gatewayInfo(3)
+	bad.NextHops = []string{"10.9.9.9"} // not on the node's network
+	c.createGatewayNode("n3", 3, bad.Marshal())
+	c.createGatewayNode("foreign", 4, gatewayInfo(4).Marshal())
+	c.createService("web", nodePortService(30080, false))
+	c.createService("wide", nodePortService(32000, false)) // valid for the apiserver, outside Dunlin's range
+
+	c.expectNB("n1's gateway", []string{"show"}, `\(GR_n1\)`, `\(ext_n1\)`, `!GR_bare`, `!GR_n3`)
+	c.warning("", "n3", "InvalidNodeGateway")
+	c.warning("", "foreign", "NBNameConflict")
+	c.warning("default", "wide", "InvalidNodePort")
+	c.expectVIPs("Service_default/web_TCP_nodeport", `{"^NODEIP:30080"=""}`)
+	c.expectVIPs("Service_default/wide_TCP_nodeport", "")
+	// A node without the annotation gets no router and no event, but pods still reach its addresses.
+	c.expectNB("bare node's host-network policy", []string{"lr-policy-list", "ovn_cluster_router"}, `ip4.dst == \{172.18.0.3\}\s+reroute\s+10.244.2.2`)
+	c.noWarning("bare", "InvalidNodeGateway")
+	// The foreign router is left as it was.
+	if got := strings.TrimSpace(c.nbctl("get", "Logical_Router", "GR_foreign", "options")); got != `{chassis=elsewhere}` {
+		t.Errorf("foreign router options %s", got)
+	}
+	if n := c.ownedRows("Gateway/foreign"); n != 1 { // only its host-network policy
+		t.Errorf("foreign node owns %d gateway rows, want its policy only", n)
+	}
+
+	// A good annotation heals n3; the bare node gets one later.
+	c.setGatewayAnnotation("n3", gatewayInfo(3).Marshal())
+	c.setGatewayAnnotation("bare", gatewayInfo(2).Marshal())
+	c.expectNB("healed gateways", []string{"show"}, `\(GR_n3\)`, `\(GR_bare\)`)
+	c.eventually(60*time.Second, "gateway rows", func() error {
+		for _, n := range []string{"n1", "bare", "n3"} {
+			if got := c.ownedRows("Gateway/" + n); got != 13 {
+				return fmt.Errorf("%s owns %d gateway rows, want 13", n, got)
+			}
+		}
+		return nil
+	})
+	join := map[string]string{}
+	for _, n := range []string{"n1", "bare", "n3"} {
+		join[n] = c.joinIP(n)
+	}
+
+	// A restart (SIGKILL) keeps every join address; a node added after it gets a new one.
+	c.killController()
+	c.startController()
+	c.createGatewayNode("n5", 5, gatewayInfo(5).Marshal())
+	c.expectNB("n5's gateway", []string{"show"}, `\(GR_n5\)`)
+	for n, ip := range join {
+		if got := c.joinIP(n); got != ip {
+			t.Errorf("%s's join address changed over a restart: %s -> %s", n, ip, got)
+		}
+		if c.joinIP("n5") == ip {
+			t.Errorf("n5 got %s's join address %s", n, ip)
+		}
+	}
+
+	// An invalid edit keeps the router it has; removing the annotation removes it.
+	c.setGatewayAnnotation("n3", `{"format":1}`)
+	c.eventually(30*time.Second, "InvalidNodeGateway on n3 for the edit", func() error {
+		evs, err := c.client.CoreV1().Events("").List(context.Background(), metav1.ListOptions{FieldSelector: "involvedObject.name=n3,reason=InvalidNodeGateway"})
+		if err != nil {
+			return err
+		}
+		for _, ev := range evs.Items {
+			if strings.Contains(ev.Message, "has no bridge") {
+				return nil
+			}
+		}
+		return fmt.Errorf("%d events, none about the missing bridge", len(evs.Items))
+	})
+	if got := c.ownedRows("Gateway/n3"); got != 13 {
+		t.Errorf("n3 owns %d gateway rows after a bad edit, want its 13", got)
+	}
+	c.setGatewayAnnotation("n3", "")
+	c.eventually(60*time.Second, "n3's router gone", func() error {
+		if got := c.ownedRows("Gateway/n3"); got != 1 {
+			return fmt.Errorf("n3 owns %d gateway rows, want its policy only", got)
+		}
+		return nil
+	})
+
+	// Deleting a node removes its router, ports, external switch, routes, NAT, policy and template
+	// variable, and frees its join address for the next node.
+	freed := join["n1"]
+	if err := c.client.CoreV1().Nodes().Delete(context.Background(), "n1", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.eventually(60*time.Second, "n1's gateway gone", func() error {
+		if got := c.ownedRows("Gateway/n1"); got != 0 {
+			return fmt.Errorf("n1 still owns %d gateway rows", got)
+		}
+		if out := c.nbctl("--bare", "--columns=chassis", "list", "Chassis_Template_Var"); strings.Contains(out, "chassis-1") {
+			return fmt.Errorf("template variables %q", out)
+		}
+		return nil
+	})
+	c.expectNB("no n1 in NB", []string{"show"}, `!GR_n1`, `!ext_n1`, `!jtor-GR_n1`)
+	c.createGatewayNode("n6", 6, gatewayInfo(6).Marshal())
+	// The lowest free address goes first: n1's or n3's (released when its annotation went).
+	c.eventually(60*time.Second, "n6 reuses a freed join address", func() error {
+		if got := c.joinIP("n6"); got != freed && got != join["n3"] {
+			return fmt.Errorf("n6 has %q, want one of the freed %s, %s", got, freed, join["n3"])
+		}
+		return nil
+	})
+	if a, b := c.joinIP("n6"), c.joinIP("bare"); a == b {
+		t.Errorf("n6 and bare share %s", a)
+	}
+	c.noWarning("n5", "InvalidNodeGateway")
+}
