@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"maps"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -357,4 +358,89 @@ func TestGatewayLifecycle(t *testing.T) {
 		t.Errorf("n6 and bare share %s", a)
 	}
 	c.noWarning("n5", "InvalidNodeGateway")
+}
+
+// serviceLBContent is every Service-owned load balancer as ovn-nbctl prints it, by name.
+func (c *cluster) serviceLBContent() map[string]string {
+	c.t.Helper()
+	out := c.nbctl("--format=csv", "--data=bare", "--no-headings", "--columns=name,protocol,vips,options,external_ids", "list", "Load_Balancer")
+	got := map[string]string{}
+	for _, line := range strings.Split(out, "\n") {
+		if name, _, ok := strings.Cut(line, ","); ok && strings.Contains(line, "dunlin.io/owner=Service/") {
+			got[name] = line
+		}
+	}
+	return got
+}
+
+// tableCounts counts the rows of the tables a gateway writes.
+func (c *cluster) tableCounts() map[string]int {
+	c.t.Helper()
+	out := map[string]int{}
+	for _, table := range []string{"Logical_Router", "Logical_Router_Port", "Logical_Switch", "Logical_Switch_Port",
+		"Logical_Router_Static_Route", "Logical_Router_Policy", "NAT", "Chassis_Template_Var", "Load_Balancer", "Load_Balancer_Group"} {
+		out[table] = len(strings.Fields(c.nbctl("--bare", "--columns=_uuid", "list", table)))
+	}
+	return out
+}
+
+// TestGatewayNodePortRowsIndependentOfNodes: the NB rows of 100 NodePort Services are the same with 2
+// nodes and with 50; only the per-node rows grow.
+func TestGatewayNodePortRowsIndependentOfNodes(t *testing.T) {
+	c := newCluster(t)
+	for i := 1; i <= 2; i++ {
+		c.createGatewayNode(fmt.Sprintf("n%d", i), i, gatewayInfo(i).Marshal())
+	}
+	const services = 100
+	for i := range services {
+		name := fmt.Sprintf("np%d", i)
+		c.createService(name, nodePortService(int32(30100+i), false))
+		c.applySlice(name, name+"-a", []slicePort{{"http", 8080, corev1.ProtocolTCP}}, fmt.Sprintf("10.244.1.%d", 10+i))
+	}
+	settled := func(nodes int) map[string]string {
+		var lbs map[string]string
+		c.eventually(3*time.Minute, fmt.Sprintf("%d Services on %d nodes", services, nodes), func() error {
+			if got := len(strings.Fields(c.nbctl("--bare", "--columns=_uuid", "find", "Logical_Router", "options:lb_force_snat_ip=router_ip"))); got != nodes {
+				return fmt.Errorf("%d gateway routers", got)
+			}
+			lbs = c.serviceLBContent()
+			filled := 0
+			for _, l := range lbs {
+				if strings.Contains(l, ":8080") {
+					filled++
+				}
+			}
+			if filled != 2*services { // the ClusterIP and the NodePort template load balancer each
+				return fmt.Errorf("%d of %d Service load balancers have their backend", filled, 2*services)
+			}
+			return nil
+		})
+		return lbs
+	}
+	few := settled(2)
+	countsFew := c.tableCounts()
+	for i := 3; i <= 50; i++ {
+		c.createGatewayNode(fmt.Sprintf("n%d", i), i, gatewayInfo(i).Marshal())
+	}
+	many := settled(50)
+	countsMany := c.tableCounts()
+	if len(few) != 2*services+1 || !maps.Equal(few, many) { // and default/kubernetes
+		t.Errorf("Service rows differ: %d with 2 nodes, %d with 50", len(few), len(many))
+		for name, l := range few {
+			if many[name] != l {
+				t.Errorf("%s:\n  2 nodes: %s\n 50 nodes: %s", name, l, many[name])
+				break
+			}
+		}
+	}
+	// Per node: GR, 2 router ports, ext switch, 3 ports, 3 routes, 1 policy, 1 NAT, 1 template variable,
+	// plus the node's own switch, router port and 2 ports. Nothing else grows.
+	perNode := map[string]int{"Logical_Router": 1, "Logical_Router_Port": 3, "Logical_Switch": 2, "Logical_Switch_Port": 5,
+		"Logical_Router_Static_Route": 3, "Logical_Router_Policy": 1, "NAT": 1, "Chassis_Template_Var": 1}
+	for table, n := range countsMany {
+		if want := countsFew[table] + 48*perNode[table]; n != want {
+			t.Errorf("%s: %d rows with 50 nodes, %d with 2, want %d", table, n, countsFew[table], want)
+		}
+	}
+	t.Logf("rows with 2 nodes: %v\nrows with 50 nodes: %v", countsFew, countsMany)
 }
