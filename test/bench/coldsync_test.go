@@ -130,7 +130,7 @@ func (d desired) rows() (*nbRows, error) {
 // expectRows are the NB rows of the cluster, nodes and pods, from the translator's mapping functions.
 func expectRows(db model.DatabaseModel, nodes []translator.NodeNetwork, pods []translator.PodNetwork) (*nbRows, error) {
 	want := newNBRows(db, nil)
-	if err := want.add(translator.ClusterOwner, translator.ClusterRows()); err != nil {
+	if err := want.add(translator.ClusterOwner, append(translator.ClusterRows(), translator.GatewayClusterRows(gatewayEnv())...)); err != nil {
 		return nil, err
 	}
 	for _, n := range nodes {
@@ -188,6 +188,12 @@ func apiRows(ctx context.Context, kube kubernetes.Interface, db model.DatabaseMo
 			Node: p.Spec.NodeName, Addr: addr.Addr()})
 	}
 	return expectRows(db, nodes, pods)
+}
+
+// gatewayEnv is the gateway configuration of a controller with default flags.
+func gatewayEnv() translator.GatewayEnv {
+	cfg := translator.DefaultConfig()
+	return translator.GatewayEnv{ClusterCIDR: cfg.ClusterCIDR, JoinSubnet: cfg.JoinSubnet}
 }
 
 func nbDatabaseModel() (model.DatabaseModel, error) {
@@ -488,13 +494,24 @@ func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Du
 	}
 	// The rows, prepared before the clock starts.
 	var router *nbmodel.LogicalRouter
-	var group *nbmodel.LoadBalancerGroup
+	var join *nbmodel.LogicalSwitch
+	var groups, joinPorts, routerPorts []model.Model
+	group := 0 // index of the cluster group among groups
 	for _, m := range want.models(translator.ClusterOwner) {
 		switch m := m.(type) {
 		case *nbmodel.LogicalRouter:
 			router = m
 		case *nbmodel.LoadBalancerGroup:
-			group = m
+			if m.Name == translator.ClusterLBGroup {
+				group = len(groups)
+			}
+			groups = append(groups, m)
+		case *nbmodel.LogicalSwitch: // the join switch
+			join = m
+		case *nbmodel.LogicalRouterPort: // the cluster router's port on it
+			routerPorts = append(routerPorts, m)
+		case *nbmodel.LogicalSwitchPort:
+			joinPorts = append(joinPorts, m)
 		}
 	}
 	type nodeRows struct {
@@ -520,12 +537,28 @@ func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Du
 	}
 
 	start := time.Now()
-	_, groupOp := create(group)
+	var groupOp int
+	for i, g := range groups {
+		if _, op := create(g); i == group {
+			groupOp = op
+		}
+	}
+	for _, p := range routerPorts {
+		id, _ := create(p)
+		router.Ports = append(router.Ports, id)
+	}
 	for _, n := range nodes {
 		id, _ := create(n.lrp)
 		router.Ports = append(router.Ports, id)
 	}
 	create(router)
+	if join != nil {
+		for _, p := range joinPorts {
+			id, _ := create(p)
+			join.Ports = append(join.Ports, id)
+		}
+		create(join)
+	}
 	groupUUID := flush()[groupOp].UUID.GoUUID
 	for _, n := range nodes {
 		for _, p := range n.ports {

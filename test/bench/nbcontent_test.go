@@ -41,6 +41,7 @@ type nbRows struct {
 // wantRow is one expected row: its model as the mapping gives it, with the owner the store adds.
 type wantRow struct {
 	table   string
+	owner   string
 	info    *mapper.Info
 	parents []parentRef
 	refs    map[string][]string // reference column -> names of the rows it points to
@@ -66,25 +67,28 @@ func (w *nbRows) add(owner string, rows []nbstore.Row) error {
 		if err != nil {
 			return fmt.Errorf("model info of %T: %w", r.Model, err)
 		}
-		name, err := stringField(info, "name")
-		if err != nil {
-			return err
-		}
 		if w.db.Schema.Table(table).Column("external_ids") != nil {
 			ids, err := info.FieldByColumn("external_ids")
 			if err != nil {
-				return fmt.Errorf("%s %s: %w", table, name, err)
+				return fmt.Errorf("%s of %s: %w", table, owner, err)
 			}
 			withOwner := maps.Clone(ids.(map[string]string))
 			if withOwner == nil {
 				withOwner = map[string]string{}
 			}
 			withOwner[nbstore.OwnerKey] = owner
+			if spec.Keyed {
+				withOwner[nbstore.IDKey] = r.ID
+			}
 			if err := info.SetField("external_ids", withOwner); err != nil {
-				return fmt.Errorf("%s %s: %w", table, name, err)
+				return fmt.Errorf("%s of %s: %w", table, owner, err)
 			}
 		}
-		row := &wantRow{table: table, info: info, refs: map[string][]string{}}
+		name, err := w.rowName(table, info)
+		if err != nil {
+			return err
+		}
+		row := &wantRow{table: table, owner: owner, info: info, refs: map[string][]string{}}
 		for _, p := range r.Parents {
 			pt, pc := p.Table, p.Column
 			if pt == "" {
@@ -219,7 +223,7 @@ func (w *nbRows) diff(read tableReader) error {
 				return nil, err
 			}
 			t.byUUID[uuid] = info
-			if name, err := stringField(info, "name"); err == nil {
+			if name, err := w.rowName(table, info); err == nil {
 				t.byName[name] = append(t.byName[name], uuid)
 			}
 		}
@@ -240,7 +244,7 @@ func (w *nbRows) diff(read tableReader) error {
 		hasOwner := w.db.Schema.Table(table).Column("external_ids") != nil
 		for _, uuid := range slices.Sorted(maps.Keys(got.byUUID)) {
 			info := got.byUUID[uuid]
-			name, _ := stringField(info, "name")
+			name, _ := w.rowName(table, info)
 			if hasOwner && w.counts != nil {
 				ids, _ := info.FieldByColumn("external_ids")
 				if !w.counts(ids.(map[string]string)[nbstore.OwnerKey]) {
@@ -383,6 +387,20 @@ func sameSet(a, b []string) bool {
 	sort.Strings(a)
 	sort.Strings(b)
 	return slices.Equal(a, b)
+}
+
+// rowName identifies a row within its table: its name, or in a table without one (routes, NAT, ...)
+// its owner and dunlin.io/id.
+func (w *nbRows) rowName(table string, info *mapper.Info) (string, error) {
+	if !w.specs[table].Keyed {
+		return stringField(info, "name")
+	}
+	v, err := info.FieldByColumn("external_ids")
+	if err != nil {
+		return "", err
+	}
+	ids := v.(map[string]string)
+	return ids[nbstore.OwnerKey] + "#" + ids[nbstore.IDKey], nil
 }
 
 func stringField(info *mapper.Info, column string) (string, error) {
