@@ -1,0 +1,464 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ovn-kubernetes/libovsdb/client"
+	"github.com/ovn-kubernetes/libovsdb/model"
+	"github.com/ovn-kubernetes/libovsdb/ovsdb"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/utils/ptr"
+
+	"github.com/dunlinplugin/dunlin/internal/annotations"
+	"github.com/dunlinplugin/dunlin/nbmodel"
+	"github.com/dunlinplugin/dunlin/test/harness"
+	"github.com/dunlinplugin/dunlin/translator"
+)
+
+const gwNamespace = "bench-gw"
+
+// The gateway benchmark's cluster CIDR is wide enough for 1,000 /24 node subnets.
+var gwClusterCIDR = netip.MustParsePrefix("10.128.0.0/9")
+
+// gwSizes are DUNLIN_BENCH_GW_NODES (default 50) and DUNLIN_BENCH_GW_SERVICES (default 1000).
+func gwSizes() (nodes, services int) {
+	nodes, services = 50, 1000
+	if v, err := strconv.Atoi(os.Getenv("DUNLIN_BENCH_GW_NODES")); err == nil && v > 0 && v <= 1000 {
+		nodes = v
+	}
+	if v, err := strconv.Atoi(os.Getenv("DUNLIN_BENCH_GW_SERVICES")); err == nil && v > 0 && v <= 2700 {
+		services = v
+	}
+	return nodes, services
+}
+
+// gwCluster is the benchmark's API content: nodes with gateway annotations, NodePort Services.
+type gwCluster struct {
+	nodes    []*corev1.Node
+	services []*corev1.Service
+	slices   []*discoveryv1.EndpointSlice
+}
+
+func gwNodeSubnet(i int) netip.Prefix {
+	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(128 + i/256), byte(i % 256), 0}), 24)
+}
+
+func gwNodeIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{172, 18, byte(1 + i/250), byte(1 + i%250)}) }
+
+// gwNode is node i as dunlin-node and the kubelet would leave it: pod subnet, InternalIP, gateway.
+func gwNode(i int) *corev1.Node {
+	subnet, ip := gwNodeSubnet(i), gwNodeIP(i)
+	g := annotations.NodeGatewayInfo{Format: 1, Bridge: "br-ex", Interface: "eth0",
+		MACAddress: fmt.Sprintf("0a:00:00:00:%02x:%02x", i/256, i%256), IPAddresses: []string{netip.PrefixFrom(ip, 16).String()},
+		NextHops: []string{"172.18.0.1"}}
+	return &corev1.Node{
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-n%03d", gwNamespace, i), Labels: map[string]string{"bench": gwNamespace},
+			Annotations: map[string]string{annotations.NodeGateway: g.Marshal()}},
+		Spec:   corev1.NodeSpec{PodCIDR: subnet.String(), PodCIDRs: []string{subnet.String()}},
+		Status: corev1.NodeStatus{Addresses: []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: ip.String()}}},
+	}
+}
+
+// gwService is NodePort Service i with one slice of three endpoints on three nodes.
+func gwService(i, nodes int) (*corev1.Service, *discoveryv1.EndpointSlice) {
+	name := fmt.Sprintf("np-%04d", i)
+	ip := addrAt(svcIPBase, i).String()
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: gwNamespace, Name: name},
+		Spec: corev1.ServiceSpec{Type: corev1.ServiceTypeNodePort, ClusterIP: ip, ClusterIPs: []string{ip},
+			Selector: map[string]string{"app": name},
+			Ports: []corev1.ServicePort{{Name: "http", Protocol: corev1.ProtocolTCP, Port: 80, NodePort: int32(30000 + i),
+				TargetPort: intstr.FromInt32(8080)}}},
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta: metav1.ObjectMeta{Namespace: gwNamespace, Name: name + "-bench", Labels: map[string]string{
+			discoveryv1.LabelServiceName: name, discoveryv1.LabelManagedBy: "dunlin-bench"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Protocol: ptr.To(corev1.ProtocolTCP), Port: ptr.To[int32](8080)}},
+	}
+	for j := range 3 {
+		n := (i + j) % nodes
+		slice.Endpoints = append(slice.Endpoints, discoveryv1.Endpoint{
+			Addresses:  []string{gwNodeSubnet(n).Addr().Next().Next().Next().String()},
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)},
+			NodeName:   ptr.To(fmt.Sprintf("%s-n%03d", gwNamespace, n)),
+		})
+	}
+	return svc, slice
+}
+
+func newGWCluster(nodes, services int) *gwCluster {
+	c := &gwCluster{}
+	for i := range nodes {
+		c.nodes = append(c.nodes, gwNode(i))
+	}
+	for i := range services {
+		svc, slice := gwService(i, nodes)
+		c.services = append(c.services, svc)
+		c.slices = append(c.slices, slice)
+	}
+	return c
+}
+
+// create puts the cluster's objects into the API.
+func (c *gwCluster) create(b *testing.B, kube kubernetes.Interface) {
+	ctx := context.Background()
+	if _, err := kube.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: gwNamespace}},
+		metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+		b.Fatal(err)
+	}
+	if err := parallel(len(c.nodes), 16, func(i int) error {
+		n, err := kube.CoreV1().Nodes().Create(ctx, c.nodes[i], metav1.CreateOptions{})
+		if err != nil {
+			return err
+		}
+		n.Status = c.nodes[i].Status
+		_, err = kube.CoreV1().Nodes().UpdateStatus(ctx, n, metav1.UpdateOptions{})
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+	if err := parallel(len(c.services), 32, func(i int) error {
+		if _, err := kube.CoreV1().Services(gwNamespace).Create(ctx, c.services[i], metav1.CreateOptions{}); err != nil {
+			return err
+		}
+		_, err := kube.DiscoveryV1().EndpointSlices(gwNamespace).Create(ctx, c.slices[i], metav1.CreateOptions{})
+		return err
+	}); err != nil {
+		b.Fatal(err)
+	}
+}
+
+// rows are the NB rows the mapping gives for the cluster, with each gateway router's join address
+// from join (the controller allocates them in the order it happens to sync nodes). The apiserver's own
+// kubernetes Service is left out of the comparison.
+func (c *gwCluster) rows(db model.DatabaseModel, join func(node string) (netip.Addr, bool)) (*nbRows, error) {
+	env := translator.GatewayEnv{ClusterCIDR: gwClusterCIDR, JoinSubnet: gatewayEnv().JoinSubnet}
+	kubernetesSvc := translator.Owner(translator.KindService, "default/kubernetes")
+	want := newNBRows(db, func(owner string) bool { return owner != kubernetesSvc })
+	if err := want.add(translator.ClusterOwner, append(translator.ClusterRows(), translator.GatewayClusterRows(env)...)); err != nil {
+		return nil, err
+	}
+	for i, n := range c.nodes {
+		ip, ok := join(n.Name)
+		if !ok {
+			return nil, fmt.Errorf("node %s has no join address yet", n.Name)
+		}
+		g, err := annotations.ParseNodeGateway(n.Annotations[annotations.NodeGateway])
+		if err != nil {
+			return nil, err
+		}
+		if err := want.add(translator.Owner(translator.KindNode, n.Name), translator.NodeRows(translator.NodeNetwork{Name: n.Name, Subnet: gwNodeSubnet(i)})); err != nil {
+			return nil, err
+		}
+		gn := translator.GatewayNode{Name: n.Name, Subnet: gwNodeSubnet(i), HostIPs: []netip.Addr{gwNodeIP(i)}, Gateway: &g, JoinIP: ip}
+		if err := want.add(translator.Owner(translator.KindGateway, n.Name), translator.GatewayRows(gn, env)); err != nil {
+			return nil, err
+		}
+	}
+	ranges := translator.EndpointRanges{Pods: []netip.Prefix{gwClusterCIDR}}
+	for i, svc := range c.services {
+		rows, problems := translator.ServiceRows(svc, []*discoveryv1.EndpointSlice{c.slices[i]}, translator.ServiceEnv{Ranges: ranges})
+		if len(problems) > 0 {
+			return nil, fmt.Errorf("service %s: %v", svc.Name, problems)
+		}
+		if err := want.add(translator.Owner(translator.KindService, gwNamespace+"/"+svc.Name), rows); err != nil {
+			return nil, err
+		}
+	}
+	return want, nil
+}
+
+// owners are the expected owners in writing order: cluster, nodes, gateways, Services.
+func (c *gwCluster) owners() []string {
+	out := []string{translator.ClusterOwner}
+	for _, n := range c.nodes {
+		out = append(out, translator.Owner(translator.KindNode, n.Name))
+	}
+	for _, n := range c.nodes {
+		out = append(out, translator.Owner(translator.KindGateway, n.Name))
+	}
+	for _, s := range c.services {
+		out = append(out, translator.Owner(translator.KindService, gwNamespace+"/"+s.Name))
+	}
+	return out
+}
+
+// floorJoin is the join addresses the floor writer uses: node i gets the (i+2)th address.
+func (c *gwCluster) floorJoin() func(string) (netip.Addr, bool) {
+	byNode := map[string]netip.Addr{}
+	a := translator.ClusterJoinIP(gatewayEnv().JoinSubnet)
+	for _, n := range c.nodes {
+		a = a.Next()
+		byNode[n.Name] = a
+	}
+	return func(node string) (netip.Addr, bool) { a, ok := byNode[node]; return a, ok }
+}
+
+// nbJoin reads the gateway routers' join addresses from a client's cache.
+func nbJoin(nb client.Client) func(string) (netip.Addr, bool) {
+	byNode := map[string]netip.Addr{}
+	if tc := nb.Cache().Table(nbmodel.LogicalRouterPortTable); tc != nil {
+		for _, m := range tc.RowsShallow() {
+			lrp := m.(*nbmodel.LogicalRouterPort)
+			if node, ok := strings.CutPrefix(lrp.Name, "rtoj-GR_"); ok && len(lrp.Networks) == 1 {
+				if p, err := netip.ParsePrefix(lrp.Networks[0]); err == nil {
+					byNode[node] = p.Addr()
+				}
+			}
+		}
+	}
+	return func(node string) (netip.Addr, bool) { a, ok := byNode[node]; return a, ok }
+}
+
+// BenchmarkGatewayColdSync starts dunlin-controller against an apiserver holding 50 nodes with gateway
+// annotations and 1,000 NodePort Services (one 3-endpoint slice each) and an empty NB, and measures the
+// time until NB holds exactly the rows the mapping gives (nodes, gateway routers with their ports,
+// switches, routes, NAT, policies, template variables, Service load balancers; see nbRows). The floor
+// is the same rows written into another empty NB by a minimal libovsdb writer in 1000-operation
+// transactions, timed the same way. It also reports the NB rows by table that the mapping gives for 50
+// and 500 nodes with the same Services.
+func BenchmarkGatewayColdSync(b *testing.B) {
+	nodes, services := gwSizes()
+	db, err := nbDatabaseModel()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, n := range []int{50, 500} {
+		c := newGWCluster(n, services)
+		want, err := c.rows(db, c.floorJoin())
+		if err != nil {
+			b.Fatal(err)
+		}
+		var parts []string
+		for _, table := range slices.Sorted(maps.Keys(want.rows)) {
+			parts = append(parts, fmt.Sprintf("%s=%d", table, want.count(table)))
+		}
+		b.Logf("NB rows with %d nodes and %d NodePort Services: %d (%s)", n, services, want.total(), strings.Join(parts, " "))
+		b.ReportMetric(float64(want.total()), fmt.Sprintf("rows@%dnodes", n))
+	}
+
+	ctx := context.Background()
+	dir := tempDir(b)
+	kube, err := harness.StartKube(ctx, harness.KubeOptions{Dir: filepath.Join(dir, "kube")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer kube.Stop()
+	bin := buildController(b, dir)
+	c := newGWCluster(nodes, services)
+	t0 := time.Now()
+	c.create(b, kube.Client)
+	b.Logf("created %d nodes and %d Services in %s", nodes, services, time.Since(t0).Round(time.Millisecond))
+
+	var syncTotal, floorTotal time.Duration
+	for i := range b.N {
+		floorTotal += floorGateways(b, filepath.Join(dir, fmt.Sprintf("floor-%d", i)), c, db)
+		syncTotal += controllerGatewaySync(b, dir, fmt.Sprintf("gw-%d", i), bin, kube, c)
+	}
+	nf := float64(b.N)
+	b.ReportMetric(syncTotal.Seconds()/nf, "s/sync")
+	b.ReportMetric(floorTotal.Seconds()/nf, "floor-s/sync")
+	b.ReportMetric(syncTotal.Seconds()/floorTotal.Seconds(), "x-floor")
+	b.Logf("cold sync of %d gateway nodes and %d NodePort Services: controller %.2fs, floor %.2fs, %.1fx floor",
+		nodes, services, syncTotal.Seconds()/nf, floorTotal.Seconds()/nf, syncTotal.Seconds()/floorTotal.Seconds())
+}
+
+// controllerGatewaySync runs the controller against an empty NB until NB holds exactly the rows of c.
+func controllerGatewaySync(b *testing.B, dir, run, bin string, kube *harness.Kube, c *gwCluster) time.Duration {
+	ovn := startNB(b, filepath.Join(dir, "nb-"+run))
+	watcher, clock := watchNB(b, ovn.NBAddr)
+	db := watcher.Cache().DatabaseModel()
+	total := 0
+	if want, err := c.rows(db, c.floorJoin()); err == nil {
+		total = want.count(nbmodel.LoadBalancerTable)
+	}
+	start := time.Now()
+	p, err := harness.StartProcess("dunlin-controller", filepath.Join(dir, run+".log"), nil, bin,
+		append(controllerArgs(kube, ovn.NBAddr, ""), "--cluster-cidr="+gwClusterCIDR.String())...)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer p.Stop()
+	done := syncDone{
+		what:    "controller " + run,
+		count:   tableLen(watcher, nbmodel.LoadBalancerTable),
+		atLeast: total,
+		content: func() error {
+			want, err := c.rows(db, nbJoin(watcher))
+			if err != nil {
+				return err
+			}
+			return want.diff(cacheReader(watcher))
+		},
+		clock: clock,
+		alive: func() bool { return !p.Exited() },
+	}
+	return done.wait(b, 10*time.Minute).Sub(start)
+}
+
+// floorGateways writes the rows of c into an empty NB with no translation and times it as the
+// controller is timed: the cluster rows in one transaction, then each owner's rows whole (children
+// inserted first and named in their parent's column; the cluster router, join switch and load
+// balancer groups mutated once per transaction), in transactions of about 1000 operations.
+func floorGateways(b *testing.B, dir string, c *gwCluster, db model.DatabaseModel) time.Duration {
+	want, err := c.rows(db, c.floorJoin())
+	if err != nil {
+		b.Fatal(err)
+	}
+	ovn := startNB(b, dir)
+	nb := connectNB(b, ovn.NBAddr)
+	watcher, clock := watchNB(b, ovn.NBAddr)
+	ctx := context.Background()
+
+	// Prepared before the clock starts: per owner, its models with named UUIDs, children before
+	// parents, and which rows outside the owner they go into.
+	type parentKey struct{ table, name, column string }
+	type ownerOps struct {
+		models []model.Model
+		// external are the rows' named UUIDs per parent outside the owner.
+		external map[parentKey][]string
+		// refs are reference columns to set, per model index, by target name.
+		refs map[int]map[string][]string
+	}
+	named := 0
+	var plan []ownerOps
+	for _, owner := range c.owners() {
+		rows := want.byOwner[owner]
+		models := want.models(owner)
+		o := ownerOps{external: map[parentKey][]string{}, refs: map[int]map[string][]string{}}
+		ids := make([]string, len(rows))
+		local := map[string]int{} // table/name -> index
+		for i, r := range rows {
+			named++
+			ids[i] = fmt.Sprintf("r%d", named)
+			info, err := db.NewModelInfo(models[i])
+			if err == nil {
+				err = info.SetField("_uuid", ids[i])
+			}
+			if err != nil {
+				b.Fatal(err)
+			}
+			if name, err := want.rowName(r.table, info); err == nil {
+				local[r.table+"/"+name] = i
+			}
+		}
+		// Mapping order has parents first: walk it backwards, so a child is named in its parent's
+		// column before the parent is inserted.
+		for i := len(rows) - 1; i >= 0; i-- {
+			r := rows[i]
+			for _, p := range r.parents {
+				if j, ok := local[p.table+"/"+p.name]; ok {
+					info, _ := db.NewModelInfo(models[j])
+					cur, _ := info.FieldByColumn(p.column)
+					if err := info.SetField(p.column, append(slices.Clone(cur.([]string)), ids[i])); err != nil {
+						b.Fatal(err)
+					}
+					continue
+				}
+				k := parentKey{p.table, p.name, p.column}
+				o.external[k] = append(o.external[k], ids[i])
+			}
+			if len(r.refs) > 0 {
+				o.refs[len(o.models)] = r.refs
+			}
+			o.models = append(o.models, models[i])
+		}
+		plan = append(plan, o)
+	}
+
+	start := time.Now()
+	real := map[string]string{} // table/name -> UUID of the cluster rows
+	var ops []ovsdb.Operation
+	pending := map[parentKey][]string{}
+	var created []string // table/name of the insert at each operation index, cluster only
+	flush := func() []ovsdb.OperationResult {
+		for _, k := range slices.SortedFunc(maps.Keys(pending), func(a, b parentKey) int {
+			return strings.Compare(a.table+a.name+a.column, b.table+b.name+b.column)
+		}) {
+			var set []any
+			for _, id := range pending[k] {
+				set = append(set, ovsdb.UUID{GoUUID: id})
+			}
+			ops = append(ops, ovsdb.Operation{Op: ovsdb.OperationMutate, Table: k.table,
+				Where:     []ovsdb.Condition{{Column: "_uuid", Function: ovsdb.ConditionEqual, Value: ovsdb.UUID{GoUUID: real[k.table+"/"+k.name]}}},
+				Mutations: []ovsdb.Mutation{{Column: k.column, Mutator: ovsdb.MutateOperationInsert, Value: ovsdb.OvsSet{GoSet: set}}}})
+		}
+		clear(pending)
+		if len(ops) == 0 {
+			return nil
+		}
+		res, err := nb.Transact(ctx, ops...)
+		if err == nil {
+			_, err = ovsdb.CheckOperationResults(res, ops)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		ops = ops[:0]
+		return res
+	}
+	for n, o := range plan {
+		for i, m := range o.models {
+			info, err := db.NewModelInfo(m)
+			if err != nil {
+				b.Fatal(err)
+			}
+			for col, names := range o.refs[i] {
+				var uuids []string
+				for _, name := range names {
+					uuids = append(uuids, real[refTableOf(db.Schema.Table(info.Metadata.TableName).Column(col))+"/"+name])
+				}
+				if err := info.SetField(col, uuids); err != nil {
+					b.Fatal(err)
+				}
+			}
+			ins, err := nb.Create(m)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ops = append(ops, ins...)
+			if n == 0 {
+				name, _ := want.rowName(info.Metadata.TableName, info)
+				created = append(created, info.Metadata.TableName+"/"+name)
+			}
+		}
+		for k, ids := range o.external {
+			pending[k] = append(pending[k], ids...)
+		}
+		if n == 0 {
+			res := flush()
+			for i, key := range created {
+				real[key] = res[i].UUID.GoUUID
+			}
+			continue
+		}
+		if len(ops) >= 1000 {
+			flush()
+		}
+	}
+	flush()
+	done := syncDone{
+		what:    "gateway NB floor",
+		count:   tableLen(watcher, nbmodel.LoadBalancerTable),
+		atLeast: want.count(nbmodel.LoadBalancerTable),
+		content: func() error { return want.diff(cacheReader(watcher)) },
+		clock:   clock,
+	}
+	return done.wait(b, 5*time.Minute).Sub(start)
+}
