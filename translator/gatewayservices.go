@@ -16,7 +16,8 @@ import (
 // The Service load balancers of the gateway routers (see GatewayRows). Per Service and protocol:
 //   - a NodePort template load balancer, VIP "^NODEIP:<nodePort>", which each chassis expands with its
 //     own Chassis_Template_Var: one row serves every node. It is in dunlin-cluster (node switches: a pod
-//     reaching its own node's IP) and, with externalTrafficPolicy Cluster, in dunlin-routers;
+//     reaching its own node's IP) and, with externalTrafficPolicy Cluster, in dunlin-routers (with
+//     Local it is _nodeport_switch, on the switches only);
 //   - with externalTrafficPolicy Cluster, one load balancer of the externalIPs and ingress IPs in
 //     dunlin-routers;
 //   - with externalTrafficPolicy Local, one load balancer per gateway router with the node's own
@@ -97,11 +98,11 @@ func gatewayLBRows(svc *corev1.Service, env ServiceEnv, cands map[backendKey][]c
 	local := externalLocal(svc)
 	var rows []nbstore.Row
 	if len(nps) > 0 {
-		parents := []nbstore.Parent{clusterGroup}
-		if !local {
-			parents = append(parents, routerGroup)
+		parents, name := []nbstore.Parent{clusterGroup, routerGroup}, ServiceNodePortLBName
+		if local {
+			parents, name = []nbstore.Parent{clusterGroup}, ServiceNodePortSwitchLBName
 		}
-		b := newLBSet(svc, env, func(proto string) string { return ServiceNodePortLBName(svc.Namespace, svc.Name, proto) })
+		b := newLBSet(svc, env, func(proto string) string { return name(svc.Namespace, svc.Name, proto) })
 		for _, sp := range nps {
 			lb := b.lb(sp)
 			lb.Options["template"] = "true"

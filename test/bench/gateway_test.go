@@ -58,7 +58,9 @@ func gwNodeSubnet(i int) netip.Prefix {
 	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(128 + i/256), byte(i % 256), 0}), 24)
 }
 
-func gwNodeIP(i int) netip.Addr { return netip.AddrFrom4([4]byte{172, 18, byte(1 + i/250), byte(1 + i%250)}) }
+func gwNodeIP(i int) netip.Addr {
+	return netip.AddrFrom4([4]byte{172, 18, byte(1 + i/250), byte(1 + i%250)})
+}
 
 // gwNode is node i as dunlin-node and the kubelet would leave it: pod subnet, InternalIP, gateway.
 func gwNode(i int) *corev1.Node {

@@ -205,6 +205,18 @@ func TestGatewayTopology(t *testing.T) {
 		t.Errorf("NodePort trace has no DNAT to 10.244.1.6:8080:\n%s", ingress)
 	}
 	t.Logf("ovn-trace egress:\n%s\novn-trace NodePort:\n%s", egress, ingress)
+
+	// Switching a Service to externalTrafficPolicy Local takes its template off the gateway routers.
+	setNode("web-a", 0, "n1")
+	setNode("web-a", 1, "n2")
+	svc := c.service("web")
+	svc.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+	if _, err := c.client.CoreV1().Services("default").Update(context.Background(), svc, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.expectNB("GR_n1 after the policy change", []string{"lr-lb-list", "GR_n1"}, `172.18.0.2:30080\s+10.244.1.5:8080\n`,
+		`!\^NODEIP:30080`, `!192.0.2.10:80\s+10.244.1.5:8080,`)
+	c.expectNB("n1's switch after the policy change", []string{"ls-lb-list", "n1"}, `\^NODEIP:30080\s+10.244.1.5:8080,10.244.2.5:8080`)
 }
 
 // trace runs ovn-trace on datapath against the SB database.
