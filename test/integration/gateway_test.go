@@ -303,11 +303,19 @@ func TestGatewayLifecycle(t *testing.T) {
 		join[n] = c.joinIP(n)
 	}
 
-	// A restart (SIGKILL) keeps every join address; a node added after it gets a new one.
+	// A restart (SIGKILL) keeps every join address and row; a node added after it gets a new address.
+	uuids := func() string {
+		return c.nbctl("--bare", "--columns=_uuid", "find", "Logical_Router", `external_ids:"dunlin.io/owner"="Gateway/n1"`) +
+			c.nbctl("--bare", "--columns=_uuid", "find", "NAT", `external_ids:"dunlin.io/owner"="Gateway/n1"`)
+	}
+	before := uuids()
 	c.killController()
 	c.startController()
 	c.createGatewayNode("n5", 5, gatewayInfo(5).Marshal())
 	c.expectNB("n5's gateway", []string{"show"}, `\(GR_n5\)`)
+	if after := uuids(); after != before {
+		t.Errorf("n1's router and NAT rows were replaced over a restart: %q -> %q", before, after)
+	}
 	for n, ip := range join {
 		if got := c.joinIP(n); got != ip {
 			t.Errorf("%s's join address changed over a restart: %s -> %s", n, ip, got)
