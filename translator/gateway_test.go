@@ -31,27 +31,17 @@ func testGatewayInfo() *annotations.NodeGatewayInfo {
 
 // rowKey names a row by table and name, or by table and ID for the keyed tables.
 func rowKey(r nbstore.Row) string {
-	switch m := r.Model.(type) {
-	case *nbmodel.LogicalRouter:
-		return "Logical_Router/" + m.Name
-	case *nbmodel.LogicalRouterPort:
-		return "Logical_Router_Port/" + m.Name
-	case *nbmodel.LogicalSwitch:
-		return "Logical_Switch/" + m.Name
-	case *nbmodel.LogicalSwitchPort:
-		return "Logical_Switch_Port/" + m.Name
-	case *nbmodel.LoadBalancerGroup:
-		return "Load_Balancer_Group/" + m.Name
-	case *nbmodel.LogicalRouterStaticRoute:
-		return "Logical_Router_Static_Route#" + r.ID
-	case *nbmodel.LogicalRouterPolicy:
-		return "Logical_Router_Policy#" + r.ID
-	case *nbmodel.NAT:
-		return "NAT#" + r.ID
-	case *nbmodel.ChassisTemplateVar:
-		return "Chassis_Template_Var#" + r.ID
+	var table string
+	base, _ := nbmodel.FullDatabaseModel()
+	for t, typ := range base.Types() {
+		if typ == reflect.TypeOf(r.Model) {
+			table = t
+		}
 	}
-	return reflect.TypeOf(r.Model).String()
+	if r.ID != "" {
+		return table + "#" + r.ID
+	}
+	return table + "/" + reflect.ValueOf(r.Model).Elem().FieldByName("Name").String()
 }
 
 func byKey(t *testing.T, rows []nbstore.Row) map[string]nbstore.Row {

@@ -454,7 +454,6 @@ func controllerSync(b *testing.B, dir, run, bin string, kube *harness.Kube, port
 func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Duration {
 	nb := connectNB(b, ovn.NBAddr)
 	watcher, clock := watchNB(b, ovn.NBAddr)
-	ctx := context.Background()
 	podsByNode := map[string][]translator.PodNetwork{}
 	for _, p := range d.pods {
 		podsByNode[p.Node] = append(podsByNode[p.Node], p)
@@ -482,13 +481,7 @@ func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Du
 		if len(ops) == 0 {
 			return nil
 		}
-		res, err := nb.Transact(ctx, ops...)
-		if err == nil {
-			_, err = ovsdb.CheckOperationResults(res, ops)
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
+		res := mustTransact(b, nb, ops)
 		ops = ops[:0]
 		return res
 	}
@@ -572,12 +565,5 @@ func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Du
 		}
 	}
 	flush()
-	done := syncDone{
-		what:    "NB floor",
-		count:   tableLen(watcher, nbmodel.LogicalSwitchPortTable),
-		atLeast: want.count(nbmodel.LogicalSwitchPortTable),
-		content: func() error { return want.diff(cacheReader(watcher)) },
-		clock:   clock,
-	}
-	return done.wait(b, 5*time.Minute).Sub(start)
+	return floorDone("NB floor", watcher, clock, want, nbmodel.LogicalSwitchPortTable).wait(b, 5*time.Minute).Sub(start)
 }

@@ -326,7 +326,6 @@ func floorGateways(b *testing.B, dir string, c *gwCluster, db model.DatabaseMode
 	ovn := startNB(b, dir)
 	nb := connectNB(b, ovn.NBAddr)
 	watcher, clock := watchNB(b, ovn.NBAddr)
-	ctx := context.Background()
 
 	// Prepared before the clock starts: per owner, its models with named UUIDs, children before
 	// parents, and which rows outside the owner they go into.
@@ -405,13 +404,7 @@ func floorGateways(b *testing.B, dir string, c *gwCluster, db model.DatabaseMode
 		if len(ops) == 0 {
 			return nil
 		}
-		res, err := nb.Transact(ctx, ops...)
-		if err == nil {
-			_, err = ovsdb.CheckOperationResults(res, ops)
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
+		res := mustTransact(b, nb, ops)
 		ops = ops[:0]
 		return res
 	}
@@ -455,12 +448,5 @@ func floorGateways(b *testing.B, dir string, c *gwCluster, db model.DatabaseMode
 		}
 	}
 	flush()
-	done := syncDone{
-		what:    "gateway NB floor",
-		count:   tableLen(watcher, nbmodel.LoadBalancerTable),
-		atLeast: want.count(nbmodel.LoadBalancerTable),
-		content: func() error { return want.diff(cacheReader(watcher)) },
-		clock:   clock,
-	}
-	return done.wait(b, 5*time.Minute).Sub(start)
+	return floorDone("gateway NB floor", watcher, clock, want, nbmodel.LoadBalancerTable).wait(b, 5*time.Minute).Sub(start)
 }

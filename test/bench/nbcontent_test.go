@@ -488,3 +488,27 @@ func (d syncDone) wait(b testing.TB, timeout time.Duration) time.Time {
 		time.Sleep(50 * time.Millisecond)
 	}
 }
+
+// mustTransact runs ops in one transaction and fails b unless every operation succeeded.
+func mustTransact(b testing.TB, nb client.Client, ops []ovsdb.Operation) []ovsdb.OperationResult {
+	res, err := nb.Transact(context.Background(), ops...)
+	if err == nil {
+		_, err = ovsdb.CheckOperationResults(res, ops)
+	}
+	if err != nil {
+		b.Fatal(err)
+	}
+	return res
+}
+
+// floorDone is when a floor writer's rows are complete: table, the cheap first sign, holds as many
+// rows as want expects, then want's full comparison with the watcher's cache succeeds.
+func floorDone(what string, watcher client.Client, clock *changeClock, want *nbRows, table string) syncDone {
+	return syncDone{
+		what:    what,
+		count:   tableLen(watcher, table),
+		atLeast: want.count(table),
+		content: func() error { return want.diff(cacheReader(watcher)) },
+		clock:   clock,
+	}
+}

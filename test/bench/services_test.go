@@ -389,17 +389,7 @@ func floorServices(b *testing.B, dir string, set *serviceSet, want *nbRows) time
 			lbs = append(lbs, m.(*nbmodel.LoadBalancer))
 		}
 	}
-	ctx := context.Background()
-	transact := func(ops []ovsdb.Operation) []ovsdb.OperationResult {
-		res, err := nb.Transact(ctx, ops...)
-		if err == nil {
-			_, err = ovsdb.CheckOperationResults(res, ops)
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
-		return res
-	}
+	transact := func(ops []ovsdb.Operation) []ovsdb.OperationResult { return mustTransact(b, nb, ops) }
 
 	start := time.Now()
 	ops, err := nb.Create(&nbmodel.LoadBalancerGroup{UUID: "grp", Name: translator.ClusterLBGroup})
