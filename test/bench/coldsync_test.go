@@ -34,14 +34,15 @@ import (
 // sizes returns the cluster size: 100 nodes x 100 pods unless DUNLIN_BENCH_NODES and
 // DUNLIN_BENCH_PODS_PER_NODE say otherwise (at most 250 pods per /24).
 func sizes() (nodes, podsPerNode int) {
-	nodes, podsPerNode = 100, 100
-	if v, err := strconv.Atoi(os.Getenv("DUNLIN_BENCH_NODES")); err == nil && v > 0 && v <= 256 {
-		nodes = v
+	return envInt("DUNLIN_BENCH_NODES", 100, 256), envInt("DUNLIN_BENCH_PODS_PER_NODE", 100, 250)
+}
+
+// envInt is the environment variable name when it is a number from 1 to most, else def.
+func envInt(name string, def, most int) int {
+	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 && v <= most {
+		return v
 	}
-	if v, err := strconv.Atoi(os.Getenv("DUNLIN_BENCH_PODS_PER_NODE")); err == nil && v > 0 && v <= 250 {
-		podsPerNode = v
-	}
-	return nodes, podsPerNode
+	return def
 }
 
 // benchModes are the cold syncs of BenchmarkColdSync; each has a namespace of its own.
@@ -61,14 +62,7 @@ var benchModes = []string{"annotated", "fresh"}
 // controller runs with its client-side rate limit off (--kube-api-qps=-1), so what is compared is the
 // controller with the apiserver, not with its own limiter.
 func BenchmarkColdSync(b *testing.B) {
-	ctx := context.Background()
-	dir := tempDir(b)
-	kube, err := harness.StartKube(ctx, harness.KubeOptions{Dir: filepath.Join(dir, "kube")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer kube.Stop()
-	bin := buildController(b, dir)
+	dir, kube, bin := benchSetup(b)
 
 	for _, mode := range benchModes {
 		b.Run(mode, func(b *testing.B) {
@@ -215,6 +209,17 @@ func tempDir(b testing.TB) string {
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// benchSetup starts an apiserver in a new temporary directory and builds the controller there.
+func benchSetup(b *testing.B) (dir string, kube *harness.Kube, bin string) {
+	dir = tempDir(b)
+	kube, err := harness.StartKube(context.Background(), harness.KubeOptions{Dir: filepath.Join(dir, "kube")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { kube.Stop() })
+	return dir, kube, buildController(b, dir)
 }
 
 func buildController(b *testing.B, dir string) string {
@@ -421,26 +426,37 @@ func tableLen(nb client.Client, table string) func() int {
 // objects mean, and returns how long that took. ports, the logical switch ports expected, is only
 // the cheap first sign of completion.
 func controllerSync(b *testing.B, dir, run, bin string, kube *harness.Kube, ports int) time.Duration {
+	return controllerSyncTo(b, dir, run, bin, kube, nil, nbmodel.LogicalSwitchPortTable, ports,
+		func(db model.DatabaseModel, _ client.Client) (*nbRows, error) {
+			return apiRows(context.Background(), kube.Client, db)
+		})
+}
+
+// controllerSyncTo runs the controller, with extra flags, against an empty NB until NB holds exactly
+// the rows want gives (it may read the watching client's cache), and returns how long that took. The
+// rows of table reaching atLeast is the cheap first sign of completion.
+func controllerSyncTo(b *testing.B, dir, run, bin string, kube *harness.Kube, extra []string, table string, atLeast int,
+	want func(model.DatabaseModel, client.Client) (*nbRows, error)) time.Duration {
 	ovn := startNB(b, filepath.Join(dir, "nb-"+run))
 	watcher, clock := watchNB(b, ovn.NBAddr)
 	db := watcher.Cache().DatabaseModel()
 	start := time.Now()
 	p, err := harness.StartProcess("dunlin-controller", filepath.Join(dir, run+".log"), nil, bin,
-		controllerArgs(kube, ovn.NBAddr, "")...)
+		append(controllerArgs(kube, ovn.NBAddr, ""), extra...)...)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer p.Stop()
 	done := syncDone{
 		what:    "controller " + run,
-		count:   tableLen(watcher, nbmodel.LogicalSwitchPortTable),
-		atLeast: ports,
+		count:   tableLen(watcher, table),
+		atLeast: atLeast,
 		content: func() error {
-			want, err := apiRows(context.Background(), kube.Client, db)
+			w, err := want(db, watcher)
 			if err != nil {
 				return err
 			}
-			return want.diff(cacheReader(watcher))
+			return w.diff(cacheReader(watcher))
 		},
 		clock: clock,
 		alive: func() bool { return !p.Exited() },

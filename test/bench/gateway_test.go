@@ -5,10 +5,8 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -37,14 +35,7 @@ var gwClusterCIDR = netip.MustParsePrefix("10.128.0.0/9")
 
 // gwSizes are DUNLIN_BENCH_GW_NODES (default 50) and DUNLIN_BENCH_GW_SERVICES (default 1000).
 func gwSizes() (nodes, services int) {
-	nodes, services = 50, 1000
-	if v, err := strconv.Atoi(os.Getenv("DUNLIN_BENCH_GW_NODES")); err == nil && v > 0 && v <= 1000 {
-		nodes = v
-	}
-	if v, err := strconv.Atoi(os.Getenv("DUNLIN_BENCH_GW_SERVICES")); err == nil && v > 0 && v <= 2700 {
-		services = v
-	}
-	return nodes, services
+	return envInt("DUNLIN_BENCH_GW_NODES", 50, 1000), envInt("DUNLIN_BENCH_GW_SERVICES", 1000, 2700)
 }
 
 // gwCluster is the benchmark's API content: nodes with gateway annotations, NodePort Services.
@@ -255,14 +246,7 @@ func BenchmarkGatewayColdSync(b *testing.B) {
 		b.ReportMetric(float64(want.total()), fmt.Sprintf("rows@%dnodes", n))
 	}
 
-	ctx := context.Background()
-	dir := tempDir(b)
-	kube, err := harness.StartKube(ctx, harness.KubeOptions{Dir: filepath.Join(dir, "kube")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer kube.Stop()
-	bin := buildController(b, dir)
+	dir, kube, bin := benchSetup(b)
 	c := newGWCluster(nodes, services)
 	t0 := time.Now()
 	c.create(b, kube.Client)
@@ -271,7 +255,7 @@ func BenchmarkGatewayColdSync(b *testing.B) {
 	var syncTotal, floorTotal time.Duration
 	for i := range b.N {
 		floorTotal += floorGateways(b, filepath.Join(dir, fmt.Sprintf("floor-%d", i)), c, db)
-		syncTotal += controllerGatewaySync(b, dir, fmt.Sprintf("gw-%d", i), bin, kube, c)
+		syncTotal += controllerGatewaySync(b, dir, fmt.Sprintf("gw-%d", i), bin, kube, c, db)
 	}
 	nf := float64(b.N)
 	b.ReportMetric(syncTotal.Seconds()/nf, "s/sync")
@@ -282,36 +266,16 @@ func BenchmarkGatewayColdSync(b *testing.B) {
 }
 
 // controllerGatewaySync runs the controller against an empty NB until NB holds exactly the rows of c.
-func controllerGatewaySync(b *testing.B, dir, run, bin string, kube *harness.Kube, c *gwCluster) time.Duration {
-	ovn := startNB(b, filepath.Join(dir, "nb-"+run))
-	watcher, clock := watchNB(b, ovn.NBAddr)
-	db := watcher.Cache().DatabaseModel()
-	total := 0
-	if want, err := c.rows(db, c.floorJoin()); err == nil {
-		total = want.count(nbmodel.LoadBalancerTable)
-	}
-	start := time.Now()
-	p, err := harness.StartProcess("dunlin-controller", filepath.Join(dir, run+".log"), nil, bin,
-		append(controllerArgs(kube, ovn.NBAddr, ""), "--cluster-cidr="+gwClusterCIDR.String())...)
+func controllerGatewaySync(b *testing.B, dir, run, bin string, kube *harness.Kube, c *gwCluster, db model.DatabaseModel) time.Duration {
+	want, err := c.rows(db, c.floorJoin())
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer p.Stop()
-	done := syncDone{
-		what:    "controller " + run,
-		count:   tableLen(watcher, nbmodel.LoadBalancerTable),
-		atLeast: total,
-		content: func() error {
-			want, err := c.rows(db, nbJoin(watcher))
-			if err != nil {
-				return err
-			}
-			return want.diff(cacheReader(watcher))
-		},
-		clock: clock,
-		alive: func() bool { return !p.Exited() },
-	}
-	return done.wait(b, 10*time.Minute).Sub(start)
+	return controllerSyncTo(b, dir, run, bin, kube, []string{"--cluster-cidr=" + gwClusterCIDR.String()},
+		nbmodel.LoadBalancerTable, want.count(nbmodel.LoadBalancerTable),
+		func(db model.DatabaseModel, watcher client.Client) (*nbRows, error) {
+			return c.rows(db, nbJoin(watcher))
+		})
 }
 
 // floorGateways writes the rows of c into an empty NB with no translation and times it as the
