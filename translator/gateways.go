@@ -49,7 +49,7 @@ func (c *Controller) gatewayHandler() cache.ResourceEventHandler {
 			o, ok1 := old.(*corev1.Node)
 			n, ok2 := obj.(*corev1.Node)
 			if ok1 && ok2 && o.Annotations[annotations.NodeGateway] == n.Annotations[annotations.NodeGateway] &&
-				slices.Equal(hostIPs(o), hostIPs(n)) {
+				slices.Equal(NodeHostIPs(o), NodeHostIPs(n)) {
 				return
 			}
 			enqueue(obj)
@@ -58,8 +58,8 @@ func (c *Controller) gatewayHandler() cache.ResourceEventHandler {
 	}
 }
 
-// hostIPs are the node's InternalIP and ExternalIP addresses.
-func hostIPs(n *corev1.Node) []netip.Addr {
+// NodeHostIPs are the node's InternalIP and ExternalIP addresses.
+func NodeHostIPs(n *corev1.Node) []netip.Addr {
 	var out []netip.Addr
 	for _, a := range n.Status.Addresses {
 		if a.Type != corev1.NodeInternalIP && a.Type != corev1.NodeExternalIP {
@@ -95,18 +95,14 @@ func (c *Controller) syncGateway(ctx context.Context, name string) error {
 		// gateway once it has written the switch), so ovn-northd never sees a policy without a path.
 		return nil
 	}
-	n := GatewayNode{Name: name, Subnet: subnet, HostIPs: hostIPs(node)}
-	raw, has := node.Annotations[annotations.NodeGateway]
-	if has {
-		g, err := annotations.ParseNodeGateway(raw)
-		if err == nil {
-			_, err = gatewayIPv4OrErr(g)
-		}
-		if err != nil {
-			c.warn(node, reasonInvalidGateway, "%v; the node keeps the gateway rows it has (if any) until the annotation is corrected", err)
-			return nil
-		}
-		n.Gateway = &g
+	n := GatewayNode{Name: name, Subnet: subnet, HostIPs: NodeHostIPs(node)}
+	g, err := NodeGatewayOf(node)
+	if err != nil {
+		c.warn(node, reasonInvalidGateway, "%v; the node keeps the gateway rows it has (if any) until the annotation is corrected", err)
+		return nil
+	}
+	if g != nil {
+		n.Gateway = g
 		ip, allocated, err := c.join.Ensure(name)
 		if err != nil {
 			if errors.Is(err, ipam.ErrExhausted) {
@@ -143,12 +139,20 @@ func (c *Controller) syncGateway(ctx context.Context, name string) error {
 	return nil
 }
 
-func gatewayIPv4OrErr(g annotations.NodeGatewayInfo) (netip.Prefix, error) {
-	p, ok := gatewayIPv4(g)
-	if !ok {
-		return p, fmt.Errorf("%s has no IPv4 address (gateway routers are IPv4 only)", annotations.NodeGateway)
+// NodeGatewayOf returns the node's gateway annotation, nil when it has none, or why it is unusable.
+func NodeGatewayOf(node *corev1.Node) (*annotations.NodeGatewayInfo, error) {
+	raw, has := node.Annotations[annotations.NodeGateway]
+	if !has {
+		return nil, nil
 	}
-	return p, nil
+	g, err := annotations.ParseNodeGateway(raw)
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := gatewayIPv4(g); !ok {
+		return nil, fmt.Errorf("%s has no IPv4 address (gateway routers are IPv4 only)", annotations.NodeGateway)
+	}
+	return &g, nil
 }
 
 // dropGateway removes a node's gateway rows and then frees its join address.

@@ -120,7 +120,7 @@ func TestServiceLoadBalancers(t *testing.T) {
 		c.createNode(n)
 	}
 	c.eventually(30*time.Second, "node switches", func() error {
-		if out := c.nbctl("ls-list"); strings.Count(out, "\n") != 1 {
+		if out := c.nbctl("ls-list"); !strings.Contains(out, "(n1)") || !strings.Contains(out, "(n2)") {
 			return fmt.Errorf("switches: %q", out)
 		}
 		return nil
