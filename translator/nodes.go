@@ -85,6 +85,7 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 		if _, had := c.switchNodes.LoadAndDelete(name); had {
 			c.requeueNodeDependent()
 		}
+		c.queues[KindGateway].Add(name) // no switch, no gateway: the policy's next hop is on it
 		return c.apply(ctx, owner, nbstore.Desired{})
 	}
 	if err := c.apply(ctx, owner, nbstore.Rows(NodeRows(NodeNetwork{Name: name, Subnet: subnet})...)); err != nil {
