@@ -62,7 +62,7 @@ func TestGatewayRows(t *testing.T) {
 	want := []string{
 		"Chassis_Template_Var#chassis-1",
 		"Logical_Router/GR_n1",
-		"Logical_Router_Policy#hostnetwork",
+		"Logical_Router_Policy#hostnetwork", "Logical_Router_Policy#nodeport",
 		"Logical_Router_Port/rtoe-GR_n1", "Logical_Router_Port/rtoj-GR_n1",
 		"Logical_Router_Static_Route#cluster", "Logical_Router_Static_Route#default", "Logical_Router_Static_Route#egress",
 		"Logical_Switch/ext_n1",
@@ -113,6 +113,12 @@ func TestGatewayRows(t *testing.T) {
 	if pol.Priority != 1004 || pol.Match != "ip4.src == 10.244.0.0/16 && ip4.dst == {172.18.0.2}" || !slices.Equal(pol.Nexthops, []string{"10.244.1.2"}) {
 		t.Errorf("policy %+v", pol)
 	}
+	// Node ports of node addresses are routed (to the node's gateway router, through the pod's own).
+	np := rows["Logical_Router_Policy#nodeport"].Model.(*nbmodel.LogicalRouterPolicy)
+	if np.Priority != 1005 || np.Action != "allow" || np.Match != "ip4.src == 10.244.0.0/16 && ip4.dst == {172.18.0.2} && "+
+		"((tcp.dst >= 30000 && tcp.dst <= 32767) || (udp.dst >= 30000 && udp.dst <= 32767) || (sctp.dst >= 30000 && sctp.dst <= 32767))" {
+		t.Errorf("node port policy %+v", np)
+	}
 	if v := rows["Chassis_Template_Var#chassis-1"].Model.(*nbmodel.ChassisTemplateVar); v.Chassis != "chassis-1" || v.Variables[NodeIPVar] != "172.18.0.2" {
 		t.Errorf("template var %+v", v)
 	}
@@ -126,7 +132,7 @@ func TestGatewayRows(t *testing.T) {
 func TestGatewayRowsWithoutGateway(t *testing.T) {
 	// No annotation: only the way to the node's host-network endpoints.
 	rows := byKey(t, GatewayRows(testGatewayNode(nil), testGatewayEnv))
-	if got := slices.Sorted(maps.Keys(rows)); !slices.Equal(got, []string{"Logical_Router_Policy#hostnetwork"}) {
+	if got := slices.Sorted(maps.Keys(rows)); !slices.Equal(got, []string{"Logical_Router_Policy#hostnetwork", "Logical_Router_Policy#nodeport"}) {
 		t.Fatalf("rows %v", got)
 	}
 	// No next hop: no default route. The chassis defaults to the node name.

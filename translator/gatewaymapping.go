@@ -24,6 +24,8 @@ import (
 type GatewayEnv struct {
 	ClusterCIDR netip.Prefix
 	JoinSubnet  netip.Prefix
+	// NodePortRange is --service-node-port-range (zero: the default).
+	NodePortRange PortRange
 }
 
 // ClusterJoinIP is the cluster router's address on the join switch: its first address.
@@ -73,6 +75,10 @@ const (
 	// HostNetworkPolicyPriority is the cluster router policy sending pod traffic for a node address to
 	// that node's management port (ovn-kubernetes uses the same number).
 	HostNetworkPolicyPriority = 1004
+	// NodePortPolicyPriority lets pod traffic for a node address and a node port take the routes
+	// instead: out through the pod's own gateway router to that node, whose router serves it, since
+	// the host behind the management port has no NodePort.
+	NodePortPolicyPriority = 1005
 )
 
 // Keyed row IDs of a node's gateway (unique per owner and table).
@@ -82,6 +88,7 @@ const (
 	idClusterRoute  = "cluster"     // GR_<node>: the cluster CIDR via the cluster router
 	idSNAT          = "snat"        // GR_<node>: cluster CIDR -> node IP
 	idHostNetPolicy = "hostnetwork" // ovn_cluster_router: pods -> node IPs via the management port
+	idNodePortPol   = "nodeport"    // ovn_cluster_router: pods -> node IPs' node ports routed
 )
 
 // GatewayClusterRows are the cluster-wide rows of the gateways: the join switch, the cluster router's
@@ -132,13 +139,28 @@ func GatewayRows(n GatewayNode, env GatewayEnv) []nbstore.Row {
 			set[i] = a.String()
 		}
 		mgmt := conventions.ManagementIP(n.Subnet).String()
+		toNode := fmt.Sprintf("ip4.src == %s && ip4.dst == {%s}", env.ClusterCIDR, strings.Join(set, ", "))
 		rows = append(rows, nbstore.Row{Model: &nbmodel.LogicalRouterPolicy{
 			Priority:    HostNetworkPolicyPriority,
-			Match:       fmt.Sprintf("ip4.src == %s && ip4.dst == {%s}", env.ClusterCIDR, strings.Join(set, ", ")),
+			Match:       toNode,
 			Action:      nbmodel.LogicalRouterPolicyActionReroute,
 			Nexthops:    []string{mgmt},
 			ExternalIDs: ids,
 		}, ID: idHostNetPolicy, Parents: nbstore.In(ClusterOwner, ClusterRouter)})
+		r := env.NodePortRange
+		if r == (PortRange{}) {
+			r = DefaultNodePortRange()
+		}
+		var ports []string
+		for _, l4 := range []string{"tcp", "udp", "sctp"} {
+			ports = append(ports, fmt.Sprintf("(%s.dst >= %d && %s.dst <= %d)", l4, r.Min, l4, r.Max))
+		}
+		rows = append(rows, nbstore.Row{Model: &nbmodel.LogicalRouterPolicy{
+			Priority:    NodePortPolicyPriority,
+			Match:       toNode + " && (" + strings.Join(ports, " || ") + ")",
+			Action:      nbmodel.LogicalRouterPolicyActionAllow,
+			ExternalIDs: ids,
+		}, ID: idNodePortPol, Parents: nbstore.In(ClusterOwner, ClusterRouter)})
 	}
 	return rows
 }

@@ -32,7 +32,7 @@ const (
 
 // gatewayEnv is the cluster-wide input of every gateway mapping.
 func (c *Controller) gatewayEnv() GatewayEnv {
-	return GatewayEnv{ClusterCIDR: c.cfg.ClusterCIDR, JoinSubnet: c.cfg.JoinSubnet}
+	return GatewayEnv{ClusterCIDR: c.cfg.ClusterCIDR, JoinSubnet: c.cfg.JoinSubnet, NodePortRange: c.cfg.NodePortRange}
 }
 
 // gatewayHandler queues a node's gateway when what its gateway rows depend on changes, not on every

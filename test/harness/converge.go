@@ -193,7 +193,7 @@ func expectedRows(ctx context.Context, kube kubernetes.Interface, opts ConvergeO
 		}
 	}
 	add(translator.ClusterOwner, translator.ClusterRows())
-	gwEnv := translator.GatewayEnv{ClusterCIDR: opts.ClusterCIDR, JoinSubnet: opts.JoinSubnet}
+	gwEnv := translator.GatewayEnv{ClusterCIDR: opts.ClusterCIDR, JoinSubnet: opts.JoinSubnet, NodePortRange: opts.NodePortRange}
 	add(translator.ClusterOwner, translator.GatewayClusterRows(gwEnv))
 
 	nodes, err := kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})

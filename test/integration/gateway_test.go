@@ -206,6 +206,21 @@ func TestGatewayTopology(t *testing.T) {
 	}
 	t.Logf("ovn-trace egress:\n%s\novn-trace NodePort:\n%s", egress, ingress)
 
+	// A pod on n1 reaching n2's address: a node port goes out through GR_n1 (to n2's router, over the
+	// underlay), anything else to n2's management port.
+	rtos := strings.Trim(strings.TrimSpace(c.nbctl("get", "Logical_Router_Port", "rtos-n1", "mac")), `"`)
+	toNode := func(port int) string {
+		return trace(t, c, "ovn_cluster_router", fmt.Sprintf(`inport == "rtos-n1" && eth.src == 0a:58:0a:f4:01:05 && eth.dst == %s && ip4.src == 10.244.1.5 && ip4.dst == 172.18.0.3 && ip.ttl == 64 && tcp && tcp.src == 40000 && tcp.dst == %d`, rtos, port))
+	}
+	nodePort, apiPort := toNode(30080), toNode(6443)
+	if !strings.Contains(nodePort, `ingress(dp="GR_n1", inport="rtoj-GR_n1")`) {
+		t.Errorf("pod to n2's node port does not leave through GR_n1:\n%s", nodePort)
+	}
+	if !strings.Contains(apiPort, `reg0 = 10.244.2.2`) || strings.Contains(apiPort, `dp="GR_n1"`) {
+		t.Errorf("pod to n2's port 6443 is not rerouted to n2's management port:\n%s", apiPort)
+	}
+	t.Logf("ovn-trace pod to n2's node port:\n%s\novn-trace pod to n2's port 6443:\n%s", nodePort, apiPort)
+
 	// Switching a Service to externalTrafficPolicy Local takes its template off the gateway routers.
 	setNode("web-a", 0, "n1")
 	setNode("web-a", 1, "n2")
@@ -282,8 +297,8 @@ func TestGatewayLifecycle(t *testing.T) {
 	if got := strings.TrimSpace(c.nbctl("get", "Logical_Router", "GR_foreign", "options")); got != `{chassis=elsewhere}` {
 		t.Errorf("foreign router options %s", got)
 	}
-	if n := c.ownedRows("Gateway/foreign"); n != 1 { // only its host-network policy
-		t.Errorf("foreign node owns %d gateway rows, want its policy only", n)
+	if n := c.ownedRows("Gateway/foreign"); n != 2 { // only its host-network policies
+		t.Errorf("foreign node owns %d gateway rows, want its policies only", n)
 	}
 
 	// A good annotation heals n3; the bare node gets one later.
@@ -292,8 +307,8 @@ func TestGatewayLifecycle(t *testing.T) {
 	c.expectNB("healed gateways", []string{"show"}, `\(GR_n3\)`, `\(GR_bare\)`)
 	c.eventually(60*time.Second, "gateway rows", func() error {
 		for _, n := range []string{"n1", "bare", "n3"} {
-			if got := c.ownedRows("Gateway/" + n); got != 13 {
-				return fmt.Errorf("%s owns %d gateway rows, want 13", n, got)
+			if got := c.ownedRows("Gateway/" + n); got != 14 {
+				return fmt.Errorf("%s owns %d gateway rows, want 14", n, got)
 			}
 		}
 		return nil
@@ -339,13 +354,13 @@ func TestGatewayLifecycle(t *testing.T) {
 		}
 		return fmt.Errorf("%d events, none about the missing bridge", len(evs.Items))
 	})
-	if got := c.ownedRows("Gateway/n3"); got != 13 {
-		t.Errorf("n3 owns %d gateway rows after a bad edit, want its 13", got)
+	if got := c.ownedRows("Gateway/n3"); got != 14 {
+		t.Errorf("n3 owns %d gateway rows after a bad edit, want its 14", got)
 	}
 	c.setGatewayAnnotation("n3", "")
 	c.eventually(60*time.Second, "n3's router gone", func() error {
-		if got := c.ownedRows("Gateway/n3"); got != 1 {
-			return fmt.Errorf("n3 owns %d gateway rows, want its policy only", got)
+		if got := c.ownedRows("Gateway/n3"); got != 2 {
+			return fmt.Errorf("n3 owns %d gateway rows, want its policies only", got)
 		}
 		return nil
 	})
@@ -453,10 +468,10 @@ func TestGatewayNodePortRowsIndependentOfNodes(t *testing.T) {
 			}
 		}
 	}
-	// Per node: GR, 2 router ports, ext switch, 3 ports, 3 routes, 1 policy, 1 NAT, 1 template variable,
+	// Per node: GR, 2 router ports, ext switch, 3 ports, 3 routes, 2 policies, 1 NAT, 1 template variable,
 	// plus the node's own switch, router port and 2 ports. Nothing else grows.
 	perNode := map[string]int{"Logical_Router": 1, "Logical_Router_Port": 3, "Logical_Switch": 2, "Logical_Switch_Port": 5,
-		"Logical_Router_Static_Route": 3, "Logical_Router_Policy": 1, "NAT": 1, "Chassis_Template_Var": 1}
+		"Logical_Router_Static_Route": 3, "Logical_Router_Policy": 2, "NAT": 1, "Chassis_Template_Var": 1}
 	for table, n := range countsMany {
 		if want := countsFew[table] + 48*perNode[table]; n != want {
 			t.Errorf("%s: %d rows with 50 nodes, %d with 2, want %d", table, n, countsFew[table], want)
