@@ -297,6 +297,14 @@ func (c *Controller) Run(ctx context.Context) error {
 			}()
 		}
 	}
+	c.running.Add(1)
+	go func() {
+		defer c.running.Done()
+		if c.committer.WaitFenced(ctx) == nil {
+			klog.ErrorS(nbstore.ErrFenced, "Stopping: another dunlin-controller claimed the NB database")
+			c.stop(nbstore.ErrFenced)
+		}
+	}()
 	c.enqueueAll()
 	c.ready.Store(true)
 	klog.InfoS("Controller started", "clusterCIDR", c.cfg.ClusterCIDR, "nodeSubnetPrefix", c.cfg.NodeSubnetPrefix,
@@ -388,6 +396,9 @@ func (c *Controller) enqueueAll() {
 	for _, s := range services {
 		c.queues[KindService].Add(s.Namespace + "/" + s.Name)
 	}
+	// A peer is queued when its users change, and registerPeers records every user before the first
+	// sync: an address set not in NB yet (a cold start into an empty NB) is found by no other path.
+	c.queuePeers(c.peers.hashes())
 	owners, err := c.store.Owners()
 	if err != nil {
 		klog.ErrorS(err, "Cannot list NB owners")

@@ -35,7 +35,7 @@ type Client struct {
 
 	writes atomic.Int64 // transactions sent, so tests can tell that an idempotent call wrote nothing
 
-	changed notify.Keyed // interface name -> woken on any change of it
+	changed notify.Keyed  // interface name -> woken on any change of it
 	recheck time.Duration // waits re-read the cache this often besides events; 0 means defaultRecheck
 }
 

@@ -1,5 +1,6 @@
 // Package bench measures Dunlin against real components. Run with `make bench`; of this package,
-// `make test` runs only TestContentCheck, the test of the benchmarks' completion criterion.
+// `make test` runs only TestContentCheck and TestPolicyContentCheck, the tests of the benchmarks'
+// completion criterion.
 package bench
 
 import (
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strconv"
 	"sync"
@@ -34,15 +36,14 @@ import (
 // sizes returns the cluster size: 100 nodes x 100 pods unless DUNLIN_BENCH_NODES and
 // DUNLIN_BENCH_PODS_PER_NODE say otherwise (at most 250 pods per /24).
 func sizes() (nodes, podsPerNode int) {
-	return envInt("DUNLIN_BENCH_NODES", 100, 256), envInt("DUNLIN_BENCH_PODS_PER_NODE", 100, 250)
-}
-
-// envInt is the environment variable name when it is a number from 1 to most, else def.
-func envInt(name string, def, most int) int {
-	if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 && v <= most {
-		return v
+	nodes, podsPerNode = 100, 100
+	if v, err := strconv.Atoi(os.Getenv("DUNLIN_BENCH_NODES")); err == nil && v > 0 && v <= 256 {
+		nodes = v
 	}
-	return def
+	if v, err := strconv.Atoi(os.Getenv("DUNLIN_BENCH_PODS_PER_NODE")); err == nil && v > 0 && v <= 250 {
+		podsPerNode = v
+	}
+	return nodes, podsPerNode
 }
 
 // benchModes are the cold syncs of BenchmarkColdSync; each has a namespace of its own.
@@ -62,7 +63,7 @@ var benchModes = []string{"annotated", "fresh"}
 // controller runs with its client-side rate limit off (--kube-api-qps=-1), so what is compared is the
 // controller with the apiserver, not with its own limiter.
 func BenchmarkColdSync(b *testing.B) {
-	dir, kube, bin := benchSetup(b)
+	dir, kube, bin := startKube(b)
 
 	for _, mode := range benchModes {
 		b.Run(mode, func(b *testing.B) {
@@ -143,51 +144,64 @@ func expectRows(db model.DatabaseModel, nodes []translator.NodeNetwork, pods []t
 // apiRows are the NB rows the API's current nodes and pods mean, from their subnet and address
 // annotations; an error while any of them has none yet.
 func apiRows(ctx context.Context, kube kubernetes.Interface, db model.DatabaseModel) (*nbRows, error) {
+	d, _, err := apiDesired(ctx, kube)
+	if err != nil {
+		return nil, err
+	}
+	return expectRows(db, d.nodes, d.pods)
+}
+
+// apiDesired is the cluster the API holds now, from the nodes' subnet and the pods' address
+// annotations, with the networked pods as NetworkPolicy's mapping takes them; an error while any of
+// them has none yet.
+func apiDesired(ctx context.Context, kube kubernetes.Interface) (desired, []translator.PolicyPod, error) {
+	var d desired
 	nodeList, err := kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
+		return d, nil, fmt.Errorf("list nodes: %w", err)
 	}
 	podList, err := kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("list pods: %w", err)
+		return d, nil, fmt.Errorf("list pods: %w", err)
 	}
-	var nodes []translator.NodeNetwork
 	for i := range nodeList.Items {
 		n := &nodeList.Items[i]
 		subnets, _, err := annotations.DeclaredNodeSubnets(n)
 		if err != nil {
-			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+			return d, nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
 		subnet := annotations.IPv4Subnet(subnets)
 		if !subnet.IsValid() {
-			return nil, fmt.Errorf("node %s has no subnet yet", n.Name)
+			return d, nil, fmt.Errorf("node %s has no subnet yet", n.Name)
 		}
-		nodes = append(nodes, translator.NodeNetwork{Name: n.Name, Subnet: subnet})
+		d.nodes = append(d.nodes, translator.NodeNetwork{Name: n.Name, Subnet: subnet})
 	}
-	var pods []translator.PodNetwork
-	for _, p := range podList.Items {
+	var networked []translator.PolicyPod
+	for i := range podList.Items {
+		p := &podList.Items[i]
 		if p.Spec.NodeName == "" || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}
 		s, ok := p.Annotations[annotations.PodNetwork]
 		if !ok {
-			return nil, fmt.Errorf("pod %s/%s has no address yet", p.Namespace, p.Name)
+			return d, nil, fmt.Errorf("pod %s/%s has no address yet", p.Namespace, p.Name)
 		}
 		info, err := annotations.ParsePodNetwork(s)
 		if err != nil {
-			return nil, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
+			return d, nil, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
 		}
 		addr, _ := info.IPv4()
-		pods = append(pods, translator.PodNetwork{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID),
+		d.pods = append(d.pods, translator.PodNetwork{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID),
 			Node: p.Spec.NodeName, Addr: addr.Addr()})
+		networked = append(networked, translator.PolicyPod{Pod: p, Addr: addr.Addr()})
 	}
-	return expectRows(db, nodes, pods)
+	return d, networked, nil
 }
 
 // gatewayEnv is the gateway configuration of a controller with default flags.
 func gatewayEnv() translator.GatewayEnv {
 	cfg := translator.DefaultConfig()
-	return translator.GatewayEnv{ClusterCIDR: cfg.ClusterCIDR, JoinSubnet: cfg.JoinSubnet}
+	return translator.GatewayEnv{ClusterCIDR: cfg.ClusterCIDR, JoinSubnet: cfg.JoinSubnet, NodePortRange: cfg.NodePortRange}
 }
 
 func nbDatabaseModel() (model.DatabaseModel, error) {
@@ -211,8 +225,9 @@ func tempDir(b testing.TB) string {
 	return dir
 }
 
-// benchSetup starts an apiserver in a new temporary directory and builds the controller there.
-func benchSetup(b *testing.B) (dir string, kube *harness.Kube, bin string) {
+// startKube starts the control plane of a benchmark and builds the controller, in a directory of its
+// own that holds their files and logs; the control plane stops when the benchmark ends.
+func startKube(b *testing.B) (dir string, kube *harness.Kube, bin string) {
 	dir = tempDir(b)
 	kube, err := harness.StartKube(context.Background(), harness.KubeOptions{Dir: filepath.Join(dir, "kube")})
 	if err != nil {
@@ -426,37 +441,26 @@ func tableLen(nb client.Client, table string) func() int {
 // objects mean, and returns how long that took. ports, the logical switch ports expected, is only
 // the cheap first sign of completion.
 func controllerSync(b *testing.B, dir, run, bin string, kube *harness.Kube, ports int) time.Duration {
-	return controllerSyncTo(b, dir, run, bin, kube, nil, nbmodel.LogicalSwitchPortTable, ports,
-		func(db model.DatabaseModel, _ client.Client) (*nbRows, error) {
-			return apiRows(context.Background(), kube.Client, db)
-		})
-}
-
-// controllerSyncTo runs the controller, with extra flags, against an empty NB until NB holds exactly
-// the rows want gives (it may read the watching client's cache), and returns how long that took. The
-// rows of table reaching atLeast is the cheap first sign of completion.
-func controllerSyncTo(b *testing.B, dir, run, bin string, kube *harness.Kube, extra []string, table string, atLeast int,
-	want func(model.DatabaseModel, client.Client) (*nbRows, error)) time.Duration {
 	ovn := startNB(b, filepath.Join(dir, "nb-"+run))
 	watcher, clock := watchNB(b, ovn.NBAddr)
 	db := watcher.Cache().DatabaseModel()
 	start := time.Now()
 	p, err := harness.StartProcess("dunlin-controller", filepath.Join(dir, run+".log"), nil, bin,
-		append(controllerArgs(kube, ovn.NBAddr, ""), extra...)...)
+		controllerArgs(kube, ovn.NBAddr, "")...)
 	if err != nil {
 		b.Fatal(err)
 	}
 	defer p.Stop()
 	done := syncDone{
 		what:    "controller " + run,
-		count:   tableLen(watcher, table),
-		atLeast: atLeast,
+		count:   tableLen(watcher, nbmodel.LogicalSwitchPortTable),
+		atLeast: ports,
 		content: func() error {
-			w, err := want(db, watcher)
+			want, err := apiRows(context.Background(), kube.Client, db)
 			if err != nil {
 				return err
 			}
-			return w.diff(cacheReader(watcher))
+			return want.diff(cacheReader(watcher))
 		},
 		clock: clock,
 		alive: func() bool { return !p.Exited() },
@@ -468,58 +472,136 @@ func controllerSyncTo(b *testing.B, dir, run, bin string, kube *harness.Kube, ex
 // times it as the controller is timed. It writes the cluster rows with every router port in one
 // transaction, then whole switches with their ports, in 1000-operation transactions.
 func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Duration {
-	nb := connectNB(b, ovn.NBAddr)
-	watcher, clock := watchNB(b, ovn.NBAddr)
+	w := newFloorWriter(b, ovn, want)
+	write := w.prepareNodes(d) // the rows, prepared before the clock starts
+	start := time.Now()
+	write()
+	w.flush()
+	return w.done("NB floor").wait(b, 5*time.Minute).Sub(start)
+}
+
+// floorWriter writes expected rows straight into NB, in batched transactions, through a client that
+// monitors the tables the controller's does; a second client watches as the controller is watched.
+type floorWriter struct {
+	b       testing.TB
+	nb      client.Client
+	watcher client.Client
+	clock   *changeClock
+	want    *nbRows
+	ops     []ovsdb.Operation
+	named   int
+	// created are the rows of ops not committed yet (named UUID -> operation index); uuids the real
+	// UUIDs of committed ones, by named UUID.
+	created map[string]int
+	uuids   map[string]string
+	// ids are the named UUIDs of created rows by table and identity (see nbRows.identity).
+	ids map[string]string
+}
+
+func newFloorWriter(b testing.TB, ovn *harness.OVN, want *nbRows) *floorWriter {
+	w := &floorWriter{b: b, nb: connectNB(b, ovn.NBAddr), want: want, created: map[string]int{},
+		uuids: map[string]string{}, ids: map[string]string{}}
+	w.watcher, w.clock = watchNB(b, ovn.NBAddr)
+	return w
+}
+
+// create adds the insert of m and returns its named UUID, which other rows of the same transaction
+// may reference (ref resolves it in later ones).
+func (w *floorWriter) create(m model.Model) string {
+	w.named++
+	id := fmt.Sprintf("r%d", w.named)
+	table := w.want.db.FindTable(reflect.TypeOf(m))
+	info, err := w.want.db.NewModelInfo(m)
+	if err == nil {
+		err = info.SetField("_uuid", id)
+	}
+	var identity string
+	if err == nil {
+		identity, err = w.want.identity(table, info)
+	}
+	if err != nil {
+		w.b.Fatal(err)
+	}
+	w.ids[table+"/"+identity] = id
+	o, err := w.nb.Create(m)
+	if err != nil {
+		w.b.Fatal(err)
+	}
+	w.ops = append(w.ops, o...)
+	w.created[id] = len(w.ops) - 1
+	return id
+}
+
+// flush commits the pending operations in one transaction.
+func (w *floorWriter) flush() {
+	if len(w.ops) == 0 {
+		return
+	}
+	res, err := w.nb.Transact(context.Background(), w.ops...)
+	if err == nil {
+		_, err = ovsdb.CheckOperationResults(res, w.ops)
+	}
+	if err != nil {
+		w.b.Fatal(err)
+	}
+	for id, i := range w.created {
+		w.uuids[id] = res[i].UUID.GoUUID
+	}
+	w.ops, w.created = w.ops[:0], map[string]int{}
+}
+
+// flushIfFull commits once a transaction holds 1000 operations.
+func (w *floorWriter) flushIfFull() {
+	if len(w.ops) >= 1000 {
+		w.flush()
+	}
+}
+
+// ref is what references the created row of table with identity: its named UUID while it is in
+// the pending transaction, its real UUID after.
+func (w *floorWriter) ref(table, identity string) string {
+	id, ok := w.ids[table+"/"+identity]
+	if !ok {
+		w.b.Fatalf("floor: %s %q was not created", table, identity)
+	}
+	if _, pending := w.created[id]; pending {
+		return id
+	}
+	return w.uuids[id]
+}
+
+// done tells when the watcher sees exactly the expected rows.
+func (w *floorWriter) done(what string) syncDone {
+	return syncDone{
+		what:    what,
+		count:   tableLen(w.watcher, nbmodel.LogicalSwitchPortTable),
+		atLeast: w.want.count(nbmodel.LogicalSwitchPortTable),
+		content: func() error { return w.want.diff(cacheReader(w.watcher)) },
+		clock:   w.clock,
+	}
+}
+
+// prepareNodes prepares the cluster, node and pod rows of d and returns what writes them: the cluster
+// rows with every router port in one transaction, then whole switches with their ports.
+func (w *floorWriter) prepareNodes(d desired) func() {
 	podsByNode := map[string][]translator.PodNetwork{}
 	for _, p := range d.pods {
 		podsByNode[p.Node] = append(podsByNode[p.Node], p)
 	}
-	var ops []ovsdb.Operation
-	named := 0
-	create := func(m model.Model) (string, int) {
-		named++
-		id := fmt.Sprintf("r%d", named)
-		info, err := want.db.NewModelInfo(m)
-		if err == nil {
-			err = info.SetField("_uuid", id)
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
-		o, err := nb.Create(m)
-		if err != nil {
-			b.Fatal(err)
-		}
-		ops = append(ops, o...)
-		return id, len(ops) - 1
-	}
-	flush := func() []ovsdb.OperationResult {
-		if len(ops) == 0 {
-			return nil
-		}
-		res := mustTransact(b, nb, ops)
-		ops = ops[:0]
-		return res
-	}
-	// The rows, prepared before the clock starts.
 	var router *nbmodel.LogicalRouter
 	var join *nbmodel.LogicalSwitch
-	var groups, joinPorts, routerPorts []model.Model
-	group := 0 // index of the cluster group among groups
-	for _, m := range want.models(translator.ClusterOwner) {
+	var groups, routerPorts, joinPorts []model.Model
+	for _, m := range w.want.models(translator.ClusterOwner) {
 		switch m := m.(type) {
 		case *nbmodel.LogicalRouter:
 			router = m
 		case *nbmodel.LoadBalancerGroup:
-			if m.Name == translator.ClusterLBGroup {
-				group = len(groups)
-			}
 			groups = append(groups, m)
-		case *nbmodel.LogicalSwitch: // the join switch
+		case *nbmodel.LogicalSwitch: // join, to the gateway routers
 			join = m
-		case *nbmodel.LogicalRouterPort: // the cluster router's port on it
+		case *nbmodel.LogicalRouterPort: // the cluster router's port on join
 			routerPorts = append(routerPorts, m)
-		case *nbmodel.LogicalSwitchPort:
+		case *nbmodel.LogicalSwitchPort: // its peer
 			joinPorts = append(joinPorts, m)
 		}
 	}
@@ -530,7 +612,7 @@ func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Du
 	}
 	nodes := make([]nodeRows, len(d.nodes))
 	for i, n := range d.nodes {
-		for _, m := range want.models(translator.Owner(translator.KindNode, n.Name)) {
+		for _, m := range w.want.models(translator.Owner(translator.KindNode, n.Name)) {
 			switch m := m.(type) {
 			case *nbmodel.LogicalSwitch:
 				nodes[i].ls = m
@@ -541,45 +623,35 @@ func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Du
 			}
 		}
 		for _, p := range podsByNode[n.Name] {
-			nodes[i].ports = append(nodes[i].ports, want.models(translator.Owner(translator.KindPod, p.Namespace+"/"+p.Name))...)
+			nodes[i].ports = append(nodes[i].ports, w.want.models(translator.Owner(translator.KindPod, p.Namespace+"/"+p.Name))...)
 		}
 	}
-
-	start := time.Now()
-	var groupOp int
-	for i, g := range groups {
-		if _, op := create(g); i == group {
-			groupOp = op
+	return func() {
+		for _, g := range groups {
+			w.create(g)
+		}
+		for _, p := range routerPorts {
+			router.Ports = append(router.Ports, w.create(p))
+		}
+		for _, n := range nodes {
+			router.Ports = append(router.Ports, w.create(n.lrp))
+		}
+		w.create(router)
+		if join != nil {
+			for _, p := range joinPorts {
+				join.Ports = append(join.Ports, w.create(p))
+			}
+			w.create(join)
+		}
+		w.flush()
+		groupUUID := w.ref(nbmodel.LoadBalancerGroupTable, translator.ClusterLBGroup)
+		for _, n := range nodes {
+			for _, p := range n.ports {
+				n.ls.Ports = append(n.ls.Ports, w.create(p))
+			}
+			n.ls.LoadBalancerGroup = []string{groupUUID}
+			w.create(n.ls)
+			w.flushIfFull()
 		}
 	}
-	for _, p := range routerPorts {
-		id, _ := create(p)
-		router.Ports = append(router.Ports, id)
-	}
-	for _, n := range nodes {
-		id, _ := create(n.lrp)
-		router.Ports = append(router.Ports, id)
-	}
-	create(router)
-	if join != nil {
-		for _, p := range joinPorts {
-			id, _ := create(p)
-			join.Ports = append(join.Ports, id)
-		}
-		create(join)
-	}
-	groupUUID := flush()[groupOp].UUID.GoUUID
-	for _, n := range nodes {
-		for _, p := range n.ports {
-			id, _ := create(p)
-			n.ls.Ports = append(n.ls.Ports, id)
-		}
-		n.ls.LoadBalancerGroup = []string{groupUUID}
-		create(n.ls)
-		if len(ops) >= 1000 {
-			flush()
-		}
-	}
-	flush()
-	return floorDone("NB floor", watcher, clock, want, nbmodel.LogicalSwitchPortTable).wait(b, 5*time.Minute).Sub(start)
 }

@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"maps"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,9 +35,16 @@ const gwNamespace = "bench-gw"
 // The gateway benchmark's cluster CIDR is wide enough for 1,000 /24 node subnets.
 var gwClusterCIDR = netip.MustParsePrefix("10.128.0.0/9")
 
-// gwSizes are DUNLIN_BENCH_GW_NODES (default 50) and DUNLIN_BENCH_GW_SERVICES (default 1000).
+// gwSizes are DUNLIN_BENCH_GW_NODES (default 50, at most 1000) and DUNLIN_BENCH_GW_SERVICES (default
+// 1000, at most 2700: each takes a node port).
 func gwSizes() (nodes, services int) {
-	return envInt("DUNLIN_BENCH_GW_NODES", 50, 1000), envInt("DUNLIN_BENCH_GW_SERVICES", 1000, 2700)
+	size := func(name string, def, most int) int {
+		if v, err := strconv.Atoi(os.Getenv(name)); err == nil && v > 0 && v <= most {
+			return v
+		}
+		return def
+	}
+	return size("DUNLIN_BENCH_GW_NODES", 50, 1000), size("DUNLIN_BENCH_GW_SERVICES", 1000, 2700)
 }
 
 // gwCluster is the benchmark's API content: nodes with gateway annotations, NodePort Services.
@@ -141,7 +150,8 @@ func (c *gwCluster) create(b *testing.B, kube kubernetes.Interface) {
 // from join (the controller allocates them in the order it happens to sync nodes). The apiserver's own
 // kubernetes Service is left out of the comparison.
 func (c *gwCluster) rows(db model.DatabaseModel, join func(node string) (netip.Addr, bool)) (*nbRows, error) {
-	env := translator.GatewayEnv{ClusterCIDR: gwClusterCIDR, JoinSubnet: gatewayEnv().JoinSubnet}
+	env := gatewayEnv()
+	env.ClusterCIDR = gwClusterCIDR
 	kubernetesSvc := translator.Owner(translator.KindService, "default/kubernetes")
 	want := newNBRows(db, func(owner string) bool { return owner != kubernetesSvc })
 	if err := want.add(translator.ClusterOwner, append(translator.ClusterRows(), translator.GatewayClusterRows(env)...)); err != nil {
@@ -177,12 +187,18 @@ func (c *gwCluster) rows(db model.DatabaseModel, join func(node string) (netip.A
 	return want, nil
 }
 
-// owners are the expected owners in writing order: cluster, nodes, gateways, Services.
-func (c *gwCluster) owners() []string {
-	out := []string{translator.ClusterOwner}
-	for _, n := range c.nodes {
-		out = append(out, translator.Owner(translator.KindNode, n.Name))
+// desired is the cluster's nodes as the node floor writer takes them.
+func (c *gwCluster) desired() desired {
+	var d desired
+	for i, n := range c.nodes {
+		d.nodes = append(d.nodes, translator.NodeNetwork{Name: n.Name, Subnet: gwNodeSubnet(i)})
 	}
+	return d
+}
+
+// gatewayOwners are the owners of the gateway and Service rows, in writing order.
+func (c *gwCluster) gatewayOwners() []string {
+	var out []string
 	for _, n := range c.nodes {
 		out = append(out, translator.Owner(translator.KindGateway, n.Name))
 	}
@@ -246,7 +262,7 @@ func BenchmarkGatewayColdSync(b *testing.B) {
 		b.ReportMetric(float64(want.total()), fmt.Sprintf("rows@%dnodes", n))
 	}
 
-	dir, kube, bin := benchSetup(b)
+	dir, kube, bin := startKube(b)
 	c := newGWCluster(nodes, services)
 	t0 := time.Now()
 	c.create(b, kube.Client)
@@ -271,146 +287,149 @@ func controllerGatewaySync(b *testing.B, dir, run, bin string, kube *harness.Kub
 	if err != nil {
 		b.Fatal(err)
 	}
-	return controllerSyncTo(b, dir, run, bin, kube, []string{"--cluster-cidr=" + gwClusterCIDR.String()},
-		nbmodel.LoadBalancerTable, want.count(nbmodel.LoadBalancerTable),
-		func(db model.DatabaseModel, watcher client.Client) (*nbRows, error) {
-			return c.rows(db, nbJoin(watcher))
-		})
+	ovn := startNB(b, filepath.Join(dir, "nb-"+run))
+	watcher, clock := watchNB(b, ovn.NBAddr)
+	ctrl := startController(b, dir, run, bin, kube, ovn, "--cluster-cidr="+gwClusterCIDR.String())
+	done := syncDone{
+		what:    "controller " + run,
+		count:   tableLen(watcher, nbmodel.LogicalSwitchPortTable),
+		atLeast: want.count(nbmodel.LogicalSwitchPortTable),
+		content: func() error {
+			want, err := c.rows(db, nbJoin(watcher))
+			if err != nil {
+				return err
+			}
+			return want.diff(cacheReader(watcher))
+		},
+		clock: clock,
+		alive: ctrl.alive(b),
+	}
+	took := done.wait(b, 10*time.Minute).Sub(ctrl.start)
+	if err := ctrl.proc.Stop(); err != nil {
+		b.Logf("stop controller: %v", err)
+	}
+	return took
 }
 
 // floorGateways writes the rows of c into an empty NB with no translation and times it as the
-// controller is timed: the cluster rows in one transaction, then each owner's rows whole (children
-// inserted first and named in their parent's column; the cluster router, join switch and load
-// balancer groups mutated once per transaction), in transactions of about 1000 operations.
+// controller is timed: the cluster and node rows as floorWrite does, then each gateway's and Service's
+// rows whole (children inserted first and named in their parent's column; the cluster router, join
+// switch and load balancer groups mutated once per transaction), in transactions of about 1000
+// operations.
 func floorGateways(b *testing.B, dir string, c *gwCluster, db model.DatabaseModel) time.Duration {
 	want, err := c.rows(db, c.floorJoin())
 	if err != nil {
 		b.Fatal(err)
 	}
-	ovn := startNB(b, dir)
-	nb := connectNB(b, ovn.NBAddr)
-	watcher, clock := watchNB(b, ovn.NBAddr)
+	w := newFloorWriter(b, startNB(b, dir), want)
+	writeNodes := w.prepareNodes(c.desired())
+	writeRest := w.prepareOwners(c.gatewayOwners())
+	start := time.Now()
+	writeNodes()
+	w.flush() // the gateways hang off the cluster router and join switch
+	writeRest()
+	return w.done("gateway NB floor").wait(b, 5*time.Minute).Sub(start)
+}
 
-	// Prepared before the clock starts: per owner, its models with named UUIDs, children before
-	// parents, and which rows outside the owner they go into.
+// prepareOwners prepares the rows of owners, whose parents are either their own rows or rows already
+// committed, and returns what writes them, one owner whole at a time.
+func (w *floorWriter) prepareOwners(owners []string) func() {
 	type parentKey struct{ table, name, column string }
-	type ownerOps struct {
-		models []model.Model
-		// external are the rows' named UUIDs per parent outside the owner.
-		external map[parentKey][]string
-		// refs are reference columns to set, per model index, by target name.
-		refs map[int]map[string][]string
+	type owned struct {
+		models []model.Model // children before parents
+		refs   []map[string][]string
+		// outside are, per parent of another owner, the indexes in models of its children.
+		outside map[parentKey][]int
+		// inside are, per model index, the model indexes of its children in the same owner.
+		inside map[int][]struct {
+			child  int
+			column string
+		}
 	}
-	named := 0
-	var plan []ownerOps
-	for _, owner := range c.owners() {
-		rows := want.byOwner[owner]
-		models := want.models(owner)
-		o := ownerOps{external: map[parentKey][]string{}, refs: map[int]map[string][]string{}}
-		ids := make([]string, len(rows))
-		local := map[string]int{} // table/name -> index
-		for i, r := range rows {
-			named++
-			ids[i] = fmt.Sprintf("r%d", named)
-			info, err := db.NewModelInfo(models[i])
-			if err == nil {
-				err = info.SetField("_uuid", ids[i])
-			}
-			if err != nil {
-				b.Fatal(err)
-			}
-			if name, err := want.rowName(r.table, info); err == nil {
-				local[r.table+"/"+name] = i
+	var plan []owned
+	for _, owner := range owners {
+		rows, models := w.want.byOwner[owner], w.want.models(owner)
+		o := owned{outside: map[parentKey][]int{}, inside: map[int][]struct {
+			child  int
+			column string
+		}{}}
+		local := map[string]int{} // table/name -> index in o.models
+		// Mapping order has parents first: walk it backwards, children first.
+		for i := len(rows) - 1; i >= 0; i-- {
+			o.models = append(o.models, models[i])
+			o.refs = append(o.refs, rows[i].refs)
+			if name, err := w.want.identity(rows[i].table, rows[i].info); err == nil {
+				local[rows[i].table+"/"+name] = len(o.models) - 1
 			}
 		}
-		// Mapping order has parents first: walk it backwards, so a child is named in its parent's
-		// column before the parent is inserted.
 		for i := len(rows) - 1; i >= 0; i-- {
-			r := rows[i]
-			for _, p := range r.parents {
+			idx := len(rows) - 1 - i
+			for _, p := range rows[i].parents {
 				if j, ok := local[p.table+"/"+p.name]; ok {
-					info, _ := db.NewModelInfo(models[j])
-					cur, _ := info.FieldByColumn(p.column)
-					if err := info.SetField(p.column, append(slices.Clone(cur.([]string)), ids[i])); err != nil {
-						b.Fatal(err)
-					}
+					o.inside[j] = append(o.inside[j], struct {
+						child  int
+						column string
+					}{idx, p.column})
 					continue
 				}
 				k := parentKey{p.table, p.name, p.column}
-				o.external[k] = append(o.external[k], ids[i])
+				o.outside[k] = append(o.outside[k], idx)
 			}
-			if len(r.refs) > 0 {
-				o.refs[len(o.models)] = r.refs
-			}
-			o.models = append(o.models, models[i])
 		}
 		plan = append(plan, o)
 	}
-
-	start := time.Now()
-	real := map[string]string{} // table/name -> UUID of the cluster rows
-	var ops []ovsdb.Operation
-	pending := map[parentKey][]string{}
-	var created []string // table/name of the insert at each operation index, cluster only
-	flush := func() []ovsdb.OperationResult {
-		for _, k := range slices.SortedFunc(maps.Keys(pending), func(a, b parentKey) int {
-			return strings.Compare(a.table+a.name+a.column, b.table+b.name+b.column)
-		}) {
-			var set []any
-			for _, id := range pending[k] {
-				set = append(set, ovsdb.UUID{GoUUID: id})
-			}
-			ops = append(ops, ovsdb.Operation{Op: ovsdb.OperationMutate, Table: k.table,
-				Where:     []ovsdb.Condition{{Column: "_uuid", Function: ovsdb.ConditionEqual, Value: ovsdb.UUID{GoUUID: real[k.table+"/"+k.name]}}},
-				Mutations: []ovsdb.Mutation{{Column: k.column, Mutator: ovsdb.MutateOperationInsert, Value: ovsdb.OvsSet{GoSet: set}}}})
-		}
-		clear(pending)
-		if len(ops) == 0 {
-			return nil
-		}
-		res := mustTransact(b, nb, ops)
-		ops = ops[:0]
-		return res
-	}
-	for n, o := range plan {
-		for i, m := range o.models {
-			info, err := db.NewModelInfo(m)
-			if err != nil {
-				b.Fatal(err)
-			}
-			for col, names := range o.refs[i] {
-				var uuids []string
-				for _, name := range names {
-					uuids = append(uuids, real[refTableOf(db.Schema.Table(info.Metadata.TableName).Column(col))+"/"+name])
+	return func() {
+		pending := map[parentKey][]string{}
+		mutate := func() {
+			for _, k := range slices.SortedFunc(maps.Keys(pending), func(a, b parentKey) int {
+				return strings.Compare(a.table+"/"+a.name+"/"+a.column, b.table+"/"+b.name+"/"+b.column)
+			}) {
+				set := make([]any, len(pending[k]))
+				for i, id := range pending[k] {
+					set[i] = ovsdb.UUID{GoUUID: id}
 				}
-				if err := info.SetField(col, uuids); err != nil {
-					b.Fatal(err)
+				w.ops = append(w.ops, ovsdb.Operation{Op: ovsdb.OperationMutate, Table: k.table,
+					Where:     []ovsdb.Condition{{Column: "_uuid", Function: ovsdb.ConditionEqual, Value: ovsdb.UUID{GoUUID: w.ref(k.table, k.name)}}},
+					Mutations: []ovsdb.Mutation{{Column: k.column, Mutator: ovsdb.MutateOperationInsert, Value: ovsdb.OvsSet{GoSet: set}}}})
+			}
+			clear(pending)
+		}
+		for _, o := range plan {
+			ids := make([]string, len(o.models))
+			for i, m := range o.models {
+				info, err := w.want.db.NewModelInfo(m)
+				if err != nil {
+					w.b.Fatal(err)
+				}
+				for _, ch := range o.inside[i] {
+					cur, _ := info.FieldByColumn(ch.column)
+					if err := info.SetField(ch.column, append(slices.Clone(cur.([]string)), ids[ch.child])); err != nil {
+						w.b.Fatal(err)
+					}
+				}
+				for col, names := range o.refs[i] {
+					rt := refTableOf(info.Metadata.TableSchema.Column(col))
+					var uuids []string
+					for _, name := range names {
+						uuids = append(uuids, w.ref(rt, name))
+					}
+					if err := info.SetField(col, uuids); err != nil {
+						w.b.Fatal(err)
+					}
+				}
+				ids[i] = w.create(m)
+			}
+			for k, children := range o.outside {
+				for _, c := range children {
+					pending[k] = append(pending[k], ids[c])
 				}
 			}
-			ins, err := nb.Create(m)
-			if err != nil {
-				b.Fatal(err)
-			}
-			ops = append(ops, ins...)
-			if n == 0 {
-				name, _ := want.rowName(info.Metadata.TableName, info)
-				created = append(created, info.Metadata.TableName+"/"+name)
+			if len(w.ops) >= 1000 {
+				mutate()
+				w.flush()
 			}
 		}
-		for k, ids := range o.external {
-			pending[k] = append(pending[k], ids...)
-		}
-		if n == 0 {
-			res := flush()
-			for i, key := range created {
-				real[key] = res[i].UUID.GoUUID
-			}
-			continue
-		}
-		if len(ops) >= 1000 {
-			flush()
-		}
+		mutate()
+		w.flush()
 	}
-	flush()
-	return floorDone("gateway NB floor", watcher, clock, want, nbmodel.LoadBalancerTable).wait(b, 5*time.Minute).Sub(start)
 }

@@ -26,7 +26,7 @@ import (
 // columns compared are the ones the translator manages (translator.TableSpecs), so a column the
 // mapping gains is checked without changing the benchmarks.
 
-// nbRows is the NB content a benchmark expects, by table and row name.
+// nbRows is the NB content a benchmark expects, by table and row identity (see identity).
 type nbRows struct {
 	db    model.DatabaseModel
 	specs map[string]nbstore.TableSpec
@@ -41,7 +41,6 @@ type nbRows struct {
 // wantRow is one expected row: its model as the mapping gives it, with the owner the store adds.
 type wantRow struct {
 	table   string
-	owner   string
 	info    *mapper.Info
 	parents []parentRef
 	refs    map[string][]string // reference column -> names of the rows it points to
@@ -84,11 +83,11 @@ func (w *nbRows) add(owner string, rows []nbstore.Row) error {
 				return fmt.Errorf("%s of %s: %w", table, owner, err)
 			}
 		}
-		name, err := w.rowName(table, info)
+		name, err := w.identity(table, info)
 		if err != nil {
 			return err
 		}
-		row := &wantRow{table: table, owner: owner, info: info, refs: map[string][]string{}}
+		row := &wantRow{table: table, info: info, refs: map[string][]string{}}
 		for _, p := range r.Parents {
 			pt, pc := p.Table, p.Column
 			if pt == "" {
@@ -97,8 +96,13 @@ func (w *nbRows) add(owner string, rows []nbstore.Row) error {
 			row.parents = append(row.parents, parentRef{table: pt, column: pc, name: p.Name})
 		}
 		for col, refs := range r.Refs {
+			keyed := w.specs[refTableOf(w.db.Schema.Table(table).Column(col))].Keyed
 			for _, ref := range refs {
-				row.refs[col] = append(row.refs[col], ref.Name)
+				if keyed {
+					row.refs[col] = append(row.refs[col], keyedIdentity(ref.Owner, ref.Name))
+				} else {
+					row.refs[col] = append(row.refs[col], ref.Name)
+				}
 			}
 		}
 		if w.rows[table] == nil {
@@ -112,6 +116,22 @@ func (w *nbRows) add(owner string, rows []nbstore.Row) error {
 	}
 	return nil
 }
+
+// identity is what identifies a row of table: its name, or in a Keyed table (ACL, Meter_Band: rows
+// without a name) its owner and ID, as the store identifies them.
+func (w *nbRows) identity(table string, info *mapper.Info) (string, error) {
+	if !w.specs[table].Keyed {
+		return stringField(info, "name")
+	}
+	v, err := info.FieldByColumn("external_ids")
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", table, err)
+	}
+	ids, _ := v.(map[string]string)
+	return keyedIdentity(ids[nbstore.OwnerKey], ids[nbstore.IDKey]), nil
+}
+
+func keyedIdentity(owner, id string) string { return owner + " " + id }
 
 // models returns a copy of the expected rows of owner (with the owner in external_ids), in the
 // mapping's order, for the writers of the floors.
@@ -200,7 +220,7 @@ func selectReader(nb client.Client, selected ...string) tableReader {
 // nbTable is one table as read for a comparison.
 type nbTable struct {
 	byUUID map[string]*mapper.Info
-	byName map[string][]string // name -> UUIDs (more than one is a mismatch)
+	byName map[string][]string // identity -> UUIDs (more than one is a mismatch)
 }
 
 // diff returns nil when NB, as read, holds exactly the expected rows among those it counts, with the
@@ -223,7 +243,7 @@ func (w *nbRows) diff(read tableReader) error {
 				return nil, err
 			}
 			t.byUUID[uuid] = info
-			if name, err := w.rowName(table, info); err == nil {
+			if name, err := w.identity(table, info); err == nil {
 				t.byName[name] = append(t.byName[name], uuid)
 			}
 		}
@@ -244,7 +264,7 @@ func (w *nbRows) diff(read tableReader) error {
 		hasOwner := w.db.Schema.Table(table).Column("external_ids") != nil
 		for _, uuid := range slices.Sorted(maps.Keys(got.byUUID)) {
 			info := got.byUUID[uuid]
-			name, _ := w.rowName(table, info)
+			name, _ := w.identity(table, info)
 			if hasOwner && w.counts != nil {
 				ids, _ := info.FieldByColumn("external_ids")
 				if !w.counts(ids.(map[string]string)[nbstore.OwnerKey]) {
@@ -282,7 +302,9 @@ func (w *nbRows) diff(read tableReader) error {
 // rowDiff compares one row with its expectation and returns what differs, "" when nothing does.
 func (w *nbRows) rowDiff(table, uuid string, got *mapper.Info, want *wantRow, get func(string) (*nbTable, error)) (string, error) {
 	schema := w.db.Schema.Table(table)
-	for _, col := range w.specs[table].Columns {
+	spec := w.specs[table]
+	// Member columns (a port group's ports, an address set's addresses) are compared whole.
+	for _, col := range append(slices.Clone(spec.Columns), spec.MemberColumns...) {
 		g, err := got.FieldByColumn(col)
 		if err != nil {
 			return "", err
@@ -295,7 +317,7 @@ func (w *nbRows) rowDiff(table, uuid string, got *mapper.Info, want *wantRow, ge
 			var names []string
 			for _, u := range stringsOf(reflect.ValueOf(g)) {
 				if info, ok := refs.byUUID[u]; ok {
-					name, _ := stringField(info, "name")
+					name, _ := w.identity(refTable, info)
 					names = append(names, name)
 				} else {
 					names = append(names, "missing row "+u)
@@ -389,20 +411,6 @@ func sameSet(a, b []string) bool {
 	return slices.Equal(a, b)
 }
 
-// rowName identifies a row within its table: its name, or in a table without one (routes, NAT, ...)
-// its owner and dunlin.io/id.
-func (w *nbRows) rowName(table string, info *mapper.Info) (string, error) {
-	if !w.specs[table].Keyed {
-		return stringField(info, "name")
-	}
-	v, err := info.FieldByColumn("external_ids")
-	if err != nil {
-		return "", err
-	}
-	ids := v.(map[string]string)
-	return ids[nbstore.OwnerKey] + "#" + ids[nbstore.IDKey], nil
-}
-
 func stringField(info *mapper.Info, column string) (string, error) {
 	v, err := info.FieldByColumn(column)
 	if err != nil {
@@ -486,29 +494,5 @@ func (d syncDone) wait(b testing.TB, timeout time.Duration) time.Time {
 		}
 		check(err.Error())
 		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// mustTransact runs ops in one transaction and fails b unless every operation succeeded.
-func mustTransact(b testing.TB, nb client.Client, ops []ovsdb.Operation) []ovsdb.OperationResult {
-	res, err := nb.Transact(context.Background(), ops...)
-	if err == nil {
-		_, err = ovsdb.CheckOperationResults(res, ops)
-	}
-	if err != nil {
-		b.Fatal(err)
-	}
-	return res
-}
-
-// floorDone is when a floor writer's rows are complete: table, the cheap first sign, holds as many
-// rows as want expects, then want's full comparison with the watcher's cache succeeds.
-func floorDone(what string, watcher client.Client, clock *changeClock, want *nbRows, table string) syncDone {
-	return syncDone{
-		what:    what,
-		count:   tableLen(watcher, table),
-		atLeast: want.count(table),
-		content: func() error { return want.diff(cacheReader(watcher)) },
-		clock:   clock,
 	}
 }

@@ -470,6 +470,22 @@ func (c *Committer) Claim(ctx context.Context, identity string) error {
 	return nil
 }
 
+// WaitFenced returns nil once another committer has claimed the database since this one did (so that an
+// idle deposed controller stops too, not only one that writes), or ctx's error when ctx ends first.
+func (c *Committer) WaitFenced(ctx context.Context) error {
+	woken, unsubscribe := c.globalChanged.Subscribe(nbGlobal)
+	defer unsubscribe()
+	for !c.Fenced() {
+		select {
+		case <-woken:
+		case <-time.After(time.Second): // a reconnection refills the cache without row events
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
 // Fenced reports whether another committer has claimed the database since this one did.
 func (c *Committer) Fenced() bool {
 	tok := c.token.Load()

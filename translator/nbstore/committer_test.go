@@ -114,8 +114,14 @@ func TestClaimFencesTheDeposedWriter(t *testing.T) {
 	if err := store2.Plan(newTxn, "Service/default/web", lb()); err != nil {
 		t.Fatal(err)
 	}
+	fenced := make(chan error, 1)
+	go func() { fenced <- e.committer.WaitFenced(cctx) }()
 	if err := c2.Claim(ctx, "new-leader"); err != nil {
 		t.Fatal(err)
+	}
+	// An idle deposed writer learns it from the cache, before it writes anything.
+	if err := <-fenced; err != nil {
+		t.Fatalf("WaitFenced: %v", err)
 	}
 	if err := c2.Commit(ctx, newTxn); err != nil {
 		t.Fatal(err)
