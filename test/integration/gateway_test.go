@@ -165,6 +165,20 @@ func TestGatewayTopology(t *testing.T) {
 		return nil
 	})
 	_ = flows
+	// externalTrafficPolicy Local on a node without a local endpoint: the VIP without backends and
+	// without reject compiles to a drop (no reset), so that node does not answer.
+	c.eventually(60*time.Second, "GR_n2 drops its local VIP without endpoints", func() error {
+		out, err := c.ovn.SBCtl("lflow-list", "GR_n2")
+		if err != nil {
+			return err
+		}
+		for _, line := range strings.Split(out, "\n") {
+			if strings.Contains(line, "ip4.dst == 172.18.0.3 && tcp && tcp.dst == 30081") && strings.Contains(line, "drop;") {
+				return nil
+			}
+		}
+		return fmt.Errorf("no drop flow for 172.18.0.3:30081 in GR_n2")
+	})
 	log, err := os.ReadFile(filepath.Join(c.ovn.Dir, "northd.log"))
 	if err != nil {
 		t.Fatal(err)
