@@ -5,6 +5,7 @@ package nodeagent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
@@ -26,14 +27,18 @@ import (
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
 	"github.com/dunlinplugin/dunlin/internal/conventions"
+	"github.com/dunlinplugin/dunlin/internal/ovsdbtls"
 	"github.com/dunlinplugin/dunlin/nodeagent/ovs"
 )
 
 // Config is dunlin-node's configuration; the flags of cmd/dunlin-node map onto it one to one.
 type Config struct {
-	NodeName     string
-	OVSDB        string // local OVS database, unix:/var/run/openvswitch/db.sock
-	SBAddress    string // ovn-remote
+	NodeName  string
+	OVSDB     string // local OVS database, unix:/var/run/openvswitch/db.sock
+	SBAddress string // ovn-remote
+	// TLS is for ssl: endpoints of OVSDB and SBAddress (dunlin-node's own check of SB; ovn-controller
+	// has TLS settings of its own).
+	TLS          ovsdbtls.Files
 	EncapType    string // geneve or vxlan
 	EncapIP      string // empty: the Node's InternalIP
 	MTU          int    // pod MTU; 0: the encap interface's MTU minus the encapsulation overhead
@@ -111,6 +116,9 @@ func New(cfg Config, client kubernetes.Interface) (*Agent, error) {
 			return nil, fmt.Errorf("encap IP: %w", err)
 		}
 	}
+	if err := cfg.TLS.Validate("ovn"); err != nil {
+		return nil, err
+	}
 	if cfg.MTU != 0 && (cfg.MTU < 576 || cfg.MTU > 65535) {
 		return nil, fmt.Errorf("MTU %d is out of range 576-65535", cfg.MTU)
 	}
@@ -138,7 +146,16 @@ func (a *Agent) Run(ctx context.Context) error {
 	logger.Info("Starting dunlin-node", "encapType", a.cfg.EncapType, "encapIP", a.cfg.EncapIP, "mtu", a.cfg.MTU,
 		"datapathType", a.cfg.DatapathType, "ovsdb", a.cfg.OVSDB, "sb", a.cfg.SBAddress)
 
-	if a.ovs, err = ovs.Connect(ctx, a.cfg.OVSDB); err != nil {
+	var tlsCfg *tls.Config
+	if a.cfg.TLS.Set() {
+		if tlsCfg, err = a.cfg.TLS.Config(); err != nil {
+			return fmt.Errorf("TLS: %w", err)
+		}
+	}
+	if a.cfg.SBAddress != "" {
+		go a.watchSB(ctx, tlsCfg)
+	}
+	if a.ovs, err = ovs.ConnectTLS(ctx, a.cfg.OVSDB, tlsCfg); err != nil {
 		return fmt.Errorf("connect to OVS at %s: %w", a.cfg.OVSDB, err)
 	}
 	defer a.ovs.Close()

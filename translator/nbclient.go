@@ -53,7 +53,7 @@ func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Confi
 			continue
 		}
 		if strings.HasPrefix(ep, "ssl:") && tlsConfig == nil {
-			return nil, fmt.Errorf("NB endpoint %s needs --nb-client-cert, --nb-client-key and --nb-ca-cert", ep)
+			return nil, fmt.Errorf("NB endpoint %s needs --ovn-ca-cert (and --ovn-cert, --ovn-key when the server asks for a client certificate, as ovsdb-server does)", ep)
 		}
 		opts = append(opts, client.WithEndpoint(ep))
 	}
@@ -83,7 +83,8 @@ func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Confi
 		klog.ErrorS(err, "Cannot connect to the OVN NB database, retrying", "address", addresses, "retryIn", delay)
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("connect to NB %s: %w", addresses, ctx.Err())
+			// The last failure says why (a certificate the CA did not sign, say), not only that time ran out.
+			return nil, fmt.Errorf("connect to NB %s: %w (last error: %v)", addresses, ctx.Err(), err)
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, 5*time.Second)
