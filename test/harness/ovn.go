@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -298,4 +299,20 @@ func (o *OVN) LBVIPs(name string) (map[string][]string, error) {
 		vips[strings.Trim(k, `"`)] = backends
 	}
 	return vips, nil
+}
+
+// PauseNB stops the standalone NB ovsdb-server with SIGSTOP (pause false resumes it with SIGCONT): a
+// server that hangs, holding the transactions sent to it, and commits them once it goes on.
+func (o *OVN) PauseNB(pause bool) error {
+	if o.nb == nil || o.nb.exited() {
+		return errors.New("pause NB: not running (or clustered)")
+	}
+	sig := syscall.SIGCONT
+	if pause {
+		sig = syscall.SIGSTOP
+	}
+	if err := syscall.Kill(o.nb.cmd.Process.Pid, sig); err != nil {
+		return fmt.Errorf("pause NB (%v): %w", sig, err)
+	}
+	return nil
 }
