@@ -7,4 +7,4 @@ import (
 )
 
 // begin starts a transaction as the controller does.
-func begin(context.Context, *nbstore.Committer) (*nbstore.Txn, error) { return &nbstore.Txn{}, nil }
+func begin(ctx context.Context, c *nbstore.Committer) (*nbstore.Txn, error) { return c.Begin(ctx) }
