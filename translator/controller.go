@@ -292,7 +292,9 @@ func (c *Controller) Run(ctx context.Context) error {
 
 	resync := time.NewTicker(c.cfg.ResyncPeriod)
 	defer resync.Stop()
-	connCheck := time.NewTicker(time.Second)
+	// Often enough that a RAFT failover costs little more than the election: keys that failed meanwhile
+	// have backed off for seconds.
+	connCheck := time.NewTicker(250 * time.Millisecond)
 	defer connCheck.Stop()
 	connected := true
 	for {

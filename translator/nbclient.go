@@ -40,9 +40,12 @@ func ConnectNB(ctx context.Context, addresses string, tlsConfig *tls.Config, dbM
 // ConnectNBTables is ConnectNB monitoring the tables of specs (and NB_Global).
 func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Config, dbModel model.ClientDBModel, specs map[string]nbstore.TableSpec) (client.Client, error) {
 	opts := []client.Option{
+		// A RAFT election takes one to two election timers (1 s by default): retrying at most a second
+		// apart finds the new leader soon after, where a longer backoff would add seconds to every
+		// failover. An attempt costs each member a connection and the schema.
 		client.WithReconnect(10*time.Second, &backoff.ExponentialBackOff{
-			InitialInterval: 200 * time.Millisecond, RandomizationFactor: 0.2, Multiplier: 2,
-			MaxInterval: 5 * time.Second, MaxElapsedTime: 0, // never give up: libovsdb panics when it does
+			InitialInterval: 100 * time.Millisecond, RandomizationFactor: 0.2, Multiplier: 2,
+			MaxInterval: time.Second, MaxElapsedTime: 0, // never give up: libovsdb panics when it does
 			Stop: backoff.Stop, Clock: backoff.SystemClock,
 		}),
 		client.WithLeaderOnly(true),
