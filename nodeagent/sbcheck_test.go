@@ -21,26 +21,11 @@ func TestCheckSBOverTLS(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	pki, err := harness.NewPKI(filepath.Join(dir, "a"))
+	certs, err := harness.NewTLSFixture(filepath.Join(dir, "pki"), "ovnsb")
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := harness.NewPKI(filepath.Join(dir, "b"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := pki.Sign("ovnsb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := pki.Sign("node1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger, err := other.Sign("node1")
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, cli, stranger := certs.Server, certs.Client, certs.OtherClient
 	ovn, err := harness.StartOVN(context.Background(), harness.OVNOptions{Dir: filepath.Join(dir, "ovn"), WithSB: true, TLS: &srv})
 	if err != nil {
 		t.Fatal(err)

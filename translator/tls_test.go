@@ -65,24 +65,11 @@ func TestNBOverTLSWithOVSPKICertificates(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	sign := func(pki *harness.PKI, name string) harness.Certs {
-		t.Helper()
-		c, err := pki.Sign(name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return c
-	}
-	pkiA, err := harness.NewPKI(filepath.Join(dir, "a"))
+	certs, err := harness.NewTLSFixture(filepath.Join(dir, "pki"), "ovnnb")
 	if err != nil {
 		t.Fatal(err)
 	}
-	pkiB, err := harness.NewPKI(filepath.Join(dir, "b"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	serverA, clientA := sign(pkiA, "ovnnb"), sign(pkiA, "dunlin")
-	serverB, clientB := sign(pkiB, "ovnnb"), sign(pkiB, "dunlin")
+	serverA, clientA, serverB, clientB := certs.Server, certs.Client, certs.OtherServer, certs.OtherClient
 
 	server := newTLSFiles(t, filepath.Join(dir, "server"), serverA)
 	client := newTLSFiles(t, filepath.Join(dir, "client"), clientA)

@@ -3,7 +3,6 @@ package ovs
 import (
 	"context"
 	"net"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -16,27 +15,11 @@ import (
 // The agent's OVSDB client over SSL with ovs-pki certificates: it connects and writes with a client
 // certificate of the server's CA, and refuses a server whose certificate another CA signed.
 func TestConnectTLS(t *testing.T) {
-	dir := t.TempDir()
-	pki, err := harness.NewPKI(filepath.Join(dir, "a"))
+	certs, err := harness.NewTLSFixture(t.TempDir(), "ovsdb")
 	if err != nil {
 		t.Fatal(err)
 	}
-	other, err := harness.NewPKI(filepath.Join(dir, "b"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := pki.Sign("ovsdb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := pki.Sign("dunlin-node")
-	if err != nil {
-		t.Fatal(err)
-	}
-	stranger, err := other.Sign("dunlin-node")
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, cli, stranger := certs.Server, certs.Client, certs.OtherClient
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -61,14 +61,7 @@ var benchModes = []string{"annotated", "fresh"}
 // controller runs with its client-side rate limit off (--kube-api-qps=-1), so what is compared is the
 // controller with the apiserver, not with its own limiter.
 func BenchmarkColdSync(b *testing.B) {
-	ctx := context.Background()
-	dir := tempDir(b)
-	kube, err := harness.StartKube(ctx, harness.KubeOptions{Dir: filepath.Join(dir, "kube")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer kube.Stop()
-	bin := buildController(b, dir)
+	dir, kube, bin := startBench(b)
 
 	for _, mode := range benchModes {
 		b.Run(mode, func(b *testing.B) {
@@ -209,6 +202,18 @@ func tempDir(b testing.TB) string {
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) })
 	return dir
+}
+
+// startBench starts the apiserver of a benchmark and builds the controller, in a temporary directory
+// that the benchmark's end removes, after stopping the apiserver.
+func startBench(b *testing.B) (dir string, kube *harness.Kube, bin string) {
+	dir = tempDir(b)
+	kube, err := harness.StartKube(context.Background(), harness.KubeOptions{Dir: filepath.Join(dir, "kube")})
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { kube.Stop() })
+	return dir, kube, buildController(b, dir)
 }
 
 func buildController(b *testing.B, dir string) string {

@@ -48,13 +48,7 @@ func failoverSizes() (runs, pods int) {
 // writes NB_Global: no ovn-northd runs).
 func BenchmarkNBFailover(b *testing.B) {
 	ctx := context.Background()
-	dir := tempDir(b)
-	kube, err := harness.StartKube(ctx, harness.KubeOptions{Dir: filepath.Join(dir, "kube")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer kube.Stop()
-	bin := buildController(b, dir)
+	dir, kube, bin := startBench(b)
 	runs, batch := failoverSizes()
 	nodes := []string{"f1", "f2", "f3"}
 	for _, n := range nodes {

@@ -74,14 +74,7 @@ func serviceCount() int {
 // second for 20 s (one backend each) and measures, per update, the time from the API call to the new
 // backends in NB.
 func BenchmarkServices(b *testing.B) {
-	ctx := context.Background()
-	dir := tempDir(b)
-	kube, err := harness.StartKube(ctx, harness.KubeOptions{Dir: filepath.Join(dir, "kube")})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer kube.Stop()
-	bin := buildController(b, dir)
+	dir, kube, bin := startBench(b)
 	n := serviceCount()
 	t0 := time.Now()
 	set := populateServices(b, kube.Client, n)

@@ -74,3 +74,32 @@ func CopyFile(src, dst string) error {
 	}
 	return os.Rename(tmp, dst)
 }
+
+// TLSFixture is what a TLS test needs: two ovs-pki CAs, each with a server certificate for the same
+// name and a client certificate. The second CA's are a stranger's, or those of a rotation.
+type TLSFixture struct {
+	Server, Client           Certs // signed by the first CA
+	OtherServer, OtherClient Certs // signed by the second CA
+}
+
+// NewTLSFixture makes the two CAs under dir (in "a" and "b") and their certificates; the servers'
+// are for serverName, the clients' for "client".
+func NewTLSFixture(dir, serverName string) (TLSFixture, error) {
+	var f TLSFixture
+	for _, ca := range []struct {
+		sub            string
+		server, client *Certs
+	}{{"a", &f.Server, &f.Client}, {"b", &f.OtherServer, &f.OtherClient}} {
+		pki, err := NewPKI(filepath.Join(dir, ca.sub))
+		if err != nil {
+			return f, err
+		}
+		if *ca.server, err = pki.Sign(serverName); err != nil {
+			return f, err
+		}
+		if *ca.client, err = pki.Sign("client"); err != nil {
+			return f, err
+		}
+	}
+	return f, nil
+}

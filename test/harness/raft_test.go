@@ -14,18 +14,11 @@ import (
 func TestClusteredOVNWithTLS(t *testing.T) {
 	ctx := context.Background()
 	dir := shortDir(t)
-	pki, err := NewPKI(filepath.Join(dir, "pki"))
+	certs, err := NewTLSFixture(filepath.Join(dir, "pki"), "ovndb")
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := pki.Sign("ovndb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cli, err := pki.Sign("client")
-	if err != nil {
-		t.Fatal(err)
-	}
+	srv, cli := certs.Server, certs.Client
 	start := time.Now()
 	ovn, err := StartOVN(ctx, OVNOptions{Dir: filepath.Join(dir, "ovn"), WithSB: true, Clustered: true, TLS: &srv})
 	if err != nil {

@@ -20,11 +20,12 @@ import (
 // and the retries of what failed meanwhile, on a loaded machine.
 const failoverConverge = 3 * time.Minute
 
-// churn creates a pod every few milliseconds on the nodes in turn and deletes the one created keep
-// pods before, until stop is closed; it returns the number of pods it created.
-func (c *cluster) churn(stop <-chan struct{}, prefix string, nodes []string, keep int) (wait func() int) {
+// churn creates pods <prefix><from>, <prefix><from+1>, ... every few milliseconds on the nodes in turn,
+// each time deleting the one keep before (if any), until stop is closed. wait returns how many it
+// created.
+func (c *cluster) churn(stop <-chan struct{}, prefix string, from int, nodes []string, keep int) (wait func() int) {
 	var wg sync.WaitGroup
-	n := 0
+	n := from
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -49,7 +50,7 @@ func (c *cluster) churn(stop <-chan struct{}, prefix string, nodes []string, kee
 			time.Sleep(20 * time.Millisecond)
 		}
 	}()
-	return func() int { wg.Wait(); return n }
+	return func() int { wg.Wait(); return n - from }
 }
 
 // The controller writes to a 3-member RAFT NB through all three addresses. Killing the leader while
@@ -74,7 +75,7 @@ func TestNBLeaderFailoverWhilePodsChurn(t *testing.T) {
 			t.Fatal(err)
 		}
 		stop := make(chan struct{})
-		wait := c.churn(stop, prefix, nodes, 15)
+		wait := c.churn(stop, prefix, 0, nodes, 15)
 		time.Sleep(time.Second) // not an assertion: the kill lands in the middle of the churn
 		if err := c.ovn.KillRaftMember(false, leader); err != nil {
 			t.Fatal(err)
