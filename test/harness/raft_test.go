@@ -67,8 +67,15 @@ func TestClusteredOVNWithTLS(t *testing.T) {
 	if next, err := ovn.RaftLeader(ctx, false); err != nil || next == leader {
 		t.Fatalf("leader after killing %d: %d, %v", leader, next, err)
 	}
-	if out, err := ovn.SBCtl("--columns=external_ids", "list", "Datapath_Binding"); err != nil || !strings.Contains(out, "name=y") {
-		t.Fatalf("SB datapath for y: %q, %v", out, err)
+	// northd follows the NB leader too (its --wait=sb above may have been answered before it did).
+	if err := Eventually(time.Minute, func() error {
+		out, err := ovn.SBCtl("--columns=external_ids", "list", "Datapath_Binding")
+		if err == nil && !strings.Contains(out, "name=y") {
+			return errNotYet("no SB datapath for y: " + out)
+		}
+		return err
+	}); err != nil {
+		t.Fatal(err)
 	}
 	if err := ovn.RestartRaftMember(ctx, false, leader); err != nil {
 		t.Fatal(err)
