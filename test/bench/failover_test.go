@@ -224,5 +224,6 @@ func (w *memberWatch) done(b *testing.B, p *harness.Process, what string) time.T
 		},
 		clock: w.clock,
 		alive: func() bool { return !p.Exited() },
+		quiet: true,
 	}.wait(b, 5*time.Minute)
 }
