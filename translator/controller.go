@@ -374,6 +374,9 @@ func (c *Controller) enqueueAll() {
 	for _, s := range services {
 		c.queues[KindService].Add(s.Namespace + "/" + s.Name)
 	}
+	// A peer is queued when its users change, and registerPeers records every user before the first
+	// sync: an address set not in NB yet (a cold start into an empty NB) is found by no other path.
+	c.queuePeers(c.peers.hashes())
 	owners, err := c.store.Owners()
 	if err != nil {
 		klog.ErrorS(err, "Cannot list NB owners")

@@ -8,7 +8,6 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
-	networkingv1 "k8s.io/api/networking/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/tools/cache"
@@ -56,7 +55,7 @@ func (c *Controller) registerPeers() error {
 	}
 	for _, np := range policies {
 		peers, _ := PolicyPeers(np)
-		c.peers.set(np.Namespace+"/"+np.Name, peers, egressNamedPorts(np))
+		c.peers.set(np.Namespace+"/"+np.Name, peers, EgressNamedPorts(np))
 	}
 	return nil
 }
@@ -78,7 +77,7 @@ func (c *Controller) syncPolicy(ctx context.Context, key string) error {
 		return err
 	}
 	peers, problems := PolicyPeers(np)
-	c.queuePeers(c.peers.set(key, peers, egressNamedPorts(np)))
+	c.queuePeers(c.peers.set(key, peers, EgressNamedPorts(np)))
 	rows, more := PolicyRows(np, c.policyEnv(ns))
 	for _, p := range append(problems, more...) {
 		c.warn(np, p.Reason, "%s", p.Message)
@@ -98,32 +97,7 @@ func (c *Controller) syncPolicyNamespace(ctx context.Context, ns string) error {
 		return err
 	}
 	env := c.policyEnv(ns)
-	isolated := [2]map[string]PolicyPod{{}, {}}
-	var names [2][]string
-	for _, np := range policies {
-		selected, err := SelectedPods(np, env.Pods)
-		if err != nil {
-			continue // reported by the policy's sync; it selects nothing
-		}
-		in, out := PolicyTypes(np)
-		for d, on := range []bool{in, out} {
-			if !on {
-				continue
-			}
-			names[d] = append(names[d], np.Name)
-			for _, p := range selected {
-				isolated[d][p.Pod.Name] = p
-			}
-		}
-	}
-	pods := func(m map[string]PolicyPod) []PolicyPod {
-		out := make([]PolicyPod, 0, len(m))
-		for _, k := range slices.Sorted(maps.Keys(m)) {
-			out = append(out, m[k])
-		}
-		return out
-	}
-	return c.apply(ctx, owner, nbstore.Rows(NamespaceDenyRows(ns, pods(isolated[0]), pods(isolated[1]), names[0], names[1], env.Logging)...))
+	return c.apply(ctx, owner, nbstore.Rows(NamespaceIsolationRows(ns, policies, env.Pods, env.Logging)...))
 }
 
 // syncPolicyPeer keeps the address set of a peer: the addresses of the pods it matches, while a policy
@@ -298,19 +272,6 @@ func (c *Controller) managementIPs() []netip.Addr {
 	return out
 }
 
-// egressNamedPorts is true when the policy's egress rules use named ports, which resolve against the
-// peers' pods: changes of those pods change the policy's rows.
-func egressNamedPorts(np *networkingv1.NetworkPolicy) bool {
-	for _, r := range np.Spec.Egress {
-		for _, p := range r.Ports {
-			if p.Port != nil && p.Port.StrVal != "" {
-				return true
-			}
-		}
-	}
-	return false
-}
-
 // peerRegistry knows which policies use which peers: a peer's address set lives while one does.
 type peerRegistry struct {
 	mu       sync.Mutex
@@ -375,6 +336,13 @@ func (r *peerRegistry) set(policy string, peers []PolicyPeer, egressNamed bool) 
 	}
 	slices.Sort(out)
 	return out
+}
+
+// hashes are the peers some policy uses.
+func (r *peerRegistry) hashes() []string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Sorted(maps.Keys(r.peers))
 }
 
 func (r *peerRegistry) get(hash string) (PolicyPeer, bool) {

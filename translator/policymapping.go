@@ -3,6 +3,7 @@ package translator
 import (
 	"fmt"
 	"hash/fnv"
+	"maps"
 	"net/netip"
 	"slices"
 	"sort"
@@ -618,6 +619,50 @@ func NamespaceDenyRows(namespace string, ingress, egress []PolicyPod, ingressPol
 		}
 	}
 	return rows
+}
+
+// NamespaceIsolationRows are a namespace's default deny (NamespaceDenyRows) from its policies and its
+// networked pods: per direction, the pods some policy of that type selects, and those policies.
+func NamespaceIsolationRows(namespace string, policies []*networkingv1.NetworkPolicy, pods []PolicyPod, logging string) []nbstore.Row {
+	isolated := [2]map[string]PolicyPod{{}, {}}
+	var names [2][]string
+	for _, np := range policies {
+		selected, err := SelectedPods(np, pods)
+		if err != nil {
+			continue // reported by the policy's sync; it selects nothing
+		}
+		in, out := PolicyTypes(np)
+		for d, on := range []bool{in, out} {
+			if !on {
+				continue
+			}
+			names[d] = append(names[d], np.Name)
+			for _, p := range selected {
+				isolated[d][p.Pod.Name] = p
+			}
+		}
+	}
+	byName := func(m map[string]PolicyPod) []PolicyPod {
+		out := make([]PolicyPod, 0, len(m))
+		for _, k := range slices.Sorted(maps.Keys(m)) {
+			out = append(out, m[k])
+		}
+		return out
+	}
+	return NamespaceDenyRows(namespace, byName(isolated[0]), byName(isolated[1]), names[0], names[1], logging)
+}
+
+// EgressNamedPorts is true when the policy's egress rules use named ports, which resolve against the
+// peers' pods: changes of those pods change the policy's rows.
+func EgressNamedPorts(np *networkingv1.NetworkPolicy) bool {
+	for _, r := range np.Spec.Egress {
+		for _, p := range r.Ports {
+			if p.Port != nil && p.Port.StrVal != "" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // denyACLName names a default deny after the policies isolating the pods, for ACL logs:

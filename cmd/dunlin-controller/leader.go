@@ -38,7 +38,6 @@ func runElected(ctx context.Context, o options, kube kubernetes.Interface, recor
 	// The elector has a context of its own: cancelling it releases the Lease, which must wait until
 	// work has returned.
 	electCtx, release := context.WithCancel(context.WithoutCancel(ctx))
-	defer release()
 	w := &guardedWork{}
 	var led atomic.Bool
 	lead := func(leadCtx context.Context) {
@@ -70,13 +69,32 @@ func runElected(ctx context.Context, o options, kube kubernetes.Interface, recor
 	}
 	health.setLeaderElector(le)
 
-	// On SIGTERM: stop work (or keep it from starting), then release the Lease.
+	// On SIGTERM: stop work (or keep it from starting), then release the Lease. A standby holds
+	// nothing to release: it leaves without cancelling the elector, whose Lease read in flight would
+	// otherwise end in a logged error.
+	standbyDone := make(chan struct{})
 	stopAfterSignal := context.AfterFunc(ctx, func() {
 		w.stop()
-		release()
+		if led.Load() {
+			release()
+			return
+		}
+		close(standbyDone)
 	})
 	defer stopAfterSignal()
-	le.Run(electCtx)
+	elected := make(chan struct{})
+	go func() {
+		defer close(elected)
+		le.Run(electCtx)
+	}()
+	select {
+	case <-elected:
+	case <-standbyDone:
+		// Should the Lease have been won meanwhile, lead() releases it (work does not start any more).
+		klog.InfoS("Standby stopping", "identity", id)
+		return nil
+	}
+	release()
 	// Run does not wait for OnStartedLeading to return.
 	w.stop()
 	switch {

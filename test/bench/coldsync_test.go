@@ -1,5 +1,6 @@
 // Package bench measures Dunlin against real components. Run with `make bench`; of this package,
-// `make test` runs only TestContentCheck, the test of the benchmarks' completion criterion.
+// `make test` runs only TestContentCheck and TestPolicyContentCheck, the tests of the benchmarks'
+// completion criterion.
 package bench
 
 import (
@@ -9,6 +10,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
 	"runtime"
 	"strconv"
 	"sync"
@@ -61,7 +63,7 @@ var benchModes = []string{"annotated", "fresh"}
 // controller runs with its client-side rate limit off (--kube-api-qps=-1), so what is compared is the
 // controller with the apiserver, not with its own limiter.
 func BenchmarkColdSync(b *testing.B) {
-	dir, kube, bin := startBench(b)
+	dir, kube, bin := startKube(b)
 
 	for _, mode := range benchModes {
 		b.Run(mode, func(b *testing.B) {
@@ -142,45 +144,58 @@ func expectRows(db model.DatabaseModel, nodes []translator.NodeNetwork, pods []t
 // apiRows are the NB rows the API's current nodes and pods mean, from their subnet and address
 // annotations; an error while any of them has none yet.
 func apiRows(ctx context.Context, kube kubernetes.Interface, db model.DatabaseModel) (*nbRows, error) {
+	d, _, err := apiDesired(ctx, kube)
+	if err != nil {
+		return nil, err
+	}
+	return expectRows(db, d.nodes, d.pods)
+}
+
+// apiDesired is the cluster the API holds now, from the nodes' subnet and the pods' address
+// annotations, with the networked pods as NetworkPolicy's mapping takes them; an error while any of
+// them has none yet.
+func apiDesired(ctx context.Context, kube kubernetes.Interface) (desired, []translator.PolicyPod, error) {
+	var d desired
 	nodeList, err := kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("list nodes: %w", err)
+		return d, nil, fmt.Errorf("list nodes: %w", err)
 	}
 	podList, err := kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
-		return nil, fmt.Errorf("list pods: %w", err)
+		return d, nil, fmt.Errorf("list pods: %w", err)
 	}
-	var nodes []translator.NodeNetwork
 	for i := range nodeList.Items {
 		n := &nodeList.Items[i]
 		subnets, _, err := annotations.DeclaredNodeSubnets(n)
 		if err != nil {
-			return nil, fmt.Errorf("node %s: %w", n.Name, err)
+			return d, nil, fmt.Errorf("node %s: %w", n.Name, err)
 		}
 		subnet := annotations.IPv4Subnet(subnets)
 		if !subnet.IsValid() {
-			return nil, fmt.Errorf("node %s has no subnet yet", n.Name)
+			return d, nil, fmt.Errorf("node %s has no subnet yet", n.Name)
 		}
-		nodes = append(nodes, translator.NodeNetwork{Name: n.Name, Subnet: subnet})
+		d.nodes = append(d.nodes, translator.NodeNetwork{Name: n.Name, Subnet: subnet})
 	}
-	var pods []translator.PodNetwork
-	for _, p := range podList.Items {
+	var networked []translator.PolicyPod
+	for i := range podList.Items {
+		p := &podList.Items[i]
 		if p.Spec.NodeName == "" || p.Spec.HostNetwork || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
 			continue
 		}
 		s, ok := p.Annotations[annotations.PodNetwork]
 		if !ok {
-			return nil, fmt.Errorf("pod %s/%s has no address yet", p.Namespace, p.Name)
+			return d, nil, fmt.Errorf("pod %s/%s has no address yet", p.Namespace, p.Name)
 		}
 		info, err := annotations.ParsePodNetwork(s)
 		if err != nil {
-			return nil, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
+			return d, nil, fmt.Errorf("pod %s/%s: %w", p.Namespace, p.Name, err)
 		}
 		addr, _ := info.IPv4()
-		pods = append(pods, translator.PodNetwork{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID),
+		d.pods = append(d.pods, translator.PodNetwork{Namespace: p.Namespace, Name: p.Name, UID: string(p.UID),
 			Node: p.Spec.NodeName, Addr: addr.Addr()})
+		networked = append(networked, translator.PolicyPod{Pod: p, Addr: addr.Addr()})
 	}
-	return expectRows(db, nodes, pods)
+	return d, networked, nil
 }
 
 func nbDatabaseModel() (model.DatabaseModel, error) {
@@ -204,9 +219,9 @@ func tempDir(b testing.TB) string {
 	return dir
 }
 
-// startBench starts the apiserver of a benchmark and builds the controller, in a temporary directory
-// that the benchmark's end removes, after stopping the apiserver.
-func startBench(b *testing.B) (dir string, kube *harness.Kube, bin string) {
+// startKube starts the control plane of a benchmark and builds the controller, in a directory of its
+// own that holds their files and logs; the control plane stops when the benchmark ends.
+func startKube(b *testing.B) (dir string, kube *harness.Kube, bin string) {
 	dir = tempDir(b)
 	kube, err := harness.StartKube(context.Background(), harness.KubeOptions{Dir: filepath.Join(dir, "kube")})
 	if err != nil {
@@ -451,50 +466,125 @@ func controllerSync(b *testing.B, dir, run, bin string, kube *harness.Kube, port
 // times it as the controller is timed. It writes the cluster rows with every router port in one
 // transaction, then whole switches with their ports, in 1000-operation transactions.
 func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Duration {
-	nb := connectNB(b, ovn.NBAddr)
-	watcher, clock := watchNB(b, ovn.NBAddr)
-	ctx := context.Background()
+	w := newFloorWriter(b, ovn, want)
+	write := w.prepareNodes(d) // the rows, prepared before the clock starts
+	start := time.Now()
+	write()
+	w.flush()
+	return w.done("NB floor").wait(b, 5*time.Minute).Sub(start)
+}
+
+// floorWriter writes expected rows straight into NB, in batched transactions, through a client that
+// monitors the tables the controller's does; a second client watches as the controller is watched.
+type floorWriter struct {
+	b       testing.TB
+	nb      client.Client
+	watcher client.Client
+	clock   *changeClock
+	want    *nbRows
+	ops     []ovsdb.Operation
+	named   int
+	// created are the rows of ops not committed yet (named UUID -> operation index); uuids the real
+	// UUIDs of committed ones, by named UUID.
+	created map[string]int
+	uuids   map[string]string
+	// ids are the named UUIDs of created rows by table and identity (see nbRows.identity).
+	ids map[string]string
+}
+
+func newFloorWriter(b testing.TB, ovn *harness.OVN, want *nbRows) *floorWriter {
+	w := &floorWriter{b: b, nb: connectNB(b, ovn.NBAddr), want: want, created: map[string]int{},
+		uuids: map[string]string{}, ids: map[string]string{}}
+	w.watcher, w.clock = watchNB(b, ovn.NBAddr)
+	return w
+}
+
+// create adds the insert of m and returns its named UUID, which other rows of the same transaction
+// may reference (ref resolves it in later ones).
+func (w *floorWriter) create(m model.Model) string {
+	w.named++
+	id := fmt.Sprintf("r%d", w.named)
+	table := w.want.db.FindTable(reflect.TypeOf(m))
+	info, err := w.want.db.NewModelInfo(m)
+	if err == nil {
+		err = info.SetField("_uuid", id)
+	}
+	var identity string
+	if err == nil {
+		identity, err = w.want.identity(table, info)
+	}
+	if err != nil {
+		w.b.Fatal(err)
+	}
+	w.ids[table+"/"+identity] = id
+	o, err := w.nb.Create(m)
+	if err != nil {
+		w.b.Fatal(err)
+	}
+	w.ops = append(w.ops, o...)
+	w.created[id] = len(w.ops) - 1
+	return id
+}
+
+// flush commits the pending operations in one transaction.
+func (w *floorWriter) flush() {
+	if len(w.ops) == 0 {
+		return
+	}
+	res, err := w.nb.Transact(context.Background(), w.ops...)
+	if err == nil {
+		_, err = ovsdb.CheckOperationResults(res, w.ops)
+	}
+	if err != nil {
+		w.b.Fatal(err)
+	}
+	for id, i := range w.created {
+		w.uuids[id] = res[i].UUID.GoUUID
+	}
+	w.ops, w.created = w.ops[:0], map[string]int{}
+}
+
+// flushIfFull commits once a transaction holds 1000 operations.
+func (w *floorWriter) flushIfFull() {
+	if len(w.ops) >= 1000 {
+		w.flush()
+	}
+}
+
+// ref is what references the created row of table with identity: its named UUID while it is in
+// the pending transaction, its real UUID after.
+func (w *floorWriter) ref(table, identity string) string {
+	id, ok := w.ids[table+"/"+identity]
+	if !ok {
+		w.b.Fatalf("floor: %s %q was not created", table, identity)
+	}
+	if _, pending := w.created[id]; pending {
+		return id
+	}
+	return w.uuids[id]
+}
+
+// done tells when the watcher sees exactly the expected rows.
+func (w *floorWriter) done(what string) syncDone {
+	return syncDone{
+		what:    what,
+		count:   tableLen(w.watcher, nbmodel.LogicalSwitchPortTable),
+		atLeast: w.want.count(nbmodel.LogicalSwitchPortTable),
+		content: func() error { return w.want.diff(cacheReader(w.watcher)) },
+		clock:   w.clock,
+	}
+}
+
+// prepareNodes prepares the cluster, node and pod rows of d and returns what writes them: the cluster
+// rows with every router port in one transaction, then whole switches with their ports.
+func (w *floorWriter) prepareNodes(d desired) func() {
 	podsByNode := map[string][]translator.PodNetwork{}
 	for _, p := range d.pods {
 		podsByNode[p.Node] = append(podsByNode[p.Node], p)
 	}
-	var ops []ovsdb.Operation
-	named := 0
-	create := func(m model.Model) (string, int) {
-		named++
-		id := fmt.Sprintf("r%d", named)
-		info, err := want.db.NewModelInfo(m)
-		if err == nil {
-			err = info.SetField("_uuid", id)
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
-		o, err := nb.Create(m)
-		if err != nil {
-			b.Fatal(err)
-		}
-		ops = append(ops, o...)
-		return id, len(ops) - 1
-	}
-	flush := func() []ovsdb.OperationResult {
-		if len(ops) == 0 {
-			return nil
-		}
-		res, err := nb.Transact(ctx, ops...)
-		if err == nil {
-			_, err = ovsdb.CheckOperationResults(res, ops)
-		}
-		if err != nil {
-			b.Fatal(err)
-		}
-		ops = ops[:0]
-		return res
-	}
-	// The rows, prepared before the clock starts.
 	var router *nbmodel.LogicalRouter
 	var group *nbmodel.LoadBalancerGroup
-	for _, m := range want.models(translator.ClusterOwner) {
+	for _, m := range w.want.models(translator.ClusterOwner) {
 		switch m := m.(type) {
 		case *nbmodel.LogicalRouter:
 			router = m
@@ -509,7 +599,7 @@ func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Du
 	}
 	nodes := make([]nodeRows, len(d.nodes))
 	for i, n := range d.nodes {
-		for _, m := range want.models(translator.Owner(translator.KindNode, n.Name)) {
+		for _, m := range w.want.models(translator.Owner(translator.KindNode, n.Name)) {
 			switch m := m.(type) {
 			case *nbmodel.LogicalSwitch:
 				nodes[i].ls = m
@@ -520,36 +610,24 @@ func floorWrite(b testing.TB, ovn *harness.OVN, d desired, want *nbRows) time.Du
 			}
 		}
 		for _, p := range podsByNode[n.Name] {
-			nodes[i].ports = append(nodes[i].ports, want.models(translator.Owner(translator.KindPod, p.Namespace+"/"+p.Name))...)
+			nodes[i].ports = append(nodes[i].ports, w.want.models(translator.Owner(translator.KindPod, p.Namespace+"/"+p.Name))...)
 		}
 	}
-
-	start := time.Now()
-	_, groupOp := create(group)
-	for _, n := range nodes {
-		id, _ := create(n.lrp)
-		router.Ports = append(router.Ports, id)
-	}
-	create(router)
-	groupUUID := flush()[groupOp].UUID.GoUUID
-	for _, n := range nodes {
-		for _, p := range n.ports {
-			id, _ := create(p)
-			n.ls.Ports = append(n.ls.Ports, id)
+	return func() {
+		w.create(group)
+		for _, n := range nodes {
+			router.Ports = append(router.Ports, w.create(n.lrp))
 		}
-		n.ls.LoadBalancerGroup = []string{groupUUID}
-		create(n.ls)
-		if len(ops) >= 1000 {
-			flush()
+		w.create(router)
+		w.flush()
+		groupUUID := w.ref(nbmodel.LoadBalancerGroupTable, group.Name)
+		for _, n := range nodes {
+			for _, p := range n.ports {
+				n.ls.Ports = append(n.ls.Ports, w.create(p))
+			}
+			n.ls.LoadBalancerGroup = []string{groupUUID}
+			w.create(n.ls)
+			w.flushIfFull()
 		}
 	}
-	flush()
-	done := syncDone{
-		what:    "NB floor",
-		count:   tableLen(watcher, nbmodel.LogicalSwitchPortTable),
-		atLeast: want.count(nbmodel.LogicalSwitchPortTable),
-		content: func() error { return want.diff(cacheReader(watcher)) },
-		clock:   clock,
-	}
-	return done.wait(b, 5*time.Minute).Sub(start)
 }

@@ -48,7 +48,7 @@ func failoverSizes() (runs, pods int) {
 // writes NB_Global: no ovn-northd runs).
 func BenchmarkNBFailover(b *testing.B) {
 	ctx := context.Background()
-	dir, kube, bin := startBench(b)
+	dir, kube, bin := startKube(b)
 	runs, batch := failoverSizes()
 	nodes := []string{"f1", "f2", "f3"}
 	for _, n := range nodes {

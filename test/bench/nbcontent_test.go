@@ -26,7 +26,7 @@ import (
 // columns compared are the ones the translator manages (translator.TableSpecs), so a column the
 // mapping gains is checked without changing the benchmarks.
 
-// nbRows is the NB content a benchmark expects, by table and row name.
+// nbRows is the NB content a benchmark expects, by table and row identity (see identity).
 type nbRows struct {
 	db    model.DatabaseModel
 	specs map[string]nbstore.TableSpec
@@ -66,23 +66,26 @@ func (w *nbRows) add(owner string, rows []nbstore.Row) error {
 		if err != nil {
 			return fmt.Errorf("model info of %T: %w", r.Model, err)
 		}
-		name, err := stringField(info, "name")
-		if err != nil {
-			return err
-		}
 		if w.db.Schema.Table(table).Column("external_ids") != nil {
 			ids, err := info.FieldByColumn("external_ids")
 			if err != nil {
-				return fmt.Errorf("%s %s: %w", table, name, err)
+				return fmt.Errorf("%s of %s: %w", table, owner, err)
 			}
 			withOwner := maps.Clone(ids.(map[string]string))
 			if withOwner == nil {
 				withOwner = map[string]string{}
 			}
 			withOwner[nbstore.OwnerKey] = owner
-			if err := info.SetField("external_ids", withOwner); err != nil {
-				return fmt.Errorf("%s %s: %w", table, name, err)
+			if spec.Keyed {
+				withOwner[nbstore.IDKey] = r.ID
 			}
+			if err := info.SetField("external_ids", withOwner); err != nil {
+				return fmt.Errorf("%s of %s: %w", table, owner, err)
+			}
+		}
+		name, err := w.identity(table, info)
+		if err != nil {
+			return err
 		}
 		row := &wantRow{table: table, info: info, refs: map[string][]string{}}
 		for _, p := range r.Parents {
@@ -93,8 +96,13 @@ func (w *nbRows) add(owner string, rows []nbstore.Row) error {
 			row.parents = append(row.parents, parentRef{table: pt, column: pc, name: p.Name})
 		}
 		for col, refs := range r.Refs {
+			keyed := w.specs[refTableOf(w.db.Schema.Table(table).Column(col))].Keyed
 			for _, ref := range refs {
-				row.refs[col] = append(row.refs[col], ref.Name)
+				if keyed {
+					row.refs[col] = append(row.refs[col], keyedIdentity(ref.Owner, ref.Name))
+				} else {
+					row.refs[col] = append(row.refs[col], ref.Name)
+				}
 			}
 		}
 		if w.rows[table] == nil {
@@ -108,6 +116,22 @@ func (w *nbRows) add(owner string, rows []nbstore.Row) error {
 	}
 	return nil
 }
+
+// identity is what identifies a row of table: its name, or in a Keyed table (ACL, Meter_Band: rows
+// without a name) its owner and ID, as the store identifies them.
+func (w *nbRows) identity(table string, info *mapper.Info) (string, error) {
+	if !w.specs[table].Keyed {
+		return stringField(info, "name")
+	}
+	v, err := info.FieldByColumn("external_ids")
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", table, err)
+	}
+	ids, _ := v.(map[string]string)
+	return keyedIdentity(ids[nbstore.OwnerKey], ids[nbstore.IDKey]), nil
+}
+
+func keyedIdentity(owner, id string) string { return owner + " " + id }
 
 // models returns a copy of the expected rows of owner (with the owner in external_ids), in the
 // mapping's order, for the writers of the floors.
@@ -196,7 +220,7 @@ func selectReader(nb client.Client, selected ...string) tableReader {
 // nbTable is one table as read for a comparison.
 type nbTable struct {
 	byUUID map[string]*mapper.Info
-	byName map[string][]string // name -> UUIDs (more than one is a mismatch)
+	byName map[string][]string // identity -> UUIDs (more than one is a mismatch)
 }
 
 // diff returns nil when NB, as read, holds exactly the expected rows among those it counts, with the
@@ -219,7 +243,7 @@ func (w *nbRows) diff(read tableReader) error {
 				return nil, err
 			}
 			t.byUUID[uuid] = info
-			if name, err := stringField(info, "name"); err == nil {
+			if name, err := w.identity(table, info); err == nil {
 				t.byName[name] = append(t.byName[name], uuid)
 			}
 		}
@@ -240,7 +264,7 @@ func (w *nbRows) diff(read tableReader) error {
 		hasOwner := w.db.Schema.Table(table).Column("external_ids") != nil
 		for _, uuid := range slices.Sorted(maps.Keys(got.byUUID)) {
 			info := got.byUUID[uuid]
-			name, _ := stringField(info, "name")
+			name, _ := w.identity(table, info)
 			if hasOwner && w.counts != nil {
 				ids, _ := info.FieldByColumn("external_ids")
 				if !w.counts(ids.(map[string]string)[nbstore.OwnerKey]) {
@@ -278,7 +302,9 @@ func (w *nbRows) diff(read tableReader) error {
 // rowDiff compares one row with its expectation and returns what differs, "" when nothing does.
 func (w *nbRows) rowDiff(table, uuid string, got *mapper.Info, want *wantRow, get func(string) (*nbTable, error)) (string, error) {
 	schema := w.db.Schema.Table(table)
-	for _, col := range w.specs[table].Columns {
+	spec := w.specs[table]
+	// Member columns (a port group's ports, an address set's addresses) are compared whole.
+	for _, col := range append(slices.Clone(spec.Columns), spec.MemberColumns...) {
 		g, err := got.FieldByColumn(col)
 		if err != nil {
 			return "", err
@@ -291,7 +317,7 @@ func (w *nbRows) rowDiff(table, uuid string, got *mapper.Info, want *wantRow, ge
 			var names []string
 			for _, u := range stringsOf(reflect.ValueOf(g)) {
 				if info, ok := refs.byUUID[u]; ok {
-					name, _ := stringField(info, "name")
+					name, _ := w.identity(refTable, info)
 					names = append(names, name)
 				} else {
 					names = append(names, "missing row "+u)

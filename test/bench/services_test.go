@@ -74,7 +74,7 @@ func serviceCount() int {
 // second for 20 s (one backend each) and measures, per update, the time from the API call to the new
 // backends in NB.
 func BenchmarkServices(b *testing.B) {
-	dir, kube, bin := startBench(b)
+	dir, kube, bin := startKube(b)
 	n := serviceCount()
 	t0 := time.Now()
 	set := populateServices(b, kube.Client, n)
@@ -426,10 +426,9 @@ func floorServices(b *testing.B, dir string, set *serviceSet, want *nbRows) time
 }
 
 type servicesRun struct {
-	took       time.Duration
-	watch      *lbWatch
-	proc       *harness.Process
-	metricsURL string
+	benchController
+	took  time.Duration
+	watch *lbWatch
 }
 
 // startServices starts the controller against an empty NB and returns once NB holds exactly the
@@ -437,23 +436,41 @@ type servicesRun struct {
 func startServices(b *testing.B, dir, run, bin string, kube *harness.Kube, want *nbRows) servicesRun {
 	ovn := startNB(b, filepath.Join(dir, "nb-"+run))
 	w := newLBWatch(b, ovn.NBAddr)
+	c := startController(b, dir, run, bin, kube, ovn)
+	took := w.done("controller "+run, want, c.alive(b)).wait(b, 10*time.Minute).Sub(c.start)
+	return servicesRun{benchController: c, took: took, watch: w}
+}
+
+// benchController is a controller a benchmark started, with its metrics endpoint.
+type benchController struct {
+	proc       *harness.Process
+	start      time.Time
+	metricsURL string
+}
+
+// startController starts the controller against ovn, logging to run.log in dir; it is stopped when the
+// benchmark ends.
+func startController(b *testing.B, dir, run, bin string, kube *harness.Kube, ovn *harness.OVN) benchController {
 	metricsAddr := freeAddr(b)
-	logPath := filepath.Join(dir, run+".log")
 	start := time.Now()
-	p, err := harness.StartProcess("dunlin-controller", logPath, nil, bin, controllerArgs(kube, ovn.NBAddr, metricsAddr)...)
+	p, err := harness.StartProcess("dunlin-controller", filepath.Join(dir, run+".log"), nil, bin,
+		controllerArgs(kube, ovn.NBAddr, metricsAddr)...)
 	if err != nil {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { p.Stop() })
-	alive := func() bool {
-		if p.Exited() {
-			b.Logf("controller log tail:\n%s", p.LogTail(30))
+	return benchController{proc: p, start: start, metricsURL: "http://" + metricsAddr + "/metrics"}
+}
+
+// alive says whether the controller still runs, with its log's tail when it does not.
+func (c benchController) alive(b *testing.B) func() bool {
+	return func() bool {
+		if c.proc.Exited() {
+			b.Logf("controller log tail:\n%s", c.proc.LogTail(30))
 			return false
 		}
 		return true
 	}
-	took := w.done("controller "+run, want, alive).wait(b, 10*time.Minute).Sub(start)
-	return servicesRun{took: took, watch: w, proc: p, metricsURL: "http://" + metricsAddr + "/metrics"}
 }
 
 // changeResults are the figures of change streams.

@@ -15,11 +15,13 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
 	"github.com/dunlinplugin/dunlin/test/harness"
@@ -49,6 +51,7 @@ func TestNetworkPolicy(t *testing.T) {
 	for _, c := range npCases(m) {
 		t.Run(c.name, func(t *testing.T) { m.runCase(t, c) })
 	}
+	t.Run("Service traffic is seen after load balancing", m.serviceTraffic)
 	t.Run("SCTP ports (INIT chunks over raw sockets)", m.sctpCase)
 	t.Run("policy and label updates while traffic flows", m.updates)
 	t.Run("kubelet-style probes from the node reach pods under default deny", m.kubeletProbes)
@@ -352,6 +355,56 @@ func npCases(m *npModel) []npCase {
 			m.check(t, "after deleting them", m.pods, m.pods, npPorts, func(npCell) bool { return true })
 		},
 	}}
+}
+
+// serviceTraffic checks policies against traffic to a ClusterIP: the backend's ingress policy sees the
+// client pod's own address (no SNAT before the ACLs), and an egress policy that allows the backend pod
+// allows reaching it through its ClusterIP (egress ACLs apply after load balancing).
+func (m *npModel) serviceTraffic(t *testing.T) {
+	ctx := context.Background()
+	vip := m.e.createService("x", "web", map[string]string{"pod": "a"}, []corev1.ServicePort{
+		{Name: "http", Port: 80, TargetPort: intstr.FromInt32(80), Protocol: corev1.ProtocolTCP}}, nil)
+	defer func() {
+		if err := m.e.client.CoreV1().Services("x").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+			t.Errorf("delete service x/web: %v", err)
+		}
+	}()
+	// No kube-controller-manager runs in this cluster: write the Service's EndpointSlice as it would.
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "x", Name: "web-1", Labels: map[string]string{discoveryv1.LabelServiceName: "web"}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Ports:       []discoveryv1.EndpointPort{{Name: ptr.To("http"), Port: ptr.To[int32](80), Protocol: ptr.To(corev1.ProtocolTCP)}},
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{m.pod("x/a").ip}, NodeName: ptr.To(m.pod("x/a").node),
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true), Serving: ptr.To(true), Terminating: ptr.To(false)}}},
+	}
+	if _, err := m.e.client.DiscoveryV1().EndpointSlices("x").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("create EndpointSlice x/web-1: %v", err)
+	}
+	m.e.waitBackends("x", "web", "TCP", 1)
+	// The ClusterIP, answered by x/a. x/a itself is left out as a client: its own Service hairpins.
+	web := &npPod{ns: "x", name: "a", ip: vip}
+	var clients, yPods []*npPod
+	for _, p := range m.pods {
+		if !p.is("x/a") {
+			clients = append(clients, p)
+		}
+		if npIn(p, "y") {
+			yPods = append(yPods, p)
+		}
+	}
+	defer m.removePolicies(t)
+	m.apply(t, npPolicy("x", "web-from-b", npSel("pod", "a"),
+		npIngress(npPeers(networkingv1.NetworkPolicyPeer{NamespaceSelector: npSel(), PodSelector: npSel("pod", "b")}))))
+	m.check(t, "the backend's ingress policy, through the ClusterIP", clients, []*npPod{web}, []npPort{npTCP80},
+		func(c npCell) bool { return c.from.name == "b" })
+	m.removePolicies(t)
+	m.apply(t, npPolicy("y", "egress-to-x-a", npSel(),
+		npEgress(npPeers(networkingv1.NetworkPolicyPeer{NamespaceSelector: npSel("ns", "x"), PodSelector: npSel("pod", "a")}),
+			npRulePort(corev1.ProtocolTCP, intstr.FromInt32(80)))))
+	m.check(t, "an egress policy allowing the backend, through the ClusterIP", clients, []*npPod{web}, []npPort{npTCP80},
+		func(npCell) bool { return true })
+	m.check(t, "the same egress policy, to another pod", yPods, []*npPod{m.pod("x/b")}, []npPort{npTCP80},
+		func(npCell) bool { return false })
 }
 
 func npJSON(t *testing.T, v any) []byte {

@@ -298,33 +298,8 @@ func policyRows(ctx context.Context, kube kubernetes.Interface, networked map[st
 		}
 	}
 	for _, ns := range slices.Sorted(maps.Keys(byNS)) {
-		isolated := [2]map[string]translator.PolicyPod{{}, {}}
-		var names [2][]string
-		for _, np := range byNS[ns] {
-			selected, err := translator.SelectedPods(np, networked[ns])
-			if err != nil {
-				continue
-			}
-			in, out := translator.PolicyTypes(np)
-			for d, on := range []bool{in, out} {
-				if !on {
-					continue
-				}
-				names[d] = append(names[d], np.Name)
-				for _, p := range selected {
-					isolated[d][p.Pod.Name] = p
-				}
-			}
-		}
-		sorted := func(m map[string]translator.PolicyPod) []translator.PolicyPod {
-			out := []translator.PolicyPod{}
-			for _, k := range slices.Sorted(maps.Keys(m)) {
-				out = append(out, m[k])
-			}
-			return out
-		}
 		add(translator.Owner(translator.KindPolicyNamespace, ns),
-			translator.NamespaceDenyRows(ns, sorted(isolated[0]), sorted(isolated[1]), names[0], names[1], logging[ns]))
+			translator.NamespaceIsolationRows(ns, byNS[ns], networked[ns], logging[ns]))
 	}
 	for _, h := range slices.Sorted(maps.Keys(peers)) {
 		var addrs []netip.Addr

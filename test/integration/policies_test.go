@@ -148,6 +148,20 @@ func TestNetworkPolicyRows(t *testing.T) {
 	})
 	c.traceParses("n1")
 
+	// A peer set lost while no controller ran (a cold start into an empty NB, or an operator's mistake)
+	// is written again by the next controller, although no pod, namespace or policy changed.
+	c.stopController()
+	c.nbctl("--if-exists", "destroy", "Address_Set",
+		c.nbctl("--bare", "--columns=_uuid", "find", "Address_Set", `external_ids:"dunlin.io/peer"="namespaces{ns=y} pods{}"`))
+	c.startController()
+	c.eventually(converge, "peer address set after a restart", func() error {
+		got := c.nbctl("--bare", "--columns=addresses", "find", "Address_Set", `external_ids:"dunlin.io/peer"="namespaces{ns=y} pods{}"`)
+		if got != podIPv4(ya).String() {
+			return fmt.Errorf("peer addresses %q, want %s", got, podIPv4(ya))
+		}
+		return nil
+	})
+
 	// A label change moves a pod into the policy: one member more, and the named port now also resolves
 	// to b's 8080.
 	p := c.pod("x", "b")
