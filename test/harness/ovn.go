@@ -257,6 +257,7 @@ func (o *OVN) SBCtl(args ...string) (string, error) {
 }
 
 func (o *OVN) ctl(ctx context.Context, tool, db string, args ...string) (string, error) {
+	db = o.reachable(db)
 	cmd := exec.CommandContext(ctx, tool, append([]string{"--db=" + db, "--timeout=10"}, args...)...)
 	cmd.Env = append(os.Environ(), o.env...)
 	var stdout, stderr bytes.Buffer

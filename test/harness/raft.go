@@ -8,8 +8,10 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
+	"syscall"
 )
 
 // raftMembers is the size of the clusters OVNOptions.Clustered starts: the smallest that survives the
@@ -25,6 +27,7 @@ type raftDB struct {
 	raft    []string
 	remotes [][]string // each member's client remotes besides its unix socket
 	procs   []*process
+	paused  map[int]bool // members stopped by PauseRaftMember
 }
 
 func (r *raftDB) member(i int) string { return r.name + strconv.Itoa(i+1) }
@@ -77,7 +80,7 @@ func (o *OVN) startRaftDB(ctx context.Context, name, schema, dbName, ctl string)
 	if err != nil {
 		return nil, fmt.Errorf("start %s cluster: %w", name, err)
 	}
-	r := &raftDB{name: name, dbName: dbName, ctl: ctl, procs: make([]*process, raftMembers)}
+	r := &raftDB{name: name, dbName: dbName, ctl: ctl, procs: make([]*process, raftMembers), paused: map[int]bool{}}
 	for i := range raftMembers {
 		r.raft = append(r.raft, "tcp:127.0.0.1:"+strconv.Itoa(ports[3*i]))
 		rem := []string{"ptcp:" + strconv.Itoa(ports[3*i+1]) + ":127.0.0.1"}
@@ -218,4 +221,40 @@ func (o *OVN) RaftMembersAlive(sb bool) error {
 		}
 	}
 	return nil
+}
+
+// PauseRaftMember stops member i of the NB cluster (SB with sb) with SIGSTOP, or resumes it with
+// SIGCONT: a member that hangs (a frozen VM, say) while its sockets stay open.
+func (o *OVN) PauseRaftMember(sb bool, i int, pause bool) error {
+	r, err := o.cluster(sb)
+	if err != nil {
+		return err
+	}
+	sig := syscall.SIGCONT
+	if pause {
+		sig = syscall.SIGSTOP
+	}
+	if err := syscall.Kill(r.procs[i].cmd.Process.Pid, sig); err != nil {
+		return fmt.Errorf("signal %s (%v): %w", r.member(i), sig, err)
+	}
+	r.paused[i] = pause
+	return nil
+}
+
+// reachable is addr (a comma-separated list of members' unix addresses) without the paused members:
+// the CLIs would wait on a paused one for their whole timeout.
+func (o *OVN) reachable(addr string) string {
+	for _, r := range []*raftDB{o.nbCluster, o.sbCluster} {
+		if r == nil {
+			continue
+		}
+		for i, paused := range r.paused {
+			if paused {
+				addr = strings.Join(slices.DeleteFunc(strings.Split(addr, ","), func(a string) bool {
+					return a == "unix:"+filepath.Join(o.Dir, r.member(i)+".sock")
+				}), ",")
+			}
+		}
+	}
+	return addr
 }
