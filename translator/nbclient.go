@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -50,6 +51,7 @@ func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Confi
 		}),
 		client.WithLeaderOnly(true),
 	}
+	var endpoints []string
 	for _, ep := range strings.Split(addresses, ",") {
 		ep = strings.TrimSpace(ep)
 		if ep == "" {
@@ -59,8 +61,9 @@ func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Confi
 			return nil, fmt.Errorf("NB endpoint %s needs --ovn-ca-cert (and --ovn-cert, --ovn-key when the server asks for a client certificate, as ovsdb-server does)", ep)
 		}
 		opts = append(opts, client.WithEndpoint(ep))
+		endpoints = append(endpoints, ep)
 	}
-	if len(opts) == 2 {
+	if len(endpoints) == 0 {
 		return nil, fmt.Errorf("no NB endpoint in %q", addresses)
 	}
 	if tlsConfig != nil {
@@ -102,5 +105,56 @@ func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Confi
 		cli.Close()
 		return nil, fmt.Errorf("monitor NB tables: %w", err)
 	}
+	if len(endpoints) > 1 {
+		go watchHung(ctx, cli, endpoints)
+	}
 	return cli, nil
+}
+
+// How a member that hangs is noticed (see watchHung).
+const (
+	hungProbeEvery  = 5 * time.Second
+	hungAnswerIn    = 5 * time.Second
+	hungQuarantined = time.Minute
+)
+
+// watchHung sends the connected member an echo now and then. A member that does not answer (hung: a
+// frozen VM, a partition that leaves the socket open) keeps the client connected to it for ever, its
+// transactions timing out, while the other members have elected a new leader: libovsdb notices only
+// closed connections and leadership changes the member itself reports. Such a member is dropped from
+// the endpoints, which makes the client reconnect to the others, and put back last after a while:
+// libovsdb tries the endpoints in order within one deadline, and would hang on it first again.
+func watchHung(ctx context.Context, cli client.Client, endpoints []string) {
+	tick := time.NewTicker(hungProbeEvery)
+	defer tick.Stop()
+	var restore <-chan time.Time
+	order := endpoints
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-restore:
+			restore = nil
+			cli.UpdateEndpoints(order)
+			continue
+		case <-tick.C:
+		}
+		if !nbstore.Connected(cli) {
+			continue
+		}
+		current := cli.CurrentEndpoint()
+		echoCtx, cancel := context.WithTimeout(ctx, hungAnswerIn)
+		err := cli.Echo(echoCtx)
+		timedOut := echoCtx.Err() != nil // libovsdb's Echo reports a timeout as a wrong answer
+		cancel()
+		if err == nil || !timedOut || ctx.Err() != nil {
+			continue
+		}
+		others := slices.DeleteFunc(slices.Clone(endpoints), func(ep string) bool { return ep == current })
+		klog.ErrorS(err, "The OVN NB member does not answer, connecting to another one", "endpoint", current,
+			"waited", hungAnswerIn, "others", others)
+		cli.UpdateEndpoints(others) // drops the connection to current
+		order = append(others, current)
+		restore = time.After(hungQuarantined)
+	}
 }
