@@ -113,30 +113,24 @@ func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Confi
 
 // How a member that hangs is noticed (see watchHung).
 const (
-	hungProbeEvery  = 5 * time.Second
-	hungAnswerIn    = 5 * time.Second
-	hungQuarantined = time.Minute
+	hungProbeEvery = 5 * time.Second
+	hungAnswerIn   = 5 * time.Second
 )
 
 // watchHung sends the connected member an echo now and then. A member that does not answer (hung: a
 // frozen VM, a partition that leaves the socket open) keeps the client connected to it for ever, its
 // transactions timing out, while the other members have elected a new leader: libovsdb notices only
-// closed connections and leadership changes the member itself reports. Such a member is dropped from
-// the endpoints, which makes the client reconnect to the others, and put back last after a while:
-// libovsdb tries the endpoints in order within one deadline, and would hang on it first again.
+// closed connections and leadership changes the member itself reports. Such a member is moved to the
+// end of the endpoints, which makes the client reconnect: libovsdb tries the endpoints in order within
+// one deadline, and would spend it on the hung member first. Last, it is still tried: a leader that
+// was only slow is found again once the others answer that they do not lead.
 func watchHung(ctx context.Context, cli client.Client, endpoints []string) {
 	tick := time.NewTicker(hungProbeEvery)
 	defer tick.Stop()
-	var restore <-chan time.Time
-	order := endpoints
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-restore:
-			restore = nil
-			cli.UpdateEndpoints(order)
-			continue
 		case <-tick.C:
 		}
 		if !nbstore.Connected(cli) {
@@ -153,8 +147,10 @@ func watchHung(ctx context.Context, cli client.Client, endpoints []string) {
 		others := slices.DeleteFunc(slices.Clone(endpoints), func(ep string) bool { return ep == current })
 		klog.ErrorS(err, "The OVN NB member does not answer, connecting to another one", "endpoint", current,
 			"waited", hungAnswerIn, "others", others)
-		cli.UpdateEndpoints(others) // drops the connection to current
-		order = append(others, current)
-		restore = time.After(hungQuarantined)
+		// Without current, the list makes the client drop the connection to it; then current goes
+		// back, last. (Given first, libovsdb would keep current, the active endpoint, first.)
+		cli.UpdateEndpoints(others)
+		endpoints = append(others, current)
+		cli.UpdateEndpoints(endpoints)
 	}
 }
