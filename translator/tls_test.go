@@ -98,7 +98,7 @@ func TestNBOverTLSWithOVSPKICertificates(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+			cctx, cancel := context.WithTimeout(ctx, 8*time.Second) // several attempts, even on a loaded machine
 			nb, err := translator.ConnectNB(cctx, ovn.NBSSLAddr, cfg, dbModel)
 			cancel()
 			if err == nil {
