@@ -56,3 +56,27 @@ func TestNBLeaderHangs(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// A controller that starts while the first member of --nb-address hangs connects to the others:
+// libovsdb would spend every attempt's deadline on the hung member.
+func TestControllerStartsWhileFirstNBMemberHangs(t *testing.T) {
+	c := newClusterWith(t, harness.OVNOptions{Clustered: true})
+	c.stopController()
+	if err := c.ovn.PauseRaftMember(false, 0, true); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.ovn.PauseRaftMember(false, 0, false) })
+	c.eventually(failoverConverge, "a leader among the others", func() error {
+		_, err := c.ovn.NBCtl("show")
+		return err
+	})
+	c.startController()
+	c.createNode("n1")
+	c.createPod("default", "p", "n1")
+	c.eventually(failoverConverge, "convergence with the first member hung", func() error {
+		if c.ctrl.Exited() {
+			return fmt.Errorf("dunlin-controller exited:\n%s", c.ctrl.LogTail(20))
+		}
+		return c.checkConverged([]string{"n1"})
+	})
+}
