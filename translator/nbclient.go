@@ -79,12 +79,19 @@ func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Confi
 		return nil, fmt.Errorf("NB client: %w", err)
 	}
 	delay := 200 * time.Millisecond
+	order := endpoints
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err = cli.Connect(cctx)
 		cancel()
 		if err == nil {
 			break
+		}
+		if len(order) > 1 {
+			// libovsdb tries the endpoints in order within one deadline: a member that hangs would take
+			// all of it at every attempt. Start the next attempt with the next member.
+			order = append(slices.Clone(order[1:]), order[0])
+			moveLast(cli, order)
 		}
 		klog.ErrorS(err, "Cannot connect to the OVN NB database, retrying", "address", addresses, "retryIn", delay)
 		select {
@@ -147,10 +154,15 @@ func watchHung(ctx context.Context, cli client.Client, endpoints []string) {
 		others := slices.DeleteFunc(slices.Clone(endpoints), func(ep string) bool { return ep == current })
 		klog.ErrorS(err, "The OVN NB member does not answer, connecting to another one", "endpoint", current,
 			"waited", hungAnswerIn, "others", others)
-		// Without current, the list makes the client drop the connection to it; then current goes
-		// back, last. (Given first, libovsdb would keep current, the active endpoint, first.)
-		cli.UpdateEndpoints(others)
 		endpoints = append(others, current)
-		cli.UpdateEndpoints(endpoints)
+		moveLast(cli, endpoints) // drops the connection to current
 	}
+}
+
+// moveLast makes order, whose last endpoint is the client's first (active) one, the client's order.
+// Given order at once, libovsdb would keep its active endpoint first: it is given without it first,
+// which also drops a connection to it.
+func moveLast(cli client.Client, order []string) {
+	cli.UpdateEndpoints(order[:len(order)-1])
+	cli.UpdateEndpoints(order)
 }
