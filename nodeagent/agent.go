@@ -55,6 +55,15 @@ type Config struct {
 	CNIBinDir       string
 	CNIPluginSource string // the dunlin-cni binary to install; empty: none
 
+	// Gateway moves the uplink into br-ex and shares it with the node's OVN gateway router.
+	Gateway bool
+	// GatewayInterface is the uplink; empty: the interface of the default route.
+	GatewayInterface string
+	OVSRunDir        string // where ovs-vswitchd keeps the bridges' OpenFlow management sockets
+	// GatewayCrashAfter names a step of the gateway set-up after which the process exits at once, as
+	// if it crashed there; tests use it to prove a restart recovers. Empty: never.
+	GatewayCrashAfter string
+
 	OVNRunDir          string // where ovn-controller keeps its control socket
 	MetricsBindAddress string
 
@@ -75,6 +84,8 @@ func DefaultConfig() Config {
 		CNIConfDir:          "/etc/cni/net.d",
 		CNIBinDir:           "/opt/cni/bin",
 		OVNRunDir:           "/var/run/ovn",
+		OVSRunDir:           "/var/run/openvswitch",
+		Gateway:             true,
 		MetricsBindAddress:  ":9477",
 		PodNetworkTimeout:   60 * time.Second,
 		OVNInstalledTimeout: 60 * time.Second,
@@ -172,6 +183,13 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("configure OVS for OVN: %w", err)
 	}
 	logger.Info("Configured OVS", "systemID", systemID, "bridge", a.cfg.Bridge)
+	if a.cfg.Gateway {
+		gw := a.newGateway(systemID)
+		if err := gw.start(ctx); err != nil {
+			return err
+		}
+		go gw.run(ctx)
+	}
 	// Pods plumbed by an older dunlin-node may lack iface-id-ver and the host-end settings; add them,
 	// then tell the controller it may require iface-id-ver on this node's ports.
 	a.addIfaceIDVer(ctx)

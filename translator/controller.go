@@ -52,6 +52,10 @@ type Config struct {
 	TxnTimeout time.Duration
 	// Identity names this controller in the NB database's writer claim (see nbstore.Committer.Claim).
 	Identity string
+	// JoinSubnet links the cluster router (its first address) with the nodes' gateway routers.
+	JoinSubnet netip.Prefix
+	// NodePortRange is the range Service node ports must be in.
+	NodePortRange PortRange
 	// ACLLogRate bounds, in packets per second, the ACL log messages of each ACL (the meter's rate).
 	ACLLogRate int
 }
@@ -68,6 +72,8 @@ func DefaultConfig() Config {
 		MaxTxnOps:        2000,
 		TxnTimeout:       15 * time.Second,
 		ACLLogRate:       20,
+		JoinSubnet:       netip.MustParsePrefix("100.64.0.0/16"),
+		NodePortRange:    DefaultNodePortRange(),
 	}
 }
 
@@ -117,6 +123,11 @@ type Controller struct {
 	// running counts the goroutines Run waits for: workers and the committer.
 	running sync.WaitGroup
 
+	// join holds the gateway routers' join switch addresses, by node.
+	join *ipam.Keyed
+	// gateways maps the nodes whose gateway router was written to their node IPv4 address.
+	gateways sync.Map
+
 	// nodeFeatures are the features each node's agent announced, as last synced.
 	nodeFeatures sync.Map
 	// unconfirmed holds pod keys (-> UID) whose address annotation write had an unknown outcome.
@@ -133,6 +144,10 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 	pool, err := ipam.NewCluster(cfg.ClusterCIDR, cfg.NodeSubnetPrefix)
 	if err != nil {
 		return nil, err
+	}
+	join, err := ipam.NewKeyed(cfg.JoinSubnet, ClusterJoinIP(cfg.JoinSubnet))
+	if err != nil {
+		return nil, fmt.Errorf("--join-subnet: %w", err)
 	}
 	dbModel, schema, err := NBModel()
 	if err != nil {
@@ -152,6 +167,7 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		store:     store,
 		committer: nbstore.NewCommitter(nb, cfg.MaxTxnOps, cfg.TxnTimeout, nbstore.NewMetrics(reg)),
 		ipam:      pool,
+		join:      join,
 		recorder:  recorder,
 		factory:   informers.NewSharedInformerFactory(kube, 0),
 		queues:    map[string]workqueue.TypedRateLimitingInterface[string]{},
@@ -168,6 +184,7 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		KindNode:    c.syncNode,
 		KindPod:     c.syncPod,
 		KindService: c.syncService,
+		KindGateway: c.syncGateway,
 
 		KindPolicy:          c.syncPolicy,
 		KindPolicyNamespace: c.syncPolicyNamespace,
@@ -193,6 +210,9 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		return nil, fmt.Errorf("pod index: %w", err)
 	}
 	if _, err := nodeInformer.Informer().AddEventHandler(c.handler(KindNode)); err != nil {
+		return nil, err
+	}
+	if _, err := nodeInformer.Informer().AddEventHandler(c.gatewayHandler()); err != nil {
 		return nil, err
 	}
 	if _, err := podInformer.Informer().AddEventHandler(c.handler(KindPod)); err != nil {
@@ -347,6 +367,9 @@ func (c *Controller) start(ctx context.Context) error {
 	if err := c.rebuildIPAM(); err != nil {
 		return err
 	}
+	if err := c.rebuildJoin(); err != nil {
+		return err
+	}
 	if err := c.registerPeers(); err != nil {
 		return err
 	}
@@ -365,6 +388,7 @@ func (c *Controller) enqueueAll() {
 	nodes, _ := c.nodeLister.List(labels.Everything())
 	for _, n := range nodes {
 		c.queues[KindNode].Add(n.Name)
+		c.queues[KindGateway].Add(n.Name)
 	}
 	pods, _ := c.podLister.List(labels.Everything())
 	for _, p := range pods {
@@ -452,6 +476,7 @@ func (c *Controller) applyCount(ctx context.Context, owner string, desired nbsto
 
 // syncCluster keeps the cluster-wide rows.
 func (c *Controller) syncCluster(ctx context.Context, _ string) error {
-	rows := append(ClusterRows(), ClusterPolicyRows(c.managementIPs(), c.cfg.ACLLogRate)...)
+	rows := append(ClusterRows(), GatewayClusterRows(c.gatewayEnv())...)
+	rows = append(rows, ClusterPolicyRows(c.managementIPs(), c.cfg.ACLLogRate)...)
 	return c.apply(ctx, ClusterOwner, nbstore.Rows(rows...))
 }

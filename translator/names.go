@@ -11,6 +11,11 @@ const (
 	// ClusterLBGroup holds every cluster-wide Service load balancer and is attached to every node
 	// switch, so a Service costs the same number of NB rows whatever the number of nodes.
 	ClusterLBGroup = "dunlin-cluster"
+	// RouterLBGroup holds the load balancers every gateway router serves (NodePort templates,
+	// externalIPs and ingress IPs of Services with externalTrafficPolicy Cluster).
+	RouterLBGroup = "dunlin-routers"
+	// JoinSwitch links the cluster router with every node's gateway router.
+	JoinSwitch = "join"
 
 	// HairpinSNATIPv4 and HairpinSNATIPv6 are the source addresses a pod sees when it reaches itself
 	// through a Service VIP. They come from Dunlin's masquerade ranges 169.254.169.0/29 and
@@ -28,6 +33,9 @@ const (
 	KindNode    = "Node"
 	KindPod     = "Pod"
 	KindService = "Service"
+	// KindGateway owns a node's gateway rows (GR_<node> and what hangs off it), apart from its switch,
+	// so that a bad gateway annotation leaves the node's pods alone.
+	KindGateway = "Gateway"
 	// KindPolicy owns a NetworkPolicy's port group, ACLs and named-port address sets.
 	KindPolicy = "NetworkPolicy"
 	// KindPolicyNamespace owns a namespace's default-deny port groups and ACLs.
@@ -65,10 +73,34 @@ func ServiceNodeLBName(namespace, name, protocol, node string) string {
 	return ServiceLBName(namespace, name, protocol) + "_node_" + node
 }
 
+// ServiceNodePortLBName is a Service's NodePort template load balancer for one protocol.
+func ServiceNodePortLBName(namespace, name, protocol string) string {
+	return ServiceLBName(namespace, name, protocol) + "_nodeport"
+}
+
+// ServiceNodePortSwitchLBName is the NodePort template load balancer of a Service with
+// externalTrafficPolicy Local, on the node switches only. It has a name of its own so that a change of
+// policy replaces the row: the store never drops a load balancer from a group it no longer names.
+func ServiceNodePortSwitchLBName(namespace, name, protocol string) string {
+	return ServiceNodePortLBName(namespace, name, protocol) + "_switch"
+}
+
+// ServiceExternalLBName is a Service's load balancer of externalIPs and ingress IPs on every gateway
+// router (externalTrafficPolicy Cluster).
+func ServiceExternalLBName(namespace, name, protocol string) string {
+	return ServiceLBName(namespace, name, protocol) + "_external"
+}
+
+// ServiceGatewayLBName is a Service's load balancer on one node's gateway router, for
+// externalTrafficPolicy Local.
+func ServiceGatewayLBName(namespace, name, protocol, node string) string {
+	return ServiceLBName(namespace, name, protocol) + "_gateway_" + node
+}
+
 // TableSpecs is what Dunlin manages in NB and how (see nbstore.TableSpec).
 func TableSpecs() map[string]nbstore.TableSpec {
 	return map[string]nbstore.TableSpec{
-		"Logical_Router": {Columns: []string{"name", "options", "external_ids"}},
+		"Logical_Router": {Columns: []string{"name", "options", "load_balancer_group", "external_ids"}},
 		"Logical_Router_Port": {Columns: []string{"name", "mac", "networks", "external_ids"},
 			ParentTable: "Logical_Router", ParentColumn: "ports"},
 		"Logical_Switch": {Columns: []string{"name", "other_config", "load_balancer_group", "external_ids"}},
@@ -77,6 +109,15 @@ func TableSpecs() map[string]nbstore.TableSpec {
 		"Load_Balancer_Group": {Columns: []string{"name"}, NameOwned: true},
 		"Logical_Switch_Port": {Columns: []string{"name", "type", "addresses", "port_security", "options", "external_ids"},
 			ParentTable: "Logical_Switch", ParentColumn: "ports"},
+		// Gateways: rows without a name, identified by dunlin.io/id within their owner.
+		"Logical_Router_Static_Route": {Keyed: true, Columns: []string{"ip_prefix", "nexthop", "output_port", "policy", "external_ids"},
+			ParentTable: "Logical_Router", ParentColumn: "static_routes"},
+		"Logical_Router_Policy": {Keyed: true, Columns: []string{"priority", "match", "action", "nexthops", "external_ids"},
+			ParentTable: "Logical_Router", ParentColumn: "policies"},
+		"NAT": {Keyed: true, Columns: []string{"type", "logical_ip", "external_ip", "external_ids"},
+			ParentTable: "Logical_Router", ParentColumn: "nat"},
+		// One row per chassis (schema-unique), identified by the chassis name.
+		"Chassis_Template_Var": {Keyed: true, Columns: []string{"chassis", "variables", "external_ids"}},
 		// NetworkPolicy: port groups and address sets change one member at a time.
 		"Port_Group":  {Columns: []string{"name", "external_ids"}, MemberColumns: []string{"ports"}},
 		"Address_Set": {Columns: []string{"name", "external_ids"}, MemberColumns: []string{"addresses"}},

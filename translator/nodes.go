@@ -86,6 +86,7 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 		if _, had := c.switchNodes.LoadAndDelete(name); had {
 			c.requeueNodeDependent()
 		}
+		c.queues[KindGateway].Add(name) // no switch, no gateway: the policy's next hop is on it
 		return c.apply(ctx, owner, nbstore.Desired{})
 	}
 	if err := c.apply(ctx, owner, nbstore.Rows(NodeRows(NodeNetwork{Name: name, Subnet: subnet})...)); err != nil {
@@ -95,6 +96,7 @@ func (c *Controller) syncNode(ctx context.Context, name string) error {
 	if _, existed := c.switchNodes.LoadOrStore(name, true); !existed {
 		c.requeueNodeDependent()
 		c.queues[KindCluster].Add("dunlin") // its management address is always allowed
+		c.queues[KindGateway].Add(name)     // its gateway waits for the switch's management port
 	}
 	// Pods scheduled before the node had its switch wait in their queue; wake them now. When the
 	// node's agent announced new features, every pod of the node is written again with them.

@@ -55,7 +55,7 @@ func (c *Controller) registerPeers() error {
 	}
 	for _, np := range policies {
 		peers, _ := PolicyPeers(np)
-		c.peers.set(np.Namespace+"/"+np.Name, peers, EgressNamedPorts(np))
+		c.peers.set(np.Namespace+"/"+np.Name, peers, EgressNamedPorts(np), EgressNamedPortsAnyDest(np))
 	}
 	return nil
 }
@@ -70,14 +70,14 @@ func (c *Controller) syncPolicy(ctx context.Context, key string) error {
 	c.queues[KindPolicyNamespace].Add(ns)
 	np, err := c.policyLister.NetworkPolicies(ns).Get(name)
 	if apierrors.IsNotFound(err) {
-		c.queuePeers(c.peers.set(key, nil, false))
+		c.queuePeers(c.peers.set(key, nil, false, false))
 		return c.apply(ctx, owner, nbstore.Desired{})
 	}
 	if err != nil {
 		return err
 	}
 	peers, problems := PolicyPeers(np)
-	c.queuePeers(c.peers.set(key, peers, EgressNamedPorts(np)))
+	c.queuePeers(c.peers.set(key, peers, EgressNamedPorts(np), EgressNamedPortsAnyDest(np)))
 	rows, more := PolicyRows(np, c.policyEnv(ns))
 	for _, p := range append(problems, more...) {
 		c.warn(np, p.Reason, "%s", p.Message)
@@ -292,8 +292,9 @@ func newPeerRegistry() *peerRegistry {
 	return &peerRegistry{peers: map[string]*peerEntry{}, byPolicy: map[string][]string{}, anyNamed: map[string]bool{}}
 }
 
-// set records the peers policy uses and returns the peers whose users changed.
-func (r *peerRegistry) set(policy string, peers []PolicyPeer, egressNamed bool) []string {
+// set records the peers policy uses and returns the peers whose users changed. egressNamed: its egress
+// named ports resolve against its peers' pods; anyDest: also against every pod (a rule without peers).
+func (r *peerRegistry) set(policy string, peers []PolicyPeer, egressNamed, anyDest bool) []string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	changed := map[string]bool{}
@@ -325,7 +326,7 @@ func (r *peerRegistry) set(policy string, peers []PolicyPeer, egressNamed bool) 
 		}
 		r.byPolicy[policy] = append(r.byPolicy[policy], h)
 	}
-	if egressNamed {
+	if anyDest {
 		r.anyNamed[policy] = true
 	}
 	var out []string

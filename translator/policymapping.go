@@ -665,6 +665,23 @@ func EgressNamedPorts(np *networkingv1.NetworkPolicy) bool {
 	return false
 }
 
+// EgressNamedPortsAnyDest is true when an egress rule without peers (any destination) uses named
+// ports: they resolve against every pod, so every pod's changes concern the policy. Rules with peers
+// resolve against their peers' pods only.
+func EgressNamedPortsAnyDest(np *networkingv1.NetworkPolicy) bool {
+	for _, r := range np.Spec.Egress {
+		if len(r.To) > 0 {
+			continue
+		}
+		for _, p := range r.Ports {
+			if p.Port != nil && p.Port.StrVal != "" {
+				return true
+			}
+		}
+	}
+	return false
+}
+
 // denyACLName names a default deny after the policies isolating the pods, for ACL logs:
 // "<namespace>/<policy>", or "<namespace>/<first policy>+<n more>".
 func denyACLName(namespace string, policies []string) string {

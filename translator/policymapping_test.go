@@ -9,6 +9,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	networkingv1 "k8s.io/api/networking/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/utils/ptr"
 
@@ -228,5 +229,35 @@ func TestNamespaceDenyRows(t *testing.T) {
 	}
 	if rows := NamespaceDenyRows("x", nil, nil, nil, nil, ""); len(rows) != 0 {
 		t.Errorf("a namespace without policies has rows %v", rows)
+	}
+}
+
+// A pod concerns a policy with egress named ports only when the named ports resolve against it: the
+// rule's peers' pods, or every pod for a rule without peers. (Every pod of the cluster used to concern
+// every such policy, which made pod churn cost a sync of each.)
+func TestPeerRegistryEgressNamedPorts(t *testing.T) {
+	named := []networkingv1.NetworkPolicyPort{{Port: ptr.To(intstr.FromString("web"))}}
+	toDB := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "to-db"},
+		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+			Egress: []networkingv1.NetworkPolicyEgressRule{{Ports: named, To: []networkingv1.NetworkPolicyPeer{
+				{PodSelector: &metav1.LabelSelector{MatchLabels: map[string]string{"app": "db"}}}}}}}}
+	anywhere := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: "anywhere"},
+		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeEgress},
+			Egress: []networkingv1.NetworkPolicyEgressRule{{Ports: named}}}}
+	r := newPeerRegistry()
+	for _, np := range []*networkingv1.NetworkPolicy{toDB, anywhere} {
+		peers, _ := PolicyPeers(np)
+		r.set(np.Namespace+"/"+np.Name, peers, EgressNamedPorts(np), EgressNamedPortsAnyDest(np))
+	}
+	ns := labels.Set{"kubernetes.io/metadata.name": "x"}
+	pod := func(app string) *corev1.Pod {
+		return &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "x", Name: app, Labels: map[string]string{"app": app}}}
+	}
+	_, users := r.matching(pod("db"), ns)
+	if slices.Sort(users); !slices.Equal(users, []string{"x/anywhere", "x/to-db"}) {
+		t.Errorf("a db pod concerns %v, want both policies", users)
+	}
+	if _, users := r.matching(pod("web"), ns); !slices.Equal(users, []string{"x/anywhere"}) {
+		t.Errorf("a web pod concerns %v, want only x/anywhere", users)
 	}
 }

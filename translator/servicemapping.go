@@ -55,6 +55,10 @@ type ServiceEnv struct {
 	AffinityByHash bool
 	// Nodes are the nodes whose switches exist, for Services with internalTrafficPolicy Local.
 	Nodes []string
+	// NodePortRange is --service-node-port-range: node ports outside it are reported and not served.
+	NodePortRange PortRange
+	// Gateways are the nodes with a gateway router, for Services with externalTrafficPolicy Local.
+	Gateways []GatewayAddr
 }
 
 // ServiceProblem is bad input found while mapping a Service; the rest of the Service is still mapped.
@@ -104,7 +108,8 @@ func ServiceRows(svc *corev1.Service, eps []*discoveryv1.EndpointSlice, env Serv
 				Ref: nbstore.Ref{Owner: Owner(KindNode, node), Name: node}, Table: "Logical_Switch", Column: "load_balancer"}})...)
 		}
 	}
-	return rows, problems
+	gw, bad := gatewayLBRows(svc, env, cands, external)
+	return append(rows, gw...), append(problems, bad...)
 }
 
 // serviceLBRows are the load balancers, one per protocol, holding vips with the backends on node

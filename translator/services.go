@@ -77,13 +77,17 @@ func (c *Controller) syncService(ctx context.Context, key string) error {
 	for _, o := range objs {
 		eps = append(eps, o.(*discoveryv1.EndpointSlice))
 	}
-	env := ServiceEnv{Ranges: c.endpointRanges(), AffinityByHash: c.cfg.SessionAffinity == AffinityHash}
+	env := ServiceEnv{Ranges: c.endpointRanges(), AffinityByHash: c.cfg.SessionAffinity == AffinityHash,
+		NodePortRange: c.cfg.NodePortRange}
 	local := internalLocal(svc)
 	if local {
 		env.Nodes = c.nodesWithSwitch()
 	}
+	if externalLocal(svc) {
+		env.Gateways = c.gatewayAddrs()
+	}
 	rows, problems := ServiceRows(svc, eps, env)
-	dependsOnNodes := local // its rows follow the node switches
+	dependsOnNodes := local || externalLocal(svc) // its rows follow the node switches or gateways
 	for _, p := range problems {
 		c.warn(svc, p.Reason, "%s", p.Message)
 		// A node that appears later may make a skipped endpoint address valid.

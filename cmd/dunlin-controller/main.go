@@ -42,6 +42,8 @@ type options struct {
 	kubeAPIQPS       float64
 	kubeAPIBurst     int
 	aclLogRate       int
+	joinSubnet       string
+	nodePortRange    string
 }
 
 func main() {
@@ -76,6 +78,10 @@ func main() {
 		"sustained requests per second to the apiserver (client-side limit; each new pod costs one patch); negative: no client-side limit")
 	flag.IntVar(&o.kubeAPIBurst, "kube-api-burst", 400,
 		"requests that may go out at once before --kube-api-qps paces them, e.g. for a Deployment scaled up by a few hundred pods")
+	flag.StringVar(&o.joinSubnet, "join-subnet", def.JoinSubnet.String(),
+		"IPv4 subnet of the join switch between ovn_cluster_router (first address) and the nodes' gateway routers")
+	flag.StringVar(&o.nodePortRange, "service-node-port-range", def.NodePortRange.String(),
+		"range of Service node ports (the apiserver's --service-node-port-range); others are reported and not served")
 	flag.IntVar(&o.aclLogRate, "acl-log-rate", def.ACLLogRate,
 		"ACL log messages per second per ACL for namespaces annotated dunlin.io/acl-logging (the rate of the meter dunlin-acl-logging)")
 	flag.Parse()
@@ -102,6 +108,17 @@ func (o options) config() (translator.Config, error) {
 	}
 	if cfg.ClusterCIDR.Overlaps(cfg.ServiceCIDR) {
 		return cfg, fmt.Errorf("--cluster-cidr %s overlaps --service-cidr %s", cfg.ClusterCIDR, cfg.ServiceCIDR)
+	}
+	if cfg.JoinSubnet, err = netip.ParsePrefix(o.joinSubnet); err != nil || !cfg.JoinSubnet.Addr().Is4() {
+		return cfg, fmt.Errorf("--join-subnet %q must be an IPv4 CIDR", o.joinSubnet)
+	}
+	for flagName, p := range map[string]netip.Prefix{"--cluster-cidr": cfg.ClusterCIDR, "--service-cidr": cfg.ServiceCIDR} {
+		if cfg.JoinSubnet.Overlaps(p) {
+			return cfg, fmt.Errorf("--join-subnet %s overlaps %s %s", cfg.JoinSubnet, flagName, p)
+		}
+	}
+	if cfg.NodePortRange, err = translator.ParsePortRange(o.nodePortRange); err != nil {
+		return cfg, fmt.Errorf("--service-node-port-range: %w", err)
 	}
 	switch o.sessionAffinity {
 	case translator.AffinityTimeout, translator.AffinityHash:

@@ -25,3 +25,24 @@ func TestRateLimit(t *testing.T) {
 		}
 	}
 }
+
+func TestGatewayFlags(t *testing.T) {
+	base := options{clusterCIDR: "10.244.0.0/16", serviceCIDR: "10.96.0.0/16", sessionAffinity: "timeout", workers: 1, aclLogRate: 1,
+		joinSubnet: "100.64.0.0/16", nodePortRange: "30000-32767"}
+	cfg, err := base.config()
+	if err != nil || cfg.JoinSubnet.String() != "100.64.0.0/16" || cfg.NodePortRange.Min != 30000 || cfg.NodePortRange.Max != 32767 {
+		t.Fatalf("config %+v, %v", cfg, err)
+	}
+	for _, mutate := range []func(*options){
+		func(o *options) { o.joinSubnet = "10.244.128.0/17" }, // inside the cluster CIDR
+		func(o *options) { o.joinSubnet = "10.96.0.0/24" },    // inside the Service CIDR
+		func(o *options) { o.joinSubnet = "fd98::/64" },
+		func(o *options) { o.nodePortRange = "32767-30000" },
+	} {
+		o := base
+		mutate(&o)
+		if _, err := o.config(); err == nil {
+			t.Errorf("%+v accepted", o)
+		}
+	}
+}

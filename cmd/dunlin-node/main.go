@@ -25,6 +25,7 @@ func main() {
 	klog.InitFlags(nil)
 	cfg := nodeagent.DefaultConfig()
 	var kubeconfig, clusterCIDR, serviceCIDR string
+	var cleanup bool
 	flag.StringVar(&kubeconfig, "kubeconfig", "", "kubeconfig file; empty means the in-cluster configuration")
 	flag.StringVar(&cfg.NodeName, "node-name", os.Getenv("NODE_NAME"), "this node's Kubernetes name (default $NODE_NAME); also the OVS system-id unless one is set")
 	flag.StringVar(&cfg.OVSDB, "ovs-db", cfg.OVSDB, "local OVS database endpoint")
@@ -43,9 +44,14 @@ func main() {
 	flag.StringVar(&cfg.CNIPluginSource, "cni-plugin-source", "", "dunlin-cni binary to install into --cni-bin-dir (default: dunlin-cni beside this binary, if there)")
 	flag.StringVar(&cfg.OVNRunDir, "ovn-rundir", cfg.OVNRunDir, "ovn-controller's run directory (OVN_RUNDIR), for CNI STATUS")
 	flag.StringVar(&cfg.MetricsBindAddress, "metrics-bind-address", cfg.MetricsBindAddress, "address serving /metrics and /healthz; empty disables")
+	flag.BoolVar(&cfg.Gateway, "gateway", cfg.Gateway, "move the uplink into the OVS bridge "+nodeagent.GatewayBridge+" and share it with the node's OVN gateway router (pod egress, NodePorts); false leaves the uplink alone")
+	flag.StringVar(&cfg.GatewayInterface, "gateway-interface", "", "the uplink moved into "+nodeagent.GatewayBridge+" (default: the interface of the default route)")
+	flag.StringVar(&cfg.OVSRunDir, "ovs-rundir", cfg.OVSRunDir, "ovs-vswitchd's run directory (OVS_RUNDIR), where ovs-ofctl finds the bridges' management sockets")
+	flag.BoolVar(&cleanup, "cleanup", false, "undo the node gateway and exit: give the uplink back its addresses, routes and MAC, delete "+nodeagent.GatewayBridge+", remove the physnet bridge mapping and the node's gateway annotation")
 	flag.DurationVar(&cfg.PodNetworkTimeout, "pod-network-timeout", cfg.PodNetworkTimeout, "how long ADD waits for the pod's network annotation")
 	flag.DurationVar(&cfg.OVNInstalledTimeout, "ovn-installed-timeout", cfg.OVNInstalledTimeout, "how long ADD waits for ovn-controller to install the port")
 	flag.Parse()
+	cfg.GatewayCrashAfter = os.Getenv("DUNLIN_TEST_GATEWAY_CRASH_AFTER") // tests only
 
 	for _, f := range []struct {
 		flag string
@@ -62,6 +68,15 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if cleanup {
+		if err := runCleanup(klog.NewContext(ctx, klog.Background()), kubeconfig, cfg); err != nil {
+			klog.ErrorS(err, "dunlin-node --cleanup failed")
+			klog.Flush()
+			os.Exit(1)
+		}
+		klog.Flush()
+		return
+	}
 	if err := run(ctx, kubeconfig, cfg); err != nil {
 		klog.ErrorS(err, "dunlin-node failed")
 		klog.Flush()
@@ -85,6 +100,18 @@ func run(ctx context.Context, kubeconfig string, cfg nodeagent.Config) error {
 				"looked", p, "cniBinDir", cfg.CNIBinDir)
 		}
 	}
+	client, err := kubeClient(kubeconfig)
+	if err != nil {
+		return err
+	}
+	agent, err := nodeagent.New(cfg, client)
+	if err != nil {
+		return err
+	}
+	return agent.Run(klog.NewContext(ctx, klog.Background()))
+}
+
+func kubeClient(kubeconfig string) (kubernetes.Interface, error) {
 	var restCfg *rest.Config
 	var err error
 	if kubeconfig != "" {
@@ -93,18 +120,26 @@ func run(ctx context.Context, kubeconfig string, cfg nodeagent.Config) error {
 		restCfg, err = rest.InClusterConfig()
 	}
 	if err != nil {
-		return fmt.Errorf("kubernetes client configuration: %w", err)
+		return nil, fmt.Errorf("kubernetes client configuration: %w", err)
 	}
 	restCfg.UserAgent = "dunlin-node"
 	client, err := kubernetes.NewForConfig(restCfg)
 	if err != nil {
-		return fmt.Errorf("kubernetes client: %w", err)
+		return nil, fmt.Errorf("kubernetes client: %w", err)
 	}
-	agent, err := nodeagent.New(cfg, client)
-	if err != nil {
-		return err
+	return client, nil
+}
+
+// runCleanup undoes the node gateway. The API server is optional: without it the annotation stays
+// (the controller then sees a gateway that is gone, until the node is re-annotated or deleted).
+func runCleanup(ctx context.Context, kubeconfig string, cfg nodeagent.Config) error {
+	var client kubernetes.Interface
+	if c, err := kubeClient(kubeconfig); err != nil {
+		klog.ErrorS(err, "No Kubernetes client: the node's gateway annotation stays")
+	} else {
+		client = c
 	}
-	return agent.Run(klog.NewContext(ctx, klog.Background()))
+	return nodeagent.Cleanup(ctx, cfg, client)
 }
 
 func fileExists(p string) bool {

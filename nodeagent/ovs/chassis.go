@@ -179,21 +179,27 @@ func (c *Client) bridgeOps(ctx context.Context, ovs ovsmodel.OpenvSwitch, name, 
 	if !errors.Is(err, client.ErrNotFound) {
 		return nil, fmt.Errorf("look up bridge %s: %w", name, err)
 	}
-	iface := &ovsmodel.Interface{UUID: "newiface", Name: name, Type: "internal"}
-	port := &ovsmodel.Port{UUID: "newport", Name: name, Interfaces: []string{iface.UUID}}
-	br = &ovsmodel.Bridge{UUID: "newbridge", Name: name, Ports: []string{port.UUID}, FailMode: &secure,
-		DatapathType: datapathType, OtherConfig: map[string]string{"disable-in-band": "true"}}
+	return c.createBridgeOps(ovs, &ovsmodel.Bridge{Name: name, FailMode: &secure, DatapathType: datapathType,
+		OtherConfig: map[string]string{"disable-in-band": "true"}}, &ovsmodel.Interface{Type: "internal"})
+}
+
+// createBridgeOps creates br as `ovs-vsctl add-br` would: with its internal port and interface (local,
+// whose other columns are kept) of the bridge's name, inserted into Open_vSwitch bridges.
+func (c *Client) createBridgeOps(ovs ovsmodel.OpenvSwitch, br *ovsmodel.Bridge, local *ovsmodel.Interface) ([]ovsdb.Operation, error) {
+	local.UUID, local.Name, local.Type = "newiface", br.Name, "internal"
+	port := &ovsmodel.Port{UUID: "newport", Name: br.Name, Interfaces: []string{local.UUID}}
+	br.UUID, br.Ports = "newbridge", []string{port.UUID}
 	var ops []ovsdb.Operation
-	for _, m := range []model.Model{iface, port, br} {
+	for _, m := range []model.Model{local, port, br} {
 		op, err := c.cli.Create(m)
 		if err != nil {
-			return nil, fmt.Errorf("build bridge %s: %w", name, err)
+			return nil, fmt.Errorf("build bridge %s: %w", br.Name, err)
 		}
 		ops = append(ops, op...)
 	}
 	mop, err := c.cli.Where(&ovs).Mutate(&ovs, model.Mutation{Field: &ovs.Bridges, Mutator: ovsdb.MutateOperationInsert, Value: []string{br.UUID}})
 	if err != nil {
-		return nil, fmt.Errorf("build bridge %s: %w", name, err)
+		return nil, fmt.Errorf("build bridge %s: %w", br.Name, err)
 	}
 	return append(ops, mop...), nil
 }

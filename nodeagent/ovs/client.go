@@ -118,7 +118,7 @@ func (c *Client) start(ctx context.Context, cli client.Client) error {
 		client.WithTable(&ovsmodel.OpenvSwitch{}),
 		client.WithTable(&ovsmodel.Bridge{}),
 		client.WithTable(&ovsmodel.Port{}),
-		client.WithTable(iface, &iface.Name, &iface.Type, &iface.MAC, &iface.ExternalIDs, &iface.Error, &iface.Ofport),
+		client.WithTable(iface, &iface.Name, &iface.Type, &iface.MAC, &iface.ExternalIDs, &iface.Error, &iface.Ofport, &iface.MTURequest),
 	))
 	if err != nil {
 		return fmt.Errorf("monitor tables: %w", err)
@@ -195,7 +195,19 @@ func byIndex[T model.Model](c *Client, table string, m T) T {
 }
 
 func (c *Client) wake(table string, m model.Model) {
-	if table == ovsmodel.InterfaceTable {
+	switch table {
+	case ovsmodel.InterfaceTable:
 		c.changed.Wake(m.(*ovsmodel.Interface).Name)
+		c.changed.Wake(anyPortKey)
+	case ovsmodel.PortTable, ovsmodel.BridgeTable:
+		c.changed.Wake(anyPortKey)
 	}
 }
+
+// anyPortKey is woken on any change of a bridge, port or interface. Interface names cannot contain
+// "*", so it never collides with one.
+const anyPortKey = "*"
+
+// SubscribePorts returns a channel that receives after any change of a bridge, port or interface (one
+// pending wakeup at most), and a function that unsubscribes.
+func (c *Client) SubscribePorts() (<-chan struct{}, func()) { return c.changed.Subscribe(anyPortKey) }

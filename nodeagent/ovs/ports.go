@@ -195,6 +195,7 @@ type PortInfo struct {
 	Name        string
 	Bridge      string
 	ExternalIDs map[string]string // of the Interface
+	Type        string            // Interface type: "" (system), "internal", "patch", ...
 	OFPort      int               // -1 when OVS could not attach the device, 0 before it tried
 	Error       string            // Interface.error
 }
@@ -301,7 +302,7 @@ func (c *Client) bridgeOfPort() map[string]string {
 }
 
 func infoOf(port *ovsmodel.Port, iface *ovsmodel.Interface, bridges map[string]string) PortInfo {
-	info := PortInfo{Name: port.Name, Bridge: bridges[port.UUID], ExternalIDs: maps.Clone(iface.ExternalIDs)}
+	info := PortInfo{Name: port.Name, Bridge: bridges[port.UUID], Type: iface.Type, ExternalIDs: maps.Clone(iface.ExternalIDs)}
 	if iface.Ofport != nil {
 		info.OFPort = *iface.Ofport
 	}

@@ -125,7 +125,7 @@ func (d desired) rows() (*nbRows, error) {
 // expectRows are the NB rows of the cluster, nodes and pods, from the translator's mapping functions.
 func expectRows(db model.DatabaseModel, nodes []translator.NodeNetwork, pods []translator.PodNetwork) (*nbRows, error) {
 	want := newNBRows(db, nil)
-	if err := want.add(translator.ClusterOwner, translator.ClusterRows()); err != nil {
+	if err := want.add(translator.ClusterOwner, append(translator.ClusterRows(), translator.GatewayClusterRows(gatewayEnv())...)); err != nil {
 		return nil, err
 	}
 	for _, n := range nodes {
@@ -196,6 +196,12 @@ func apiDesired(ctx context.Context, kube kubernetes.Interface) (desired, []tran
 		networked = append(networked, translator.PolicyPod{Pod: p, Addr: addr.Addr()})
 	}
 	return d, networked, nil
+}
+
+// gatewayEnv is the gateway configuration of a controller with default flags.
+func gatewayEnv() translator.GatewayEnv {
+	cfg := translator.DefaultConfig()
+	return translator.GatewayEnv{ClusterCIDR: cfg.ClusterCIDR, JoinSubnet: cfg.JoinSubnet, NodePortRange: cfg.NodePortRange}
 }
 
 func nbDatabaseModel() (model.DatabaseModel, error) {
@@ -583,13 +589,20 @@ func (w *floorWriter) prepareNodes(d desired) func() {
 		podsByNode[p.Node] = append(podsByNode[p.Node], p)
 	}
 	var router *nbmodel.LogicalRouter
-	var group *nbmodel.LoadBalancerGroup
+	var join *nbmodel.LogicalSwitch
+	var groups, routerPorts, joinPorts []model.Model
 	for _, m := range w.want.models(translator.ClusterOwner) {
 		switch m := m.(type) {
 		case *nbmodel.LogicalRouter:
 			router = m
 		case *nbmodel.LoadBalancerGroup:
-			group = m
+			groups = append(groups, m)
+		case *nbmodel.LogicalSwitch: // join, to the gateway routers
+			join = m
+		case *nbmodel.LogicalRouterPort: // the cluster router's port on join
+			routerPorts = append(routerPorts, m)
+		case *nbmodel.LogicalSwitchPort: // its peer
+			joinPorts = append(joinPorts, m)
 		}
 	}
 	type nodeRows struct {
@@ -614,13 +627,24 @@ func (w *floorWriter) prepareNodes(d desired) func() {
 		}
 	}
 	return func() {
-		w.create(group)
+		for _, g := range groups {
+			w.create(g)
+		}
+		for _, p := range routerPorts {
+			router.Ports = append(router.Ports, w.create(p))
+		}
 		for _, n := range nodes {
 			router.Ports = append(router.Ports, w.create(n.lrp))
 		}
 		w.create(router)
+		if join != nil {
+			for _, p := range joinPorts {
+				join.Ports = append(join.Ports, w.create(p))
+			}
+			w.create(join)
+		}
 		w.flush()
-		groupUUID := w.ref(nbmodel.LoadBalancerGroupTable, group.Name)
+		groupUUID := w.ref(nbmodel.LoadBalancerGroupTable, translator.ClusterLBGroup)
 		for _, n := range nodes {
 			for _, p := range n.ports {
 				n.ls.Ports = append(n.ls.Ports, w.create(p))

@@ -448,13 +448,13 @@ type benchController struct {
 	metricsURL string
 }
 
-// startController starts the controller against ovn, logging to run.log in dir; it is stopped when the
-// benchmark ends.
-func startController(b *testing.B, dir, run, bin string, kube *harness.Kube, ovn *harness.OVN) benchController {
+// startController starts the controller against ovn, with the extra flags, logging to run.log in dir;
+// it is stopped when the benchmark ends.
+func startController(b *testing.B, dir, run, bin string, kube *harness.Kube, ovn *harness.OVN, extra ...string) benchController {
 	metricsAddr := freeAddr(b)
 	start := time.Now()
 	p, err := harness.StartProcess("dunlin-controller", filepath.Join(dir, run+".log"), nil, bin,
-		controllerArgs(kube, ovn.NBAddr, metricsAddr)...)
+		append(controllerArgs(kube, ovn.NBAddr, metricsAddr), extra...)...)
 	if err != nil {
 		b.Fatal(err)
 	}

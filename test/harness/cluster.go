@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 
@@ -66,6 +67,9 @@ type ClusterOptions struct {
 	ControllerFlags []string
 	// ControllerManager also runs kube-controller-manager (EndpointSlices for Services).
 	ControllerManager bool
+	// Gateway gives every node a plain uplink (NodeOptions.Gateway) that its dunlin-node moves into
+	// br-ex, and starts the Outside namespace. Without it dunlin-node runs with --gateway=false.
+	Gateway bool
 }
 
 // Cluster is OVN central (NB, SB, northd), kube-apiserver, dunlin-controller and simulated nodes, each
@@ -78,6 +82,8 @@ type Cluster struct {
 	Underlay   *Underlay
 	Controller *Process
 	Nodes      []*ClusterNode
+	Outside    *Outside // with ClusterOptions.Gateway
+	gateway    bool
 	encap      string
 	ctrlFlags  []string
 }
@@ -85,14 +91,16 @@ type Cluster struct {
 // ClusterNode is one simulated node.
 type ClusterNode struct {
 	*Node
-	Agent     *Process // dunlin-node, inside the node's netns
-	Kubelet   *Kubelet
-	ConfDir   string
-	BinDir    string
-	Socket    string
-	AgentLog  string
-	forwarder *Forwarder
-	cluster   *Cluster
+	Agent    *Process // dunlin-node, inside the node's netns
+	Kubelet  *Kubelet
+	ConfDir  string
+	BinDir   string
+	Socket   string
+	AgentLog string
+	// UplinkBefore is LinkState(NodeUplink) before dunlin-node first started, on gateway nodes.
+	UplinkBefore string
+	forwarder    *Forwarder
+	cluster      *Cluster
 }
 
 // StartCluster brings everything up and returns once every node's agent serves CNI requests.
@@ -103,7 +111,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	if o.EncapType == "" {
 		o.EncapType = "geneve"
 	}
-	c = &Cluster{Dir: o.Dir, Bins: o.Bins, encap: o.EncapType, ctrlFlags: o.ControllerFlags}
+	c = &Cluster{Dir: o.Dir, Bins: o.Bins, encap: o.EncapType, ctrlFlags: o.ControllerFlags, gateway: o.Gateway}
 	defer func() {
 		if err != nil {
 			_ = c.Stop()
@@ -121,9 +129,14 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	if c.Underlay, err = StartUnderlay(ctx, UnderlayOptions{Dir: filepath.Join(o.Dir, "ul")}); err != nil {
 		return c, err
 	}
+	if o.Gateway {
+		if c.Outside, err = c.Underlay.StartOutside(ctx); err != nil {
+			return c, err
+		}
+	}
 	for i := range o.Nodes {
 		name := fmt.Sprintf("node%d", i+1)
-		n, err := StartNode(ctx, NodeOptions{Name: name, Index: i, Dir: filepath.Join(o.Dir, name), Underlay: c.Underlay})
+		n, err := StartNode(ctx, NodeOptions{Name: name, Index: i, Dir: filepath.Join(o.Dir, name), Underlay: c.Underlay, Gateway: o.Gateway})
 		if err != nil {
 			return c, err
 		}
@@ -137,6 +150,11 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		apiAddr := strings.TrimPrefix(c.Kube.Config.Host, "https://")
 		if cn.forwarder, err = ForwardInto("/var/run/netns/"+n.Netns, apiAddr); err != nil {
 			return c, err
+		}
+		if o.Gateway {
+			if cn.UplinkBefore, err = n.LinkState(ctx, NodeUplink); err != nil {
+				return c, err
+			}
 		}
 		if err := cn.StartAgent(ctx); err != nil {
 			return c, err
@@ -202,24 +220,7 @@ func (c *Cluster) createNode(ctx context.Context, name, ip string) error {
 
 // StartAgent runs dunlin-node inside the node's netns and waits until it serves CNI requests.
 func (n *ClusterNode) StartAgent(ctx context.Context, extra ...string) error {
-	c := n.cluster
-	args := append([]string{
-		"--kubeconfig", c.Kube.Kubeconfig,
-		"--node-name", n.Name,
-		"--ovs-db", n.OVSDB,
-		"--sb-address", c.OVN.SBAddr,
-		"--encap-type", c.encap,
-		"--encap-ip", n.EncapIP,
-		"--datapath-type", "netdev",
-		"--cni-socket", n.Socket,
-		"--cni-conf-dir", n.ConfDir,
-		"--cni-bin-dir", n.BinDir,
-		"--cni-plugin-source", c.Bins.CNI,
-		"--ovn-rundir", n.RunDir,
-		"--metrics-bind-address=",
-		"-v=2",
-	}, extra...)
-	p, err := n.StartProcess("dunlin-node "+n.Name, n.AgentLog, nil, c.Bins.Node, args...)
+	p, err := n.StartProcess("dunlin-node "+n.Name, n.AgentLog, nil, n.cluster.Bins.Node, n.agentArgs(extra...)...)
 	if err != nil {
 		return err
 	}
@@ -233,6 +234,40 @@ func (n *ClusterNode) StartAgent(ctx context.Context, extra ...string) error {
 		}
 		return nil
 	})
+}
+
+// RunAgent runs dunlin-node with the flags StartAgent gives plus extra (e.g. --cleanup) inside the
+// node's netns, with env added to the environment, until it exits; it returns its combined output.
+func (n *ClusterNode) RunAgent(ctx context.Context, env []string, extra ...string) (string, error) {
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", n.Netns, n.cluster.Bins.Node}, n.agentArgs(extra...)...)...)
+	cmd.Env = append(os.Environ(), env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("dunlin-node %s on %s: %w", strings.Join(extra, " "), n.Name, err)
+	}
+	return string(out), nil
+}
+
+func (n *ClusterNode) agentArgs(extra ...string) []string {
+	c := n.cluster
+	return append([]string{
+		"--kubeconfig", c.Kube.Kubeconfig,
+		"--node-name", n.Name,
+		"--ovs-db", n.OVSDB,
+		"--sb-address", c.OVN.SBAddr,
+		"--encap-type", c.encap,
+		"--encap-ip", n.EncapIP,
+		"--datapath-type", "netdev",
+		"--cni-socket", n.Socket,
+		"--cni-conf-dir", n.ConfDir,
+		"--cni-bin-dir", n.BinDir,
+		"--cni-plugin-source", c.Bins.CNI,
+		"--ovn-rundir", n.RunDir,
+		"--ovs-rundir", n.RunDir,
+		"--gateway=" + strconv.FormatBool(n.Gateway),
+		"--metrics-bind-address=",
+		"-v=2",
+	}, extra...)
 }
 
 // StopAgent stops dunlin-node (SIGTERM), leaving OVS, ovn-controller and the pods running.

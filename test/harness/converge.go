@@ -53,6 +53,10 @@ type ConvergeOptions struct {
 	// Nodes, when not nil, are exactly the nodes that must have a switch: it is an error while one of
 	// them has no subnet yet or another node has one.
 	Nodes []string
+	// JoinSubnet is --join-subnet; the zero value means its default.
+	JoinSubnet netip.Prefix
+	// NodePortRange is --service-node-port-range; the zero value means its default.
+	NodePortRange translator.PortRange
 }
 
 // ConvergeOptionsFromFlags reads the ConvergeOptions that dunlin-controller flags imply.
@@ -61,7 +65,8 @@ func ConvergeOptionsFromFlags(flags []string) (ConvergeOptions, error) {
 	o := ConvergeOptions{ClusterCIDR: def.ClusterCIDR, ACLLogRate: def.ACLLogRate}
 	for i := 0; i < len(flags); i++ {
 		name, value, hasValue := strings.Cut(strings.TrimLeft(flags[i], "-"), "=")
-		if name != "cluster-cidr" && name != "session-affinity" && name != "acl-log-rate" {
+		if name != "cluster-cidr" && name != "session-affinity" && name != "acl-log-rate" &&
+			name != "join-subnet" && name != "service-node-port-range" {
 			continue
 		}
 		if !hasValue && i+1 < len(flags) {
@@ -77,6 +82,18 @@ func ConvergeOptionsFromFlags(flags []string) (ConvergeOptions, error) {
 			o.ClusterCIDR = p
 		case "session-affinity":
 			o.AffinityByHash = value == translator.AffinityHash
+		case "join-subnet":
+			p, err := netip.ParsePrefix(value)
+			if err != nil {
+				return o, fmt.Errorf("--join-subnet %q: %w", value, err)
+			}
+			o.JoinSubnet = p
+		case "service-node-port-range":
+			r, err := translator.ParsePortRange(value)
+			if err != nil {
+				return o, fmt.Errorf("--service-node-port-range: %w", err)
+			}
+			o.NodePortRange = r
 		case "acl-log-rate":
 			r, err := strconv.Atoi(value)
 			if err != nil {
@@ -110,11 +127,18 @@ func (o *OVN) CheckConverged(ctx context.Context, kube kubernetes.Interface, opt
 	if opts.ACLLogRate == 0 {
 		opts.ACLLogRate = translator.DefaultConfig().ACLLogRate
 	}
+	if !opts.JoinSubnet.IsValid() {
+		opts.JoinSubnet = translator.DefaultConfig().JoinSubnet
+	}
 	nb, err := newNBDescriber()
 	if err != nil {
 		return err
 	}
-	want, err := nb.expected(ctx, kube, opts)
+	join, err := o.joinAddresses()
+	if err != nil {
+		return err
+	}
+	want, err := nb.expected(ctx, kube, opts, join)
 	if err != nil {
 		return err
 	}
@@ -125,6 +149,35 @@ func (o *OVN) CheckConverged(ctx context.Context, kube kubernetes.Interface, opt
 	return nb.compare(want, got)
 }
 
+// joinAddresses are the gateway routers' join addresses in NB, by node: the controller allocates them
+// in the order it happens to sync nodes, so the expectation takes them from NB (checking only that
+// each is unique and in the join subnet, through the comparison of the rows that use them).
+func (o *OVN) joinAddresses() (map[string]netip.Addr, error) {
+	out, err := o.NBCtl("--format=csv", "--data=bare", "--no-headings", "--columns=name,networks", "list", "Logical_Router_Port")
+	if err != nil {
+		return nil, err
+	}
+	join := map[string]netip.Addr{}
+	seen := map[netip.Addr]string{}
+	for _, line := range strings.Split(out, "\n") {
+		name, networks, _ := strings.Cut(line, ",")
+		node, ok := strings.CutPrefix(name, translator.JoinRouterPortName(translator.GatewayRouterName("")))
+		if !ok {
+			continue
+		}
+		p, err := netip.ParsePrefix(networks)
+		if err != nil {
+			return nil, fmt.Errorf("%s networks %q: %w", name, networks, err)
+		}
+		if other, dup := seen[p.Addr()]; dup {
+			return nil, fmt.Errorf("join address %s on the routers of both %s and %s", p.Addr(), other, node)
+		}
+		seen[p.Addr()] = node
+		join[node] = p.Addr()
+	}
+	return join, nil
+}
+
 // expectedRow is a row the mapping gives: its owner and the row with its parent and references.
 type expectedRow struct {
 	owner string
@@ -132,7 +185,7 @@ type expectedRow struct {
 }
 
 // expectedRows computes every row Dunlin should have for what is in the API.
-func expectedRows(ctx context.Context, kube kubernetes.Interface, opts ConvergeOptions) ([]expectedRow, error) {
+func expectedRows(ctx context.Context, kube kubernetes.Interface, opts ConvergeOptions, join map[string]netip.Addr) ([]expectedRow, error) {
 	var rows []expectedRow
 	add := func(owner string, rs []nbstore.Row) {
 		for _, r := range rs {
@@ -140,6 +193,8 @@ func expectedRows(ctx context.Context, kube kubernetes.Interface, opts ConvergeO
 		}
 	}
 	add(translator.ClusterOwner, translator.ClusterRows())
+	gwEnv := translator.GatewayEnv{ClusterCIDR: opts.ClusterCIDR, JoinSubnet: opts.JoinSubnet, NodePortRange: opts.NodePortRange}
+	add(translator.ClusterOwner, translator.GatewayClusterRows(gwEnv))
 
 	nodes, err := kube.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -161,8 +216,25 @@ func expectedRows(ctx context.Context, kube kubernetes.Interface, opts ConvergeO
 			return nil, fmt.Errorf("nodes with a subnet: %v, want %v", switchNodes, want)
 		}
 	}
+	var gateways []translator.GatewayAddr
 	for _, name := range switchNodes {
 		add(translator.Owner(translator.KindNode, name), translator.NodeRows(translator.NodeNetwork{Name: name, Subnet: subnets[name]}))
+		g, err := translator.NodeGatewayOf(byName[name])
+		if err != nil {
+			continue // the controller keeps what the node had: not the mapping of the API as it is
+		}
+		gn := translator.GatewayNode{Name: name, Subnet: subnets[name], HostIPs: translator.NodeHostIPs(byName[name]), Gateway: g}
+		if g != nil {
+			if gn.JoinIP = join[name]; !gn.JoinIP.IsValid() {
+				return nil, fmt.Errorf("node %s has no gateway router yet", name)
+			}
+			for _, p := range g.Addresses() {
+				if p.Addr().Is4() {
+					gateways = append(gateways, translator.GatewayAddr{Node: name, IP: p.Addr()})
+				}
+			}
+		}
+		add(translator.Owner(translator.KindGateway, name), translator.GatewayRows(gn, gwEnv))
 	}
 
 	pods, err := kube.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
@@ -223,6 +295,8 @@ func expectedRows(ctx context.Context, kube kubernetes.Interface, opts ConvergeO
 		Ranges:         endpointRanges(nodes.Items, opts.ClusterCIDR),
 		AffinityByHash: opts.AffinityByHash,
 		Nodes:          switchNodes,
+		NodePortRange:  opts.NodePortRange,
+		Gateways:       gateways,
 	}
 	for i := range svcs.Items {
 		svc := &svcs.Items[i]
@@ -425,8 +499,8 @@ func (d *nbDescriber) refTable(table, column string) string {
 }
 
 // expected turns the mapping's rows into rows and edges.
-func (d *nbDescriber) expected(ctx context.Context, kube kubernetes.Interface, opts ConvergeOptions) (nbState, error) {
-	rows, err := expectedRows(ctx, kube, opts)
+func (d *nbDescriber) expected(ctx context.Context, kube kubernetes.Interface, opts ConvergeOptions, join map[string]netip.Addr) (nbState, error) {
+	rows, err := expectedRows(ctx, kube, opts, join)
 	if err != nil {
 		return nbState{}, err
 	}

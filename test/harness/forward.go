@@ -25,14 +25,9 @@ type Forwarder struct {
 
 // ForwardInto listens on addr inside the netns at netnsPath and forwards every connection to addr here.
 func ForwardInto(netnsPath, addr string) (*Forwarder, error) {
-	var ln net.Listener
-	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
-		var err error
-		ln, err = net.Listen("tcp", addr)
-		return err
-	})
+	ln, err := listenIn(netnsPath, "tcp", addr)
 	if err != nil {
-		return nil, fmt.Errorf("listen on %s inside %s: %w", addr, netnsPath, err)
+		return nil, err
 	}
 	f := &Forwarder{ln: ln, target: addr, conns: map[net.Conn]struct{}{}}
 	f.wg.Add(1)
@@ -101,4 +96,18 @@ func (f *Forwarder) Stop() error {
 		return nil
 	}
 	return err
+}
+
+// listenIn listens on addr inside the netns at netnsPath (a socket keeps the namespace it was made in).
+func listenIn(netnsPath, network, addr string) (net.Listener, error) {
+	var ln net.Listener
+	err := ns.WithNetNSPath(netnsPath, func(ns.NetNS) error {
+		var err error
+		ln, err = net.Listen(network, addr)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s inside %s: %w", addr, netnsPath, err)
+	}
+	return ln, nil
 }

@@ -5,9 +5,11 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -32,6 +34,13 @@ const (
 
 	// UnderlayIf is the OVS bridge (and device) in each node holding the encap IP.
 	UnderlayIf = "br-underlay"
+	// GatewayIf is the bridge dunlin-node makes of a gateway node's uplink (nodeagent.GatewayBridge).
+	GatewayIf = "br-ex"
+	// OutsideIP is the outside namespace's address on the underlay, the gateway nodes' default next hop.
+	OutsideIP = underlayPrefix + "1"
+	// NodeUplink is the node's end of its underlay veth: a port of br-underlay, or on a gateway node
+	// the plain uplink holding the node IP and the default route, which dunlin-node moves into br-ex.
+	NodeUplink = nodeUplink
 	// nodeUplink is the node's end of its underlay veth, a port of br-underlay.
 	nodeUplink = "ul0"
 
@@ -51,6 +60,10 @@ type NodeOptions struct {
 	// Chassis, when non-nil, makes the harness write the Open_vSwitch external_ids ovn-controller needs
 	// and create br-int. When nil that is left to the product's node agent.
 	Chassis *ChassisOptions
+	// Gateway makes the node's uplink a plain veth holding the node IP and a default route via
+	// OutsideIP, as a real host's NIC, for dunlin-node to move into br-ex (which then holds the encap
+	// IP). Without it the uplink is a port of the harness's own br-underlay.
+	Gateway bool
 }
 
 // ChassisOptions are what the harness writes into Open_vSwitch external_ids for ovn-controller.
@@ -68,7 +81,8 @@ type Node struct {
 	OVSDB      string // "unix:<Dir>/db.sock", what the node agent gets as --ovs-db
 	RunDir     string // OVS_RUNDIR and OVN_RUNDIR of the node's daemons (= Dir)
 	EncapIP    string // 172.30.0.x, on device UnderlayIf inside Netns
-	UnderlayIf string // "br-underlay"
+	UnderlayIf string // "br-underlay", or on a gateway node "br-ex" (once dunlin-node made it)
+	Gateway    bool
 
 	index    int
 	underlay *Underlay
@@ -122,6 +136,7 @@ func StartNode(ctx context.Context, o NodeOptions) (n *Node, err error) {
 		RunDir:     dir,
 		EncapIP:    underlayPrefix + strconv.Itoa(10+o.Index),
 		UnderlayIf: UnderlayIf,
+		Gateway:    o.Gateway,
 		index:      o.Index,
 		underlay:   o.Underlay,
 		ulPeer:     "u" + suffix,
@@ -144,7 +159,12 @@ func StartNode(ctx context.Context, o NodeOptions) (n *Node, err error) {
 	if err := n.startOVS(ctx); err != nil {
 		return n, err
 	}
-	if err := n.attachUnderlay(ctx); err != nil {
+	if o.Gateway {
+		n.UnderlayIf = GatewayIf
+		if err := n.attachUplink(ctx); err != nil {
+			return n, err
+		}
+	} else if err := n.attachUnderlay(ctx); err != nil {
 		return n, err
 	}
 	if o.Chassis != nil {
@@ -226,21 +246,11 @@ func (n *Node) startOVS(ctx context.Context) error {
 // netdev bridge br-underlay, and puts the encap IP on the br-underlay device.
 func (n *Node) attachUnderlay(ctx context.Context) error {
 	mtu := strconv.Itoa(n.underlay.MTU)
-	err := runIP(ctx, "-n", n.Netns, "link", "add", nodeUplink, "mtu", mtu, "type", "veth",
-		"peer", "name", n.ulPeer, "mtu", mtu, "netns", n.underlay.Netns)
-	if err != nil {
+	if err := n.underlay.plug(ctx, n.Netns, nodeUplink, n.ulPeer); err != nil {
 		return err
 	}
-	for _, args := range [][]string{
-		{"-n", n.underlay.Netns, "link", "set", n.ulPeer, "master", n.underlay.Bridge, "up"},
-		{"-n", n.Netns, "link", "set", nodeUplink, "up"},
-	} {
-		if err := runIP(ctx, args...); err != nil {
-			return err
-		}
-	}
 	// Without --no-wait, ovs-vsctl returns once ovs-vswitchd has created the br-underlay device.
-	_, err = n.vsctl(ctx,
+	_, err := n.vsctl(ctx,
 		"add-br", UnderlayIf, "--", "set", "bridge", UnderlayIf, "datapath_type=netdev",
 		"--", "add-port", UnderlayIf, nodeUplink,
 		"--", "set", "interface", UnderlayIf, "mtu_request="+mtu)
@@ -250,6 +260,23 @@ func (n *Node) attachUnderlay(ctx context.Context) error {
 	for _, args := range [][]string{
 		{"-n", n.Netns, "addr", "add", n.EncapIP + "/24", "dev", UnderlayIf},
 		{"-n", n.Netns, "link", "set", UnderlayIf, "up"},
+	} {
+		if err := runIP(ctx, args...); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// attachUplink connects a gateway node to the underlay bridge with a veth holding the node IP and the
+// default route via OutsideIP, as a host's NIC before dunlin-node moves it into br-ex.
+func (n *Node) attachUplink(ctx context.Context) error {
+	if err := n.underlay.plug(ctx, n.Netns, nodeUplink, n.ulPeer); err != nil {
+		return err
+	}
+	for _, args := range [][]string{
+		{"-n", n.Netns, "addr", "add", n.EncapIP + "/24", "dev", nodeUplink},
+		{"-n", n.Netns, "route", "add", "default", "via", OutsideIP, "dev", nodeUplink},
 	} {
 		if err := runIP(ctx, args...); err != nil {
 			return err
@@ -438,7 +465,7 @@ func (n *Node) WaitChassis(ctx context.Context, sb *OVN, systemID string) error 
 // userspace datapath learns tunnel neighbours only by snooping ARP replies, so without this the
 // first overlay packet to a new peer is lost.
 func (n *Node) PrimeUnderlay(ctx context.Context, peers ...string) error {
-	if err := runIP(ctx, "-n", n.Netns, "neigh", "flush", "dev", UnderlayIf); err != nil {
+	if err := runIP(ctx, "-n", n.Netns, "neigh", "flush", "dev", n.UnderlayIf); err != nil {
 		return fmt.Errorf("prime underlay of %s: %w", n.Name, err)
 	}
 	for _, peer := range peers {
@@ -477,4 +504,27 @@ func (n *Node) Stop() error {
 		return fmt.Errorf("stop node %s: %w", n.Name, err)
 	}
 	return nil
+}
+
+// Listen listens on addr inside the node's namespace, as a host-network server would.
+func (n *Node) Listen(network, addr string) (net.Listener, error) {
+	return listenIn("/var/run/netns/"+n.Netns, network, addr)
+}
+
+// LinkState describes dev's addresses, routes and MAC (`ip -br addr`, `ip route`, `ip -br link`
+// without the flags, which OVS membership changes), to compare a device before and after.
+func (n *Node) LinkState(ctx context.Context, dev string) (string, error) {
+	var b strings.Builder
+	for _, args := range [][]string{
+		{"-br", "addr", "show", "dev", dev},
+		{"route", "show", "dev", dev},
+		{"-br", "link", "show", "dev", dev},
+	} {
+		out, err := n.Exec(ctx, "ip", args...)
+		if err != nil {
+			return "", err
+		}
+		b.WriteString(regexp.MustCompile(`<[^>]*>`).ReplaceAllString(out, ""))
+	}
+	return b.String(), nil
 }

@@ -256,6 +256,23 @@ func (o *OVN) SBCtl(args ...string) (string, error) {
 	return o.ctl(context.Background(), "ovn-sbctl", o.SBAddr, args...)
 }
 
+// Trace runs `ovn-trace --db=<SBAddr> args...` (logical flows only; it has no --timeout) and returns
+// its trimmed stdout.
+func (o *OVN) Trace(args ...string) (string, error) {
+	if o.SBAddr == "" {
+		return "", errors.New("ovn-trace: OVN started without SB")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ovn-trace", append([]string{"--db=" + o.SBAddr}, args...)...)
+	cmd.Env = append(os.Environ(), o.env...)
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return string(out), fmt.Errorf("ovn-trace %s: %w", strings.Join(args, " "), err)
+	}
+	return strings.TrimSpace(string(out)), nil
+}
+
 func (o *OVN) ctl(ctx context.Context, tool, db string, args ...string) (string, error) {
 	db = o.reachable(db)
 	cmd := exec.CommandContext(ctx, tool, append([]string{"--db=" + db, "--timeout=10"}, args...)...)

@@ -53,8 +53,10 @@ func TestDeployManifests(t *testing.T) {
 	if _, err := kube.Client.AppsV1().Deployments("dunlin-system").Get(ctx, "dunlin-controller", metav1.GetOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	// What dunlin-node does with the API: watch the pods of its node, read its Node.
-	for _, verb := range [][]string{{"list", "pods"}, {"watch", "pods"}, {"get", "pods"}, {"get", "nodes"}, {"patch", "nodes"}} {
+	// What dunlin-node does with the API: watch the pods of its node, read and annotate its Node, watch
+	// Services (the NodePorts and external IPs its gateway bridge hands to OVN).
+	for _, verb := range [][]string{{"list", "pods"}, {"watch", "pods"}, {"get", "pods"}, {"get", "nodes"}, {"patch", "nodes"},
+		{"list", "services"}, {"watch", "services"}} {
 		out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", kube.Kubeconfig, "auth", "can-i", verb[0], verb[1],
 			"--all-namespaces", "--as=system:serviceaccount:dunlin-system:dunlin-node").CombinedOutput()
 		if err != nil || strings.TrimSpace(string(out)) != "yes" {

@@ -115,7 +115,7 @@ func foreignDump(c *cluster) string {
 	for _, tbl := range []string{"Logical_Router", "Logical_Router_Port", "Logical_Switch", "Logical_Switch_Port", "Load_Balancer", "Load_Balancer_Group"} {
 		var rows []string
 		for _, row := range strings.Split(c.nbctl("--format=csv", "--no-headings", "list", tbl), "\n") {
-			if row != "" && !strings.Contains(row, "dunlin.io/owner") && !strings.Contains(row, "dunlin-cluster") {
+			if row != "" && !strings.Contains(row, "dunlin.io/owner") && !strings.Contains(row, "dunlin-cluster") && !strings.Contains(row, "dunlin-routers") {
 				rows = append(rows, row)
 			}
 		}

@@ -120,7 +120,7 @@ func TestServiceLoadBalancers(t *testing.T) {
 		c.createNode(n)
 	}
 	c.eventually(30*time.Second, "node switches", func() error {
-		if out := c.nbctl("ls-list"); strings.Count(out, "\n") != 1 {
+		if out := c.nbctl("ls-list"); !strings.Contains(out, "(n1)") || !strings.Contains(out, "(n2)") {
 			return fmt.Errorf("switches: %q", out)
 		}
 		return nil
@@ -221,7 +221,7 @@ func TestServiceLoadBalancers(t *testing.T) {
 			c.createNode("n" + strconv.Itoa(i))
 		}
 		c.eventually(60*time.Second, "50 node switches", func() error {
-			if n := strings.Count(c.nbctl("ls-list"), "\n") + 1; n != 50 {
+			if n := strings.Count(c.nbctl("ls-list"), "\n") + 1; n != 51 { // and join
 				return fmt.Errorf("%d switches", n)
 			}
 			return nil

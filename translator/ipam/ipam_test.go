@@ -155,3 +155,34 @@ func TestClusterPods(t *testing.T) {
 		t.Fatalf("after node release: pods %d nodes %d", c.PodsInUse(), c.NodesWithSubnet())
 	}
 }
+
+func TestKeyed(t *testing.T) {
+	join := netip.MustParsePrefix("100.64.0.0/16")
+	k, err := NewKeyed(join, netip.MustParseAddr("100.64.0.1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Rebuilt first: n1 keeps .5, n2 gets the lowest free address, n1 again its own.
+	if err := k.Reserve("n1", netip.MustParseAddr("100.64.0.5")); err != nil {
+		t.Fatal(err)
+	}
+	if a, alloc, err := k.Ensure("n2"); err != nil || !alloc || a != netip.MustParseAddr("100.64.0.2") {
+		t.Fatalf("n2: %v %v %v", a, alloc, err)
+	}
+	if a, alloc, _ := k.Ensure("n1"); alloc || a != netip.MustParseAddr("100.64.0.5") {
+		t.Fatalf("n1: %v %v", a, alloc)
+	}
+	if err := k.Reserve("n3", netip.MustParseAddr("100.64.0.5")); err == nil {
+		t.Fatal("n3 took n1's address")
+	}
+	if err := k.Reserve("n1", netip.MustParseAddr("100.64.0.6")); err == nil {
+		t.Fatal("n1 holds two addresses")
+	}
+	k.Release("n2")
+	if _, ok := k.Get("n2"); ok {
+		t.Fatal("n2 still holds an address")
+	}
+	if a, _, _ := k.Ensure("n4"); a != netip.MustParseAddr("100.64.0.2") {
+		t.Fatalf("n4 got %v, want the released .2", a)
+	}
+}

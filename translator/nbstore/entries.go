@@ -195,11 +195,11 @@ func (s *Store) entryOps(ops *Txn, owner string, t *entryTarget) (bool, error) {
 	if err := info.SetField("_uuid", t.uuid); err != nil {
 		return false, err
 	}
-	mut, err := s.cli.Where(m).Mutate(m, mutations...)
+	mut, err := s.mutateOp(t.table, uuidIs(t.uuid), m, mutations...)
 	if err != nil {
 		return false, fmt.Errorf("entries of %s in %s %s: %w", owner, t.table, t.uuid, err)
 	}
-	ops.add(one, mut...)
+	ops.add(one, mut)
 	return true, nil
 }
 

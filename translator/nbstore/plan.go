@@ -232,11 +232,11 @@ func (s *Store) create(txn, ops *Txn, table, id string, m model.Model, parents [
 	if err := info.SetField("_uuid", named); err != nil {
 		return err
 	}
-	ins, err := s.cli.Create(m)
+	ins, err := s.insertOp(table, m)
 	if err != nil {
 		return fmt.Errorf("create %s %q: %w", table, id, err)
 	}
-	ops.add(anyCount, ins...)
+	ops.add(anyCount, ins)
 	txn.created[table+"/"+id] = named
 	for _, p := range parents {
 		puuid, _, err := s.findOwned(txn, p.Table, p.Ref)
@@ -306,18 +306,18 @@ func (s *Store) update(ops *Txn, table, uuid string, cur, want model.Model) erro
 		return err
 	}
 	if len(fields) > 0 {
-		upd, err := s.cli.Where(want).Update(want, fields...)
+		upd, err := s.updateOp(table, uuid, want, fields...)
 		if err != nil {
 			return fmt.Errorf("update %s %s: %w", table, uuid, err)
 		}
-		ops.add(one, upd...)
+		ops.add(one, upd)
 	}
 	if len(mutations) > 0 {
-		mut, err := s.cli.Where(want).Mutate(want, mutations...)
+		mut, err := s.mutateOp(table, uuidIs(uuid), want, mutations...)
 		if err != nil {
 			return fmt.Errorf("mutate %s %s: %w", table, uuid, err)
 		}
-		ops.add(one, mut...)
+		ops.add(one, mut)
 	}
 	return nil
 }
@@ -337,21 +337,6 @@ func (s *Store) delete(ops *Txn, table, uuid string) error {
 		ops.add(anyCount, op)
 		return nil
 	}
-	m, err := s.dbModel.NewModel(table)
-	if err != nil {
-		return err
-	}
-	info, err := s.info(m)
-	if err != nil {
-		return err
-	}
-	if err := info.SetField("_uuid", uuid); err != nil {
-		return err
-	}
-	del, err := s.cli.Where(m).Delete()
-	if err != nil {
-		return fmt.Errorf("delete %s %s: %w", table, uuid, err)
-	}
-	ops.add(anyCount, del...)
+	ops.add(anyCount, ovsdb.Operation{Op: ovsdb.OperationDelete, Table: table, Where: uuidIs(uuid)})
 	return nil
 }

@@ -136,11 +136,11 @@ func (s *Store) refOp(table, column, parentUUID string, mutator ovsdb.Mutator, c
 		return ovsdb.Operation{}, err
 	}
 	p, _ := fieldPtr(info, column)
-	ops, err := s.cli.Where(m).Mutate(m, model.Mutation{Field: p, Mutator: mutator, Value: []string{child}})
+	op, err := s.mutateOp(table, uuidIs(parentUUID), m, model.Mutation{Field: p, Mutator: mutator, Value: []string{child}})
 	if err != nil {
 		return ovsdb.Operation{}, fmt.Errorf("%s %s of %s %s: %w", mutator, child, table, parentUUID, err)
 	}
-	return ops[0], nil
+	return op, nil
 }
 
 // dropFromHolders removes child from column in every row of table that holds it. The server evaluates
@@ -151,12 +151,15 @@ func (s *Store) dropFromHolders(table, column, child string) (ovsdb.Operation, e
 		return ovsdb.Operation{}, err
 	}
 	p, _ := fieldPtr(info, column)
-	ops, err := s.cli.WhereAny(m, model.Condition{Field: p, Function: ovsdb.ConditionIncludes, Value: []string{child}}).
-		Mutate(m, model.Mutation{Field: p, Mutator: ovsdb.MutateOperationDelete, Value: []string{child}})
+	where, err := s.includesCond(m, p, []string{child})
 	if err != nil {
 		return ovsdb.Operation{}, fmt.Errorf("drop %s from %s.%s: %w", child, table, column, err)
 	}
-	return ops[0], nil
+	op, err := s.mutateOp(table, where, m, model.Mutation{Field: p, Mutator: ovsdb.MutateOperationDelete, Value: []string{child}})
+	if err != nil {
+		return ovsdb.Operation{}, fmt.Errorf("drop %s from %s.%s: %w", child, table, column, err)
+	}
+	return op, nil
 }
 
 // probe is an empty model of table with mapper information, checked to have column.
