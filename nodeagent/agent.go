@@ -157,11 +157,9 @@ func (a *Agent) Run(ctx context.Context) error {
 	logger.Info("Starting dunlin-node", "encapType", a.cfg.EncapType, "encapIP", a.cfg.EncapIP, "mtu", a.cfg.MTU,
 		"datapathType", a.cfg.DatapathType, "ovsdb", a.cfg.OVSDB, "sb", a.cfg.SBAddress)
 
-	var tlsCfg *tls.Config
-	if a.cfg.TLS.Set() {
-		if tlsCfg, err = a.cfg.TLS.Config(); err != nil {
-			return fmt.Errorf("TLS: %w", err)
-		}
+	tlsCfg, err := a.cfg.tlsConfig()
+	if err != nil {
+		return err
 	}
 	if a.cfg.SBAddress != "" {
 		go a.watchSB(ctx, tlsCfg)
@@ -298,6 +296,18 @@ func (a *Agent) nodeInternalIP(ctx context.Context) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("node %s has no IPv4 InternalIP: set --encap-ip", a.cfg.NodeName)
+}
+
+// tlsConfig is the client configuration for ssl: endpoints, nil without TLS flags.
+func (cfg Config) tlsConfig() (*tls.Config, error) {
+	if !cfg.TLS.Set() {
+		return nil, nil
+	}
+	tlsCfg, err := cfg.TLS.Config()
+	if err != nil {
+		return nil, fmt.Errorf("TLS: %w", err)
+	}
+	return tlsCfg, nil
 }
 
 // podMTU derives the pod MTU from the MTU of the interface holding the encap IP.
