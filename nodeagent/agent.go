@@ -5,6 +5,7 @@ package nodeagent
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"maps"
@@ -26,14 +27,18 @@ import (
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
 	"github.com/dunlinplugin/dunlin/internal/conventions"
+	"github.com/dunlinplugin/dunlin/internal/ovsdbtls"
 	"github.com/dunlinplugin/dunlin/nodeagent/ovs"
 )
 
 // Config is dunlin-node's configuration; the flags of cmd/dunlin-node map onto it one to one.
 type Config struct {
-	NodeName     string
-	OVSDB        string // local OVS database, unix:/var/run/openvswitch/db.sock
-	SBAddress    string // ovn-remote
+	NodeName  string
+	OVSDB     string // local OVS database, unix:/var/run/openvswitch/db.sock
+	SBAddress string // ovn-remote
+	// TLS is for ssl: endpoints of OVSDB and SBAddress (dunlin-node's own check of SB; ovn-controller
+	// has TLS settings of its own).
+	TLS          ovsdbtls.Files
 	EncapType    string // geneve or vxlan
 	EncapIP      string // empty: the Node's InternalIP
 	MTU          int    // pod MTU; 0: the encap interface's MTU minus the encapsulation overhead
@@ -122,6 +127,9 @@ func New(cfg Config, client kubernetes.Interface) (*Agent, error) {
 			return nil, fmt.Errorf("encap IP: %w", err)
 		}
 	}
+	if err := cfg.TLS.Validate("ovn"); err != nil {
+		return nil, err
+	}
 	if cfg.MTU != 0 && (cfg.MTU < 576 || cfg.MTU > 65535) {
 		return nil, fmt.Errorf("MTU %d is out of range 576-65535", cfg.MTU)
 	}
@@ -149,7 +157,14 @@ func (a *Agent) Run(ctx context.Context) error {
 	logger.Info("Starting dunlin-node", "encapType", a.cfg.EncapType, "encapIP", a.cfg.EncapIP, "mtu", a.cfg.MTU,
 		"datapathType", a.cfg.DatapathType, "ovsdb", a.cfg.OVSDB, "sb", a.cfg.SBAddress)
 
-	if a.ovs, err = ovs.Connect(ctx, a.cfg.OVSDB); err != nil {
+	tlsCfg, err := a.cfg.tlsConfig()
+	if err != nil {
+		return err
+	}
+	if a.cfg.SBAddress != "" {
+		go a.watchSB(ctx, tlsCfg)
+	}
+	if a.ovs, err = ovs.ConnectTLS(ctx, a.cfg.OVSDB, tlsCfg); err != nil {
 		return fmt.Errorf("connect to OVS at %s: %w", a.cfg.OVSDB, err)
 	}
 	defer a.ovs.Close()
@@ -281,6 +296,18 @@ func (a *Agent) nodeInternalIP(ctx context.Context) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("node %s has no IPv4 InternalIP: set --encap-ip", a.cfg.NodeName)
+}
+
+// tlsConfig is the client configuration for ssl: endpoints, nil without TLS flags.
+func (cfg Config) tlsConfig() (*tls.Config, error) {
+	if !cfg.TLS.Set() {
+		return nil, nil
+	}
+	tlsCfg, err := cfg.TLS.Config()
+	if err != nil {
+		return nil, fmt.Errorf("TLS: %w", err)
+	}
+	return tlsCfg, nil
 }
 
 // podMTU derives the pod MTU from the MTU of the interface holding the encap IP.

@@ -460,7 +460,11 @@ func gatewayInfo(bridge netlink.Link, uplink, chassisID string) (annotations.Nod
 func Cleanup(ctx context.Context, cfg Config, client kubernetes.Interface) error {
 	cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	cli, err := ovs.Connect(cctx, cfg.OVSDB)
+	tlsCfg, err := cfg.tlsConfig()
+	if err != nil {
+		return err
+	}
+	cli, err := ovs.ConnectTLS(cctx, cfg.OVSDB, tlsCfg)
 	if err != nil {
 		return fmt.Errorf("connect to OVS at %s: %w", cfg.OVSDB, err)
 	}

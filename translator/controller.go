@@ -312,7 +312,9 @@ func (c *Controller) Run(ctx context.Context) error {
 
 	resync := time.NewTicker(c.cfg.ResyncPeriod)
 	defer resync.Stop()
-	connCheck := time.NewTicker(time.Second)
+	// Often enough that a RAFT failover costs little more than the election: keys that failed meanwhile
+	// have backed off for seconds.
+	connCheck := time.NewTicker(250 * time.Millisecond)
 	defer connCheck.Stop()
 	connected := true
 	for {
@@ -431,7 +433,7 @@ func (c *Controller) processNext(ctx context.Context, kind string, q workqueue.T
 		// Waiting on another object (a pod on a node without a subnet yet): not a failure.
 		klog.V(4).InfoS("Waiting", "kind", kind, "key", key, "reason", err)
 		q.AddRateLimited(key)
-	case errors.As(err, new(*nbstore.StaleError)):
+	case errors.As(err, new(*nbstore.StaleError)), errors.Is(err, nbstore.ErrReplan):
 		// A row the plan wrote to was deleted meanwhile (a node switch, say): plan again at once.
 		klog.V(2).InfoS("Plan was stale, planning again", "kind", kind, "key", key, "reason", err)
 		q.AddRateLimited(key)
@@ -456,7 +458,10 @@ func (c *Controller) apply(ctx context.Context, owner string, desired nbstore.De
 
 // applyCount is apply, returning how many operations it committed.
 func (c *Controller) applyCount(ctx context.Context, owner string, desired nbstore.Desired) (int, error) {
-	txn := &nbstore.Txn{}
+	txn, err := c.committer.Begin(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("plan NB rows of %s: %w", owner, err)
+	}
 	if err := c.store.Plan(txn, owner, desired); err != nil {
 		if errors.Is(err, nbstore.ErrParentMissing) {
 			return 0, fmt.Errorf("%w: %v", errWait, err)

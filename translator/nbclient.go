@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"reflect"
+	"slices"
 	"strings"
 	"time"
 
@@ -40,24 +41,29 @@ func ConnectNB(ctx context.Context, addresses string, tlsConfig *tls.Config, dbM
 // ConnectNBTables is ConnectNB monitoring the tables of specs (and NB_Global).
 func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Config, dbModel model.ClientDBModel, specs map[string]nbstore.TableSpec) (client.Client, error) {
 	opts := []client.Option{
+		// A RAFT election takes one to two election timers (1 s by default): retrying at most a second
+		// apart finds the new leader soon after, where a longer backoff would add seconds to every
+		// failover. An attempt costs each member a connection and the schema.
 		client.WithReconnect(10*time.Second, &backoff.ExponentialBackOff{
-			InitialInterval: 200 * time.Millisecond, RandomizationFactor: 0.2, Multiplier: 2,
-			MaxInterval: 5 * time.Second, MaxElapsedTime: 0, // never give up: libovsdb panics when it does
+			InitialInterval: 100 * time.Millisecond, RandomizationFactor: 0.2, Multiplier: 2,
+			MaxInterval: time.Second, MaxElapsedTime: 0, // never give up: libovsdb panics when it does
 			Stop: backoff.Stop, Clock: backoff.SystemClock,
 		}),
 		client.WithLeaderOnly(true),
 	}
+	var endpoints []string
 	for _, ep := range strings.Split(addresses, ",") {
 		ep = strings.TrimSpace(ep)
 		if ep == "" {
 			continue
 		}
 		if strings.HasPrefix(ep, "ssl:") && tlsConfig == nil {
-			return nil, fmt.Errorf("NB endpoint %s needs --nb-client-cert, --nb-client-key and --nb-ca-cert", ep)
+			return nil, fmt.Errorf("NB endpoint %s needs --ovn-ca-cert (and --ovn-cert, --ovn-key when the server asks for a client certificate, as ovsdb-server does)", ep)
 		}
 		opts = append(opts, client.WithEndpoint(ep))
+		endpoints = append(endpoints, ep)
 	}
-	if len(opts) == 2 {
+	if len(endpoints) == 0 {
 		return nil, fmt.Errorf("no NB endpoint in %q", addresses)
 	}
 	if tlsConfig != nil {
@@ -73,6 +79,7 @@ func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Confi
 		return nil, fmt.Errorf("NB client: %w", err)
 	}
 	delay := 200 * time.Millisecond
+	order := endpoints
 	for {
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		err = cli.Connect(cctx)
@@ -80,10 +87,17 @@ func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Confi
 		if err == nil {
 			break
 		}
+		if len(order) > 1 {
+			// libovsdb tries the endpoints in order within one deadline: a member that hangs would take
+			// all of it at every attempt. Start the next attempt with the next member.
+			order = append(slices.Clone(order[1:]), order[0])
+			moveLast(cli, order)
+		}
 		klog.ErrorS(err, "Cannot connect to the OVN NB database, retrying", "address", addresses, "retryIn", delay)
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("connect to NB %s: %w", addresses, ctx.Err())
+			// The last failure says why (a certificate the CA did not sign, say), not only that time ran out.
+			return nil, fmt.Errorf("connect to NB %s: %w (last error: %v)", addresses, ctx.Err(), err)
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, 5*time.Second)
@@ -98,5 +112,57 @@ func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Confi
 		cli.Close()
 		return nil, fmt.Errorf("monitor NB tables: %w", err)
 	}
+	if len(endpoints) > 1 {
+		go watchHung(ctx, cli, endpoints)
+	}
 	return cli, nil
+}
+
+// How a member that hangs is noticed (see watchHung).
+const (
+	hungProbeEvery = 5 * time.Second
+	hungAnswerIn   = 5 * time.Second
+)
+
+// watchHung sends the connected member an echo now and then. A member that does not answer (hung: a
+// frozen VM, a partition that leaves the socket open) keeps the client connected to it for ever, its
+// transactions timing out, while the other members have elected a new leader: libovsdb notices only
+// closed connections and leadership changes the member itself reports. Such a member is moved to the
+// end of the endpoints, which makes the client reconnect: libovsdb tries the endpoints in order within
+// one deadline, and would spend it on the hung member first. Last, it is still tried: a leader that
+// was only slow is found again once the others answer that they do not lead.
+func watchHung(ctx context.Context, cli client.Client, endpoints []string) {
+	tick := time.NewTicker(hungProbeEvery)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if !nbstore.Connected(cli) {
+			continue
+		}
+		current := cli.CurrentEndpoint()
+		echoCtx, cancel := context.WithTimeout(ctx, hungAnswerIn)
+		err := cli.Echo(echoCtx)
+		timedOut := echoCtx.Err() != nil // libovsdb's Echo reports a timeout as a wrong answer
+		cancel()
+		if err == nil || !timedOut || ctx.Err() != nil {
+			continue
+		}
+		others := slices.DeleteFunc(slices.Clone(endpoints), func(ep string) bool { return ep == current })
+		klog.ErrorS(err, "The OVN NB member does not answer, connecting to another one", "endpoint", current,
+			"waited", hungAnswerIn, "others", others)
+		endpoints = append(others, current)
+		moveLast(cli, endpoints) // drops the connection to current
+	}
+}
+
+// moveLast makes order, whose last endpoint is the client's first (active) one, the client's order.
+// Given order at once, libovsdb would keep its active endpoint first: it is given without it first,
+// which also drops a connection to it.
+func moveLast(cli client.Client, order []string) {
+	cli.UpdateEndpoints(order[:len(order)-1])
+	cli.UpdateEndpoints(order)
 }

@@ -4,7 +4,6 @@ package main
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,15 +21,14 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
+	"github.com/dunlinplugin/dunlin/internal/ovsdbtls"
 	"github.com/dunlinplugin/dunlin/translator"
 )
 
 type options struct {
 	kubeconfig       string
 	nbAddress        string
-	nbClientCert     string
-	nbClientKey      string
-	nbCACert         string
+	nbTLS            ovsdbtls.Files
 	clusterCIDR      string
 	nodeSubnetPrefix int
 	sessionAffinity  string
@@ -55,9 +53,11 @@ func main() {
 	flag.StringVar(&o.kubeconfig, "kubeconfig", "", "kubeconfig file; empty means the in-cluster configuration")
 	flag.StringVar(&o.nbAddress, "nb-address", "unix:/var/run/ovn/ovnnb_db.sock",
 		"comma-separated OVN NB endpoints: unix:PATH, tcp:IP:PORT or ssl:IP:PORT")
-	flag.StringVar(&o.nbClientCert, "nb-client-cert", "", "client certificate for ssl: NB endpoints")
-	flag.StringVar(&o.nbClientKey, "nb-client-key", "", "client private key for ssl: NB endpoints")
-	flag.StringVar(&o.nbCACert, "nb-ca-cert", "", "CA certificate that signed the NB server's certificate")
+	o.nbTLS.AddFlags(flag.CommandLine, "ovn", "OVN NB")
+	// The names of earlier releases, so that an existing ConfigMap keeps working.
+	flag.StringVar(&o.nbTLS.Cert, "nb-client-cert", "", "deprecated: --ovn-cert")
+	flag.StringVar(&o.nbTLS.Key, "nb-client-key", "", "deprecated: --ovn-key")
+	flag.StringVar(&o.nbTLS.CACert, "nb-ca-cert", "", "deprecated: --ovn-ca-cert")
 	flag.StringVar(&o.clusterCIDR, "cluster-cidr", def.ClusterCIDR.String(), "CIDR that node pod subnets are taken from")
 	flag.IntVar(&o.nodeSubnetPrefix, "node-subnet-prefix", def.NodeSubnetPrefix, "prefix length of each node's pod subnet")
 	flag.StringVar(&o.serviceCIDR, "service-cidr", def.ServiceCIDR.String(), "CIDR of Service cluster IPs")
@@ -148,23 +148,20 @@ func (o options) rateLimit() (float32, int, error) {
 	return float32(o.kubeAPIQPS), o.kubeAPIBurst, nil
 }
 
+// tlsConfig is the configuration for ssl: NB endpoints, nil without TLS flags. Certificates are re-read
+// when their files change (see ovsdbtls).
 func (o options) tlsConfig() (*tls.Config, error) {
-	if o.nbClientCert == "" && o.nbClientKey == "" && o.nbCACert == "" {
+	if !o.nbTLS.Set() {
 		return nil, nil
 	}
-	cert, err := tls.LoadX509KeyPair(o.nbClientCert, o.nbClientKey)
+	if err := o.nbTLS.Validate("ovn"); err != nil {
+		return nil, err
+	}
+	cfg, err := o.nbTLS.Config()
 	if err != nil {
-		return nil, fmt.Errorf("NB client certificate: %w", err)
+		return nil, fmt.Errorf("NB TLS: %w", err)
 	}
-	ca, err := os.ReadFile(o.nbCACert)
-	if err != nil {
-		return nil, fmt.Errorf("NB CA certificate: %w", err)
-	}
-	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM(ca) {
-		return nil, fmt.Errorf("NB CA certificate %s holds no PEM certificate", o.nbCACert)
-	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS12}, nil
+	return cfg, nil
 }
 
 func run(ctx context.Context, o options) error {

@@ -5,8 +5,10 @@ package ovs
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +45,14 @@ type Client struct {
 // Open_vSwitch, Bridge, Port and Interface tables. It retries the first connection and monitor until
 // ctx ends, so the agent may start before OVS.
 func Connect(ctx context.Context, endpoint string) (*Client, error) {
+	return ConnectTLS(ctx, endpoint, nil)
+}
+
+// ConnectTLS is Connect that also dials ssl:IP:PORT endpoints, with tlsConfig (see internal/ovsdbtls).
+func ConnectTLS(ctx context.Context, endpoint string, tlsConfig *tls.Config) (*Client, error) {
+	if strings.HasPrefix(endpoint, "ssl:") && tlsConfig == nil {
+		return nil, fmt.Errorf("OVS endpoint %s needs --ovn-ca-cert, --ovn-cert and --ovn-key", endpoint)
+	}
 	dbModel, err := ovsmodel.FullDatabaseModel()
 	if err != nil {
 		return nil, fmt.Errorf("OVS model: %w", err)
@@ -58,14 +68,17 @@ func Connect(ctx context.Context, endpoint string) (*Client, error) {
 	c := &Client{}
 	delay := 100 * time.Millisecond
 	for {
-		cli, err := client.NewOVSDBClient(dbModel,
-			client.WithEndpoint(endpoint),
+		opts := []client.Option{client.WithEndpoint(endpoint)}
+		if tlsConfig != nil {
+			opts = append(opts, client.WithTLSConfig(tlsConfig))
+		}
+		cli, err := client.NewOVSDBClient(dbModel, append(opts,
 			client.WithReconnect(5*time.Second, &backoff.ExponentialBackOff{
 				InitialInterval: 100 * time.Millisecond, RandomizationFactor: 0.2, Multiplier: 2,
 				MaxInterval: 2 * time.Second, MaxElapsedTime: 0, // never give up: libovsdb panics when it does
 				Stop: backoff.Stop, Clock: backoff.SystemClock,
 			}),
-			client.WithLogger(&logger))
+			client.WithLogger(&logger))...)
 		if err != nil { // a bad endpoint or model: retrying cannot help
 			return nil, fmt.Errorf("OVS client for %s: %w", endpoint, err)
 		}
@@ -79,7 +92,7 @@ func Connect(ctx context.Context, endpoint string) (*Client, error) {
 		klog.ErrorS(err, "Cannot connect to the local OVS database, retrying", "endpoint", endpoint, "retryIn", delay)
 		select {
 		case <-ctx.Done():
-			return nil, fmt.Errorf("connect to OVS %s: %w", endpoint, ctx.Err())
+			return nil, fmt.Errorf("connect to OVS %s: %w (last error: %v)", endpoint, ctx.Err(), err)
 		case <-time.After(delay):
 		}
 		delay = min(2*delay, 2*time.Second)

@@ -24,6 +24,7 @@ type server struct {
 	dir, sock string
 	cmd       *exec.Cmd
 	done      chan struct{}
+	extra     []string // more ovsdb-server arguments (SSL remotes and files)
 }
 
 func newServer(t *testing.T) *server {
@@ -62,8 +63,8 @@ func (s *server) start(t *testing.T) {
 	}
 	defer log.Close()
 	_ = os.Remove(s.sock)
-	s.cmd = exec.Command("ovsdb-server", filepath.Join(s.dir, "db"), "--remote=punix:"+s.sock,
-		"--unixctl="+filepath.Join(s.dir, "ctl"), "--pidfile="+filepath.Join(s.dir, "pid"))
+	s.cmd = exec.Command("ovsdb-server", append([]string{filepath.Join(s.dir, "db"), "--remote=punix:" + s.sock,
+		"--unixctl=" + filepath.Join(s.dir, "ctl"), "--pidfile=" + filepath.Join(s.dir, "pid")}, s.extra...)...)
 	s.cmd.Stdout, s.cmd.Stderr = log, log
 	if err := s.cmd.Start(); err != nil {
 		t.Fatalf("start ovsdb-server: %v", err)

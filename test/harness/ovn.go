@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -26,6 +27,12 @@ const (
 type OVNOptions struct {
 	Dir    string // holds databases, sockets, pidfiles and logs; must be short (unix socket paths)
 	WithSB bool   // also run the SB ovsdb-server and ovn-northd
+	// TLS, when set, is the servers' certificate: NB (and SB) also listen for SSL on a loopback port
+	// (NBSSLAddr, SBSSLAddr) and accept only clients whose certificate TLS.CACert signed.
+	TLS *Certs
+	// Clustered runs NB (and SB) as 3-member RAFT clusters (ovsdb-tool create-cluster, join-cluster)
+	// on loopback ports; every address field then lists the three members, comma-separated.
+	Clustered bool
 }
 
 // OVN is a running OVN central: an NB ovsdb-server and, with WithSB, an SB ovsdb-server and ovn-northd.
@@ -36,12 +43,20 @@ type OVN struct {
 	NBTCPAddr string // "tcp:127.0.0.1:<port>"; NB listens here too
 	SBSocket  string // filesystem path of the SB unix socket, when WithSB
 	SBAddr    string // "unix:<SBSocket>", when WithSB
+	NBSSLAddr string // "ssl:127.0.0.1:<port>", with OVNOptions.TLS
+	SBSSLAddr string // "ssl:127.0.0.1:<port>", with OVNOptions.TLS and WithSB
 
-	nbPort int
-	env    []string // OVN_RUNDIR and friends, so no CLI or daemon touches /var/run
-	nb     *process
-	sb     *process
-	northd *process
+	nbPort    int
+	nbSSLPort int
+	sbSSLPort int
+	tls       *Certs
+	env       []string // OVN_RUNDIR and friends, so no CLI or daemon touches /var/run
+	nb        *process
+	sb        *process
+	northd    *process
+	// nbCluster and sbCluster replace nb and sb with OVNOptions.Clustered.
+	nbCluster *raftDB
+	sbCluster *raftDB
 }
 
 // StartOVN creates fresh databases in o.Dir and starts the daemons, returning once they answer.
@@ -60,7 +75,7 @@ func StartOVN(ctx context.Context, o OVNOptions) (*OVN, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("start OVN: %w", err)
 	}
-	ports, err := freePorts(1)
+	ports, err := freePorts(3)
 	if err != nil {
 		return nil, fmt.Errorf("start OVN: %w", err)
 	}
@@ -69,6 +84,7 @@ func StartOVN(ctx context.Context, o OVNOptions) (*OVN, error) {
 		NBSocket:  filepath.Join(dir, "nb.sock"),
 		NBTCPAddr: "tcp:127.0.0.1:" + strconv.Itoa(ports[0]),
 		nbPort:    ports[0],
+		tls:       o.TLS,
 		env: []string{
 			"OVN_RUNDIR=" + dir, "OVS_RUNDIR=" + dir,
 			"OVN_LOGDIR=" + dir, "OVS_LOGDIR=" + dir,
@@ -76,6 +92,13 @@ func StartOVN(ctx context.Context, o OVNOptions) (*OVN, error) {
 		},
 	}
 	ovn.NBAddr = "unix:" + ovn.NBSocket
+	if o.TLS != nil {
+		ovn.nbSSLPort, ovn.sbSSLPort = ports[1], ports[2]
+		ovn.NBSSLAddr = "ssl:127.0.0.1:" + strconv.Itoa(ports[1])
+	}
+	if o.Clustered {
+		return startClusteredOVN(ctx, ovn, o.WithSB)
+	}
 
 	if err := ovn.createDB("nb", nbSchema); err != nil {
 		return nil, err
@@ -89,6 +112,9 @@ func StartOVN(ctx context.Context, o OVNOptions) (*OVN, error) {
 
 	ovn.SBSocket = filepath.Join(dir, "sb.sock")
 	ovn.SBAddr = "unix:" + ovn.SBSocket
+	if o.TLS != nil {
+		ovn.SBSSLAddr = "ssl:127.0.0.1:" + strconv.Itoa(ovn.sbSSLPort)
+	}
 	if err := ovn.startSB(ctx); err != nil {
 		return nil, errors.Join(err, ovn.Stop())
 	}
@@ -123,6 +149,9 @@ func (o *OVN) startDBServer(name string, extraRemotes ...string) (*process, erro
 	for _, r := range extraRemotes {
 		args = append(args, "--remote="+r)
 	}
+	if o.tls != nil {
+		args = append(args, "--private-key="+o.tls.Key, "--certificate="+o.tls.Cert, "--ca-cert="+o.tls.CACert)
+	}
 	return startProcess(name+" ovsdb-server", path(".log"), o.env, "ovsdb-server", args...)
 }
 
@@ -130,10 +159,17 @@ func (o *OVN) startDBServer(name string, extraRemotes ...string) (*process, erro
 // calls it; call it again after StopNB to bring a "dead" NB back. It does not wait for ovn-northd to
 // reconnect.
 func (o *OVN) StartNB(ctx context.Context) error {
+	if o.nbCluster != nil {
+		return errors.New("start NB: clustered; use RestartRaftMember")
+	}
 	if o.nb != nil && !o.nb.exited() {
 		return errors.New("start NB: already running")
 	}
-	nb, err := o.startDBServer("nb", "ptcp:"+strconv.Itoa(o.nbPort)+":127.0.0.1")
+	remotes := []string{"ptcp:" + strconv.Itoa(o.nbPort) + ":127.0.0.1"}
+	if o.tls != nil {
+		remotes = append(remotes, "pssl:"+strconv.Itoa(o.nbSSLPort)+":127.0.0.1")
+	}
+	nb, err := o.startDBServer("nb", remotes...)
 	if err != nil {
 		return fmt.Errorf("start NB: %w", err)
 	}
@@ -150,6 +186,9 @@ func (o *OVN) StartNB(ctx context.Context) error {
 
 // StopNB stops only the NB ovsdb-server, keeping its database, to simulate an NB outage.
 func (o *OVN) StopNB() error {
+	if o.nbCluster != nil {
+		return errors.New("stop NB: clustered; use KillRaftMember")
+	}
 	if err := o.nb.Stop(); err != nil {
 		return fmt.Errorf("stop NB: %w", err)
 	}
@@ -160,7 +199,11 @@ func (o *OVN) startSB(ctx context.Context) error {
 	if err := o.createDB("sb", sbSchema); err != nil {
 		return err
 	}
-	sb, err := o.startDBServer("sb")
+	var remotes []string
+	if o.tls != nil {
+		remotes = append(remotes, "pssl:"+strconv.Itoa(o.sbSSLPort)+":127.0.0.1")
+	}
+	sb, err := o.startDBServer("sb", remotes...)
 	if err != nil {
 		return fmt.Errorf("start SB: %w", err)
 	}
@@ -231,6 +274,7 @@ func (o *OVN) Trace(args ...string) (string, error) {
 }
 
 func (o *OVN) ctl(ctx context.Context, tool, db string, args ...string) (string, error) {
+	db = o.reachable(db)
 	cmd := exec.CommandContext(ctx, tool, append([]string{"--db=" + db, "--timeout=10"}, args...)...)
 	cmd.Env = append(os.Environ(), o.env...)
 	var stdout, stderr bytes.Buffer
@@ -243,7 +287,13 @@ func (o *OVN) ctl(ctx context.Context, tool, db string, args ...string) (string,
 
 // Stop stops northd, SB and NB, in that order so northd does not log the databases vanishing.
 func (o *OVN) Stop() error {
-	if err := stopAll(o.northd, o.sb, o.nb); err != nil {
+	ps := []*process{o.northd, o.sb, o.nb}
+	for _, c := range []*raftDB{o.sbCluster, o.nbCluster} {
+		if c != nil {
+			ps = append(ps, c.procs...)
+		}
+	}
+	if err := stopAll(ps...); err != nil {
 		return fmt.Errorf("stop OVN: %w", err)
 	}
 	return nil
@@ -267,4 +317,20 @@ func (o *OVN) LBVIPs(name string) (map[string][]string, error) {
 		vips[strings.Trim(k, `"`)] = backends
 	}
 	return vips, nil
+}
+
+// PauseNB stops the standalone NB ovsdb-server with SIGSTOP (pause false resumes it with SIGCONT): a
+// server that hangs, holding the transactions sent to it, and commits them once it goes on.
+func (o *OVN) PauseNB(pause bool) error {
+	if o.nb == nil || o.nb.exited() {
+		return errors.New("pause NB: not running (or clustered)")
+	}
+	sig := syscall.SIGCONT
+	if pause {
+		sig = syscall.SIGSTOP
+	}
+	if err := syscall.Kill(o.nb.cmd.Process.Pid, sig); err != nil {
+		return fmt.Errorf("pause NB (%v): %w", sig, err)
+	}
+	return nil
 }

@@ -5,11 +5,9 @@ import (
 	"fmt"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -25,31 +23,8 @@ func TestRestartWhilePodsChurnConverges(t *testing.T) {
 	c.eventually(converge, "first convergence", func() error { return c.checkConverged(nodes) })
 
 	// Churn pods from another goroutine while the controller is killed and restarted twice.
-	var wg sync.WaitGroup
 	stop := make(chan struct{})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		zero := int64(0)
-		for i := 30; ; i++ {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			ctx := context.Background()
-			name := fmt.Sprintf("p%d", i)
-			p := &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: name},
-				Spec: corev1.PodSpec{NodeName: nodes[i%3], Containers: []corev1.Container{{Name: "c", Image: "x"}}}}
-			if _, err := c.client.CoreV1().Pods("default").Create(ctx, p, metav1.CreateOptions{}); err != nil {
-				t.Errorf("create %s: %v", name, err)
-				return
-			}
-			old := fmt.Sprintf("p%d", i-25)
-			_ = c.client.CoreV1().Pods("default").Delete(ctx, old, metav1.DeleteOptions{GracePeriodSeconds: &zero})
-			time.Sleep(20 * time.Millisecond)
-		}
-	}()
+	wait := c.churn(stop, "p", 30, nodes, 25)
 	for range 2 {
 		time.Sleep(700 * time.Millisecond)
 		c.killController()
@@ -58,7 +33,7 @@ func TestRestartWhilePodsChurnConverges(t *testing.T) {
 	}
 	time.Sleep(time.Second)
 	close(stop)
-	wg.Wait()
+	wait()
 	c.eventually(converge, "convergence after restarts", func() error { return c.checkConverged(nodes) })
 
 	// Rows of objects deleted while no controller ran are collected on start.

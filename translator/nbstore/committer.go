@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -43,6 +44,11 @@ var ErrNotConnected = errors.New("not connected to the NB database")
 // writing.
 var ErrFenced = errors.New("another dunlin-controller has claimed the NB database")
 
+// ErrReplan is returned for a transaction planned before an earlier transaction's outcome became
+// unknown: its plan may not reflect that outcome, so the caller must plan again (Begin then reads the
+// outcome back first).
+var ErrReplan = errors.New("planned before an earlier NB transaction's outcome became unknown: plan again")
+
 // StaleError says some operations of a plan touched no row: a row it updated or a parent it inserted
 // into was deleted after the plan read the cache. The other operations were committed; planning again
 // from the cache converges.
@@ -58,6 +64,7 @@ type Metrics struct {
 	Duration     prometheus.Histogram
 	Operations   prometheus.Histogram
 	Stale        prometheus.Counter
+	Unknown      prometheus.Counter
 }
 
 // NewMetrics registers the committer's collectors with reg.
@@ -79,7 +86,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Plans some of whose operations touched no row (their row was deleted meanwhile) and were re-planned.",
 		}),
 	}
-	reg.MustRegister(m.Transactions, m.Duration, m.Operations, m.Stale)
+	m.Unknown = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "dunlin_nb_unknown_outcomes_total",
+		Help: "NB transactions whose outcome was unknown (the connection was lost or timed out while they were in flight, or their commit did not reach the cache); the cache is read back before the next plan.",
+	})
+	reg.MustRegister(m.Transactions, m.Duration, m.Operations, m.Stale, m.Unknown)
 	return m
 }
 
@@ -98,6 +109,13 @@ type Committer struct {
 	seq           uint64 // owned by Run
 	token         atomic.Pointer[string]
 	globalChanged notify.Keyed // woken on every change of NB_Global
+
+	// doubts counts the transactions whose outcome became unknown (sent, then the connection dropped or
+	// the wait timed out: a RAFT leader that died with it in flight, say) or whose commit did not reach
+	// the cache. settled is the count the cache was last read back for (see Begin).
+	doubts   atomic.Uint64
+	settled  atomic.Uint64
+	settleMu sync.Mutex
 }
 
 type commitReq struct {
@@ -133,8 +151,45 @@ func NewCommitter(cli client.Client, maxOps int, timeout time.Duration, metrics 
 
 const nbGlobal = "NB_Global"
 
+// Begin returns a Txn to plan into, and Commit refuses it with ErrReplan when another transaction's
+// outcome becomes unknown before it is sent. When an outcome is unknown already, Begin first reads it
+// back: it commits a marker and waits for the cache to show it. The database commits transactions in
+// order (a new RAFT leader too: what the old one committed, or will still commit, comes before the
+// marker in the log), so the cache then holds the doubtful transaction's effects if it committed at all,
+// and a plan made from it does not repeat them (a second load balancer, a second switch).
+func (c *Committer) Begin(ctx context.Context) (*Txn, error) {
+	doubts := c.doubts.Load()
+	if c.settled.Load() < doubts {
+		if err := c.settle(ctx, doubts); err != nil {
+			return nil, err
+		}
+	}
+	return &Txn{epoch: doubts, begun: true}, nil
+}
+
+// settle reads back the outcome of every transaction whose outcome was unknown when doubts was read.
+func (c *Committer) settle(ctx context.Context, doubts uint64) error {
+	c.settleMu.Lock()
+	defer c.settleMu.Unlock()
+	if c.settled.Load() >= doubts {
+		return nil // another caller did it meanwhile
+	}
+	if err := c.Sync(ctx); err != nil {
+		return fmt.Errorf("read back the NB transactions of unknown outcome: %w", err)
+	}
+	c.settled.Store(doubts) // only settle raises it, under settleMu
+	klog.V(2).InfoS("Cache holds the outcome of the NB transactions that had an unknown one", "count", doubts)
+	return nil
+}
+
+// doubt records that a transaction's outcome, or its arrival in the cache, is unknown.
+func (c *Committer) doubt() {
+	c.doubts.Add(1)
+	c.metrics.Unknown.Inc()
+}
+
 // Commit sends txn and waits until it is committed and its effects are in the cache, or it failed. A
-// *StaleError means part of it applied and the caller must plan again.
+// *StaleError means part of it applied and the caller must plan again; so does ErrReplan.
 func (c *Committer) Commit(ctx context.Context, txn *Txn) error {
 	if txn.Len() == 0 {
 		return nil
@@ -155,6 +210,7 @@ func (c *Committer) Commit(ctx context.Context, txn *Txn) error {
 		return res.err
 	}
 	if err := c.awaitMarker(ctx, res.seq); err != nil {
+		c.doubt()
 		return err
 	}
 	if len(res.stale) > 0 {
@@ -178,7 +234,11 @@ func (c *Committer) Sync(ctx context.Context) error {
 		if res.err != nil {
 			return res.err
 		}
-		return c.awaitMarker(ctx, res.seq)
+		if err := c.awaitMarker(ctx, res.seq); err != nil {
+			c.doubt()
+			return err
+		}
+		return nil
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -213,6 +273,9 @@ func (c *Committer) Run(ctx context.Context) {
 // again without it.
 func (c *Committer) commitBatch(ctx context.Context, batch []*commitReq) {
 	for len(batch) > 0 {
+		if batch = c.refuseUnsettled(batch); len(batch) == 0 {
+			return
+		}
 		results, ops, offsets, seq, err := c.transact(ctx, batch)
 		if err != nil {
 			culprit := -1
@@ -251,6 +314,21 @@ func (c *Committer) commitBatch(ctx context.Context, batch []*commitReq) {
 		}
 		return
 	}
+}
+
+// refuseUnsettled answers ErrReplan to the callers whose plan was made before the latest unknown
+// outcome, and returns the others.
+func (c *Committer) refuseUnsettled(batch []*commitReq) []*commitReq {
+	doubts := c.doubts.Load()
+	kept := batch[:0]
+	for _, r := range batch {
+		if r.txn.begun && r.txn.epoch != doubts {
+			r.done <- commitResult{err: ErrReplan}
+			continue
+		}
+		kept = append(kept, r)
+	}
+	return kept
 }
 
 // ownerOf is the index of the caller whose operations include operation op, given where each caller's
@@ -336,6 +414,10 @@ func (c *Committer) transact(ctx context.Context, batch []*commitReq) ([]ovsdb.O
 	}
 	c.metrics.Duration.Observe(time.Since(start).Seconds())
 	c.metrics.Operations.Observe(float64(len(ops)))
+	if err != nil && !errors.As(err, new(*OperationError)) {
+		// Sent, and no answer: it may have committed, or may still (see Begin).
+		c.doubt()
+	}
 	if err != nil {
 		c.metrics.Transactions.WithLabelValues("error").Inc()
 		return nil, nil, offsets, 0, fmt.Errorf("NB transaction of %d operations: %w", len(ops), err)
@@ -446,7 +528,9 @@ func (c *Committer) Claim(ctx context.Context, identity string) error {
 	defer cancel()
 	ops := []ovsdb.Operation{setGlobalKey(global, WriterKey, token)}
 	results, err := c.cli.Transact(tctx, ops...)
-	if err == nil {
+	if err != nil {
+		c.doubt()
+	} else {
 		_, err = ovsdb.CheckOperationResults(results, ops)
 	}
 	if err != nil {

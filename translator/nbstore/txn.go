@@ -17,6 +17,10 @@ type Txn struct {
 	// created maps table/identity of rows inserted by this Txn to their named UUID, so rows planned later
 	// in the same Txn can reference them.
 	created map[string]string
+	// epoch is the Committer's count of unknown outcomes when Begin made this Txn; begun says Begin made
+	// it (a Txn made otherwise is not checked).
+	epoch uint64
+	begun bool
 }
 
 // Len is the number of operations in the transaction.
