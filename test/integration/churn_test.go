@@ -176,6 +176,9 @@ func TestHandOverLeavesOneLoadBalancerPerService(t *testing.T) {
 		c.createService(fmt.Sprintf("s%d", i), func(s *corev1.Service) { s.Spec.ClusterIP = fmt.Sprintf("10.96.1.%d", 10+i) })
 	}
 	c.eventually(converge, "the fenced controller stops", func() error {
+		if second.Exited() {
+			return fmt.Errorf("the newer controller exited:\n%s", second.LogTail(30))
+		}
 		if !c.ctrl.Exited() {
 			return fmt.Errorf("first controller still running")
 		}
