@@ -300,3 +300,47 @@ func TestParsePortRange(t *testing.T) {
 		}
 	}
 }
+
+// The gateway routers' load balancers pick backends by a hash of the connection's addresses and ports
+// (ovs-vswitchd computes it while translating): OVN's default dp_hash costs the recirculation that put
+// the first packet of a NodePort connection from outside past the userspace datapath's limit.
+func TestGatewayLBSelectionFields(t *testing.T) {
+	sl := slice("web-a", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, corev1.ProtocolTCP, readyEP("10.244.1.5"))
+	sl.Endpoints[0].NodeName = ptr.To("n1")
+	gws := []GatewayAddr{{"n1", netip.MustParseAddr("172.18.0.2")}}
+	fourTuple := []string{"ip_src", "ip_dst", "tp_src", "tp_dst"}
+	for _, tc := range []struct {
+		name string
+		opt  svcOpt
+		env  ServiceEnv
+		want []string
+	}{
+		{"cluster", func(s *corev1.Service) { s.Spec.ExternalIPs = []string{"192.0.2.10"} }, ServiceEnv{}, fourTuple},
+		{"local", func(s *corev1.Service) {
+			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+			s.Spec.ExternalIPs = []string{"192.0.2.10"}
+		}, ServiceEnv{}, fourTuple},
+		{"affinity by hash", func(s *corev1.Service) {
+			s.Spec.ExternalIPs = []string{"192.0.2.10"}
+			s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+		}, ServiceEnv{AffinityByHash: true}, []string{"ip_src", "ip_dst"}},
+	} {
+		tc.env.Gateways = gws
+		got, _ := gatewayLBs(t, nodePortService(tc.opt), tc.env, sl)
+		if len(got) < 2 {
+			t.Fatalf("%s: load balancers %v", tc.name, slices.Sorted(maps.Keys(got)))
+		}
+		for name, r := range got {
+			if lb := r.Model.(*nbmodel.LoadBalancer); !slices.Equal(lb.SelectionFields, tc.want) {
+				t.Errorf("%s: %s selection_fields %v, want %v", tc.name, name, lb.SelectionFields, tc.want)
+			}
+		}
+	}
+	// Load balancers of the node switches only (ClusterIPs) keep OVN's default.
+	rows, _ := ServiceRows(nodePortService(), []*discoveryv1.EndpointSlice{sl}, ServiceEnv{Gateways: gws, Ranges: testRanges})
+	for _, r := range rows {
+		if lb := r.Model.(*nbmodel.LoadBalancer); !isGatewayLB(lb.Name) && len(lb.SelectionFields) != 0 {
+			t.Errorf("%s selection_fields %v", lb.Name, lb.SelectionFields)
+		}
+	}
+}
