@@ -65,6 +65,7 @@ func TestGatewayRows(t *testing.T) {
 		"Logical_Router_Policy#hostnetwork", "Logical_Router_Policy#nodeport",
 		"Logical_Router_Port/rtoe-GR_n1", "Logical_Router_Port/rtoj-GR_n1",
 		"Logical_Router_Static_Route#cluster", "Logical_Router_Static_Route#default", "Logical_Router_Static_Route#egress",
+		"Logical_Router_Static_Route#join",
 		"Logical_Switch/ext_n1",
 		"Logical_Switch_Port/br-ex_n1", "Logical_Switch_Port/etor-GR_n1", "Logical_Switch_Port/jtor-GR_n1",
 		"NAT#snat",
@@ -98,6 +99,13 @@ func TestGatewayRows(t *testing.T) {
 	if m := egress.Model.(*nbmodel.LogicalRouterStaticRoute); m.IPPrefix != "10.244.1.0/24" || m.Nexthop != "100.64.0.7" ||
 		m.Policy == nil || *m.Policy != "src-ip" || egress.Parents[0].Name != ClusterRouter {
 		t.Errorf("egress route %+v on %v", m, egress.Parents)
+	}
+	// The router's join address beats every egress route (src-ip, the node subnets' length): replies
+	// of force-SNATed load-balanced traffic from a backend on another node come back to this router.
+	join := rows["Logical_Router_Static_Route#join"]
+	if m := join.Model.(*nbmodel.LogicalRouterStaticRoute); m.IPPrefix != "100.64.0.7/32" || m.Nexthop != "100.64.0.7" ||
+		(m.Policy != nil && *m.Policy != "dst-ip") || join.Parents[0].Name != ClusterRouter {
+		t.Errorf("join route %+v on %v", m, join.Parents)
 	}
 	def := rows["Logical_Router_Static_Route#default"].Model.(*nbmodel.LogicalRouterStaticRoute)
 	if def.IPPrefix != "0.0.0.0/0" || def.Nexthop != "172.18.0.1" || def.OutputPort == nil || *def.OutputPort != "rtoe-GR_n1" {
