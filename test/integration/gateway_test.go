@@ -215,9 +215,10 @@ func TestGatewayTopology(t *testing.T) {
 			t.Errorf("egress trace has no %q:\n%s", want, egress)
 		}
 	}
-	// A NodePort packet from the outside is DNATed to the node's local endpoint.
+	// A NodePort packet from the outside is DNATed to the node's local endpoint, the bucket chosen by a
+	// hash of addresses and ports (no dp_hash recirculation: see translator.GatewayLBSelectionFields).
 	ingress := trace(t, c, "GR_n1", `inport == "rtoe-GR_n1" && eth.src == 0a:00:00:00:99:99 && eth.dst == 0a:00:00:00:00:01 && ip4.src == 172.18.0.100 && ip4.dst == 172.18.0.2 && ip.ttl == 64 && tcp && tcp.src == 40000 && tcp.dst == 30081`)
-	if !strings.Contains(ingress, "ct_lb_mark(backends=10.244.1.6:8080; skip_snat)") || !strings.Contains(ingress, `output to "rtoj-GR_n1"`) {
+	if !strings.Contains(ingress, `ct_lb_mark(backends=10.244.1.6:8080; hash_fields="ip_dst,ip_src,tcp_dst,tcp_src"; skip_snat)`) || !strings.Contains(ingress, `output to "rtoj-GR_n1"`) {
 		t.Errorf("NodePort trace has no DNAT to 10.244.1.6:8080:\n%s", ingress)
 	}
 	t.Logf("ovn-trace egress:\n%s\novn-trace NodePort:\n%s", egress, ingress)
