@@ -353,6 +353,14 @@ func TestNodeGateway(t *testing.T) {
 		}
 	}
 
+	// No packet went past the userspace datapath's recirculation limit (what reset these connections
+	// when the gateway load balancers used dp_hash).
+	for _, node := range []*harness.ClusterNode{n, n2} {
+		if drops := recircDrops(t, node); drops != 0 {
+			t.Fatalf("%s dropped %d packets past the datapath's recirculation limit", node.Name, drops)
+		}
+	}
+
 	// externalTrafficPolicy Local: the node with the endpoint answers and the backend sees the
 	// outside client's address; the node without one does not answer at all (no reset).
 	e.eventually(90*time.Second, "outside reaches the Local NodePort", func() error {
@@ -543,6 +551,24 @@ func nodePortPackets(t *testing.T, n *harness.ClusterNode) int {
 	m := regexp.MustCompile(`n_packets=(\d+)`).FindStringSubmatch(out)
 	if m == nil {
 		t.Fatalf("no NodePort flow:\n%s", out)
+	}
+	var count int
+	fmt.Sscan(m[1], &count)
+	return count
+}
+
+// recircDrops returns the node's ovs-vswitchd coverage counter datapath_drop_recirc_error: packets the
+// userspace datapath dropped for recirculating more than its limit (coverage/show lists only counters
+// that are not zero).
+func recircDrops(t *testing.T, n *harness.ClusterNode) int {
+	t.Helper()
+	out, err := n.AppCtlVSwitchd("coverage/show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^datapath_drop_recirc_error\s.*total: (\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		return 0
 	}
 	var count int
 	fmt.Sscan(m[1], &count)
