@@ -65,6 +65,7 @@ func TestGatewayRows(t *testing.T) {
 		"Logical_Router_Policy#hostnetwork", "Logical_Router_Policy#nodeport",
 		"Logical_Router_Port/rtoe-GR_n1", "Logical_Router_Port/rtoj-GR_n1",
 		"Logical_Router_Static_Route#cluster", "Logical_Router_Static_Route#default", "Logical_Router_Static_Route#egress",
+		"Logical_Router_Static_Route#join",
 		"Logical_Switch/ext_n1",
 		"Logical_Switch_Port/br-ex_n1", "Logical_Switch_Port/etor-GR_n1", "Logical_Switch_Port/jtor-GR_n1",
 		"NAT#snat",
@@ -98,6 +99,13 @@ func TestGatewayRows(t *testing.T) {
 	if m := egress.Model.(*nbmodel.LogicalRouterStaticRoute); m.IPPrefix != "10.244.1.0/24" || m.Nexthop != "100.64.0.7" ||
 		m.Policy == nil || *m.Policy != "src-ip" || egress.Parents[0].Name != ClusterRouter {
 		t.Errorf("egress route %+v on %v", m, egress.Parents)
+	}
+	// The router's join address beats every egress route (src-ip, the node subnets' length): replies
+	// of force-SNATed load-balanced traffic from a backend on another node come back to this router.
+	join := rows["Logical_Router_Static_Route#join"]
+	if m := join.Model.(*nbmodel.LogicalRouterStaticRoute); m.IPPrefix != "100.64.0.7/32" || m.Nexthop != "100.64.0.7" ||
+		(m.Policy != nil && *m.Policy != "dst-ip") || join.Parents[0].Name != ClusterRouter {
+		t.Errorf("join route %+v on %v", m, join.Parents)
 	}
 	def := rows["Logical_Router_Static_Route#default"].Model.(*nbmodel.LogicalRouterStaticRoute)
 	if def.IPPrefix != "0.0.0.0/0" || def.Nexthop != "172.18.0.1" || def.OutputPort == nil || *def.OutputPort != "rtoe-GR_n1" {
@@ -297,6 +305,50 @@ func TestParsePortRange(t *testing.T) {
 	for _, bad := range []string{"", "30000", "3-2", "0-10", "1-70000", "a-b"} {
 		if _, err := ParsePortRange(bad); err == nil {
 			t.Errorf("%q accepted", bad)
+		}
+	}
+}
+
+// The gateway routers' load balancers pick backends by a hash of the connection's addresses and ports
+// (ovs-vswitchd computes it while translating): OVN's default dp_hash costs the recirculation that put
+// the first packet of a NodePort connection from outside past the userspace datapath's limit.
+func TestGatewayLBSelectionFields(t *testing.T) {
+	sl := slice("web-a", discoveryv1.AddressTypeIPv4, map[string]int32{"http": 8080}, corev1.ProtocolTCP, readyEP("10.244.1.5"))
+	sl.Endpoints[0].NodeName = ptr.To("n1")
+	gws := []GatewayAddr{{"n1", netip.MustParseAddr("172.18.0.2")}}
+	fourTuple := []string{"ip_src", "ip_dst", "tp_src", "tp_dst"}
+	for _, tc := range []struct {
+		name string
+		opt  svcOpt
+		env  ServiceEnv
+		want []string
+	}{
+		{"cluster", func(s *corev1.Service) { s.Spec.ExternalIPs = []string{"192.0.2.10"} }, ServiceEnv{}, fourTuple},
+		{"local", func(s *corev1.Service) {
+			s.Spec.ExternalTrafficPolicy = corev1.ServiceExternalTrafficPolicyLocal
+			s.Spec.ExternalIPs = []string{"192.0.2.10"}
+		}, ServiceEnv{}, fourTuple},
+		{"affinity by hash", func(s *corev1.Service) {
+			s.Spec.ExternalIPs = []string{"192.0.2.10"}
+			s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+		}, ServiceEnv{AffinityByHash: true}, []string{"ip_src", "ip_dst"}},
+	} {
+		tc.env.Gateways = gws
+		got, _ := gatewayLBs(t, nodePortService(tc.opt), tc.env, sl)
+		if len(got) < 2 {
+			t.Fatalf("%s: load balancers %v", tc.name, slices.Sorted(maps.Keys(got)))
+		}
+		for name, r := range got {
+			if lb := r.Model.(*nbmodel.LoadBalancer); !slices.Equal(lb.SelectionFields, tc.want) {
+				t.Errorf("%s: %s selection_fields %v, want %v", tc.name, name, lb.SelectionFields, tc.want)
+			}
+		}
+	}
+	// Load balancers of the node switches only (ClusterIPs) keep OVN's default.
+	rows, _ := ServiceRows(nodePortService(), []*discoveryv1.EndpointSlice{sl}, ServiceEnv{Gateways: gws, Ranges: testRanges})
+	for _, r := range rows {
+		if lb := r.Model.(*nbmodel.LoadBalancer); !isGatewayLB(lb.Name) && len(lb.SelectionFields) != 0 {
+			t.Errorf("%s selection_fields %v", lb.Name, lb.SelectionFields)
 		}
 	}
 }

@@ -84,6 +84,7 @@ const (
 // Keyed row IDs of a node's gateway (unique per owner and table).
 const (
 	idEgressRoute   = "egress"      // ovn_cluster_router: the node subnet's traffic goes to GR_<node>
+	idJoinRoute     = "join"        // ovn_cluster_router: GR_<node>'s join address, over the egress routes
 	idDefaultRoute  = "default"     // GR_<node>: 0.0.0.0/0 via the node's next hop
 	idClusterRoute  = "cluster"     // GR_<node>: the cluster CIDR via the cluster router
 	idSNAT          = "snat"        // GR_<node>: cluster CIDR -> node IP
@@ -258,6 +259,16 @@ func gatewayRouterRows(n GatewayNode, env GatewayEnv, ids map[string]string) []n
 			Policy:      ptr.To(nbmodel.LogicalRouterStaticRoutePolicySrcIP),
 			ExternalIDs: ids,
 		}, ID: idEgressRoute, Parents: nbstore.In(ClusterOwner, ClusterRouter)},
+		// Replies of load-balanced traffic go to the join address of the router that SNATed it
+		// (lb_force_snat_ip), whichever node the backend is on. OVN ranks routes by prefix length
+		// alone, so the egress route of the backend's subnet (src-ip, /24) would beat the join switch's
+		// connected /16 and send the reply through the backend's own gateway router, which SNATs it to
+		// its node IP: the router that opened the connection could not match it. A /32 per router wins.
+		{Model: &nbmodel.LogicalRouterStaticRoute{
+			IPPrefix:    netip.PrefixFrom(n.JoinIP, n.JoinIP.BitLen()).String(),
+			Nexthop:     n.JoinIP.String(),
+			ExternalIDs: ids,
+		}, ID: idJoinRoute, Parents: nbstore.In(ClusterOwner, ClusterRouter)},
 		{Model: &nbmodel.LogicalRouterStaticRoute{
 			IPPrefix:    env.ClusterCIDR.Masked().String(),
 			Nexthop:     clusterJoin.String(),

@@ -3,6 +3,7 @@ package translator
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -178,9 +179,26 @@ func (b *lbSet) lb(sp corev1.ServicePort) *nbmodel.LoadBalancer {
 	}
 	lb := newServiceLB(b.svc, proto, b.env.AffinityByHash)
 	lb.Name = b.name(string(proto))
+	if len(lb.SelectionFields) == 0 {
+		lb.SelectionFields = slices.Clone(GatewayLBSelectionFields)
+	}
 	b.lbs[proto] = lb
 	return lb
 }
+
+// GatewayLBSelectionFields pick the backend of a gateway router's load balancers by a hash that
+// ovs-vswitchd computes while translating the flow, instead of OVN's default dp_hash, which costs a
+// recirculation of its own (hash, then recirc). The userspace datapath recirculates a packet at most
+// 6 times (dpif-netdev's MAX_RECIRC_DEPTH) and drops it beyond, counting datapath_drop_recirc_error.
+// The first packet of a NodePort connection from outside needs, on the gateway router: unSNAT (the
+// node IP is also the SNAT address), DNAT lookup, the dp_hash bucket, the load balancer's commit,
+// unDNAT, the lb_force_snat_ip commit, then the backend switch's conntrack: 7 with dp_hash, so every
+// SYN was dropped there and only its retransmission, which finds the DNAT entry and skips the load
+// balancer (and with it the force SNAT), reached the backend, from the client's address: the backend's
+// answer went the wrong way and the connection was reset. Affinity by hash (ip_src, ip_dst) already
+// avoids dp_hash and is kept.
+var GatewayLBSelectionFields = []string{nbmodel.LoadBalancerSelectionFieldsIPSrc, nbmodel.LoadBalancerSelectionFieldsIPDst,
+	nbmodel.LoadBalancerSelectionFieldsTpSrc, nbmodel.LoadBalancerSelectionFieldsTpDst}
 
 // rows are the load balancers that have VIPs, in protocol order.
 func (b *lbSet) rows(parents []nbstore.Parent) []nbstore.Row {

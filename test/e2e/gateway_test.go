@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"regexp"
 	"slices"
@@ -20,16 +21,20 @@ import (
 	"github.com/dunlinplugin/dunlin/test/harness"
 )
 
-// The node side of the node gateway: dunlin-node moves each node's uplink into br-ex without cutting
-// the host off (started, restarted, crashed mid-way, cleaned up), publishes the node's gateway, and its
-// br-ex flows carry real traffic between the outside and a gateway router built here by hand as the
-// controller will (the NB rows of the contract in internal/annotations/gateway.go).
+// The node gateway end to end: dunlin-node moves each node's uplink into br-ex without cutting the
+// host off (started, restarted, crashed mid-way, cleaned up) and publishes the node's gateway;
+// dunlin-controller builds the gateway routers from it; the br-ex flows carry real traffic between the
+// outside and those routers: pod egress SNATed to the node IP, NodePorts (backends on both nodes,
+// externalTrafficPolicy Local) and externalIPs from outside.
 
 const (
-	gwHostPort = "7777"  // a host-network server on the node IP, not a NodePort
-	gwNodePort = 30080   // the NodePort test Service's
-	gwEchoPort = "8090"  // the outside server the pods reach
-	gwZoneFlow = "64000" // nodeagent.GatewayCTZone
+	gwHostPort = "7777" // a host-network server on the node IP, not a NodePort
+	gwNodePort = 30080  // the NodePort test Service's
+	// gwLocalPort is the node port of the externalTrafficPolicy Local Service, whose only endpoint is
+	// on the first node.
+	gwLocalPort = 30081
+	gwEchoPort  = "8090"  // the outside server the pods reach
+	gwZoneFlow  = "64000" // nodeagent.GatewayCTZone
 	// gwExternalIP is the test Service's externalIP, on the underlay subnet: the gateway router
 	// answers ARP for it (a load balancer VIP on a router port's network).
 	gwExternalIP = "172.30.0.100"
@@ -226,11 +231,12 @@ func TestNodeGateway(t *testing.T) {
 		t.Fatalf("br-ex MAC %s is not the uplink's:\n%s", mac, before)
 	}
 
-	// A NodePort Service and a pod behind it; then the gateway router by hand.
-	e.createPodWith("default", "gwpod", n.Name, map[string]string{"app": "gw"})
-	e.createPod("default", "gwpod2", n2.Name)
+	// A NodePort Service with a backend on each node, and one with externalTrafficPolicy Local whose
+	// only endpoint is on the first node; then the controller's gateway routers.
+	e.createPodWith("default", "gwpod", n.Name, map[string]string{"app": "gw", "gwlocal": "yes"})
+	e.createPodWith("default", "gwpod2", n2.Name, map[string]string{"app": "gw"})
 	pod1, sb := e.running("default", "gwpod")
-	_, sb2 := e.running("default", "gwpod2")
+	pod2, sb2 := e.running("default", "gwpod2")
 	// Both nodes' tunnel endpoints are on br-ex now: pods talk across them.
 	e.eventually(60*time.Second, "pod on node2 reaches the pod on node1 through the tunnel", func() error {
 		return expectName(sb2, pod1.Status.PodIP, "gwpod")
@@ -243,7 +249,16 @@ func TestNodeGateway(t *testing.T) {
 	if _, err := e.client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	e.gatewayRouter(n, pod1.Status.PodIP)
+	local := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: "gwlocal"}, Spec: corev1.ServiceSpec{
+		Type: corev1.ServiceTypeNodePort, Selector: map[string]string{"gwlocal": "yes"},
+		ExternalTrafficPolicy: corev1.ServiceExternalTrafficPolicyLocal,
+		Ports:                 []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080), NodePort: gwLocalPort, Protocol: corev1.ProtocolTCP}},
+	}}
+	if _, err := e.client.CoreV1().Services("default").Create(ctx, local, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.gatewayRouter(n, pod1.Status.PodIP, pod2.Status.PodIP)
+	e.gatewayRouter(n2, pod1.Status.PodIP, pod2.Status.PodIP)
 
 	var patch string
 	e.eventually(60*time.Second, "patch port on br-ex and flows to it", func() error {
@@ -301,8 +316,71 @@ func TestNodeGateway(t *testing.T) {
 		return nil
 	})
 
-	// NodePort and externalIP from outside through the controller's template load balancer are not
-	// checked here yet: they answer only intermittently (resets), under investigation (issue 10).
+	// NodePort from outside, on either node, answered by the backends on both nodes: the gateway
+	// router SNATs to its join address (lb_force_snat_ip), so a backend on the other node answers
+	// through it too. Every connection is fresh, and each must succeed at once: a reset fails the test.
+	for _, node := range []*harness.ClusterNode{n, n2} {
+		e.eventually(90*time.Second, "outside reaches the NodePort of "+node.Name, func() error {
+			_, err := outsideGet(e.c.Outside, fmt.Sprintf("http://%s:%d/", node.EncapIP, gwNodePort))
+			return err
+		})
+		seen := map[string]int{}
+		for i := 0; i < 30 && (seen["gwpod"] == 0 || seen["gwpod2"] == 0 || i < 10); i++ {
+			body, err := outsideGet(e.c.Outside, fmt.Sprintf("http://%s:%d/", node.EncapIP, gwNodePort))
+			if err != nil {
+				t.Fatalf("NodePort of %s, connection %d: %v", node.Name, i, err)
+			}
+			seen[strings.TrimSpace(body)]++
+		}
+		if len(seen) != 2 || seen["gwpod"] == 0 || seen["gwpod2"] == 0 {
+			t.Fatalf("the NodePort of %s was answered by %v, want both gwpod and gwpod2", node.Name, seen)
+		}
+		t.Logf("NodePort of %s answered by %v", node.Name, seen)
+	}
+	e.eventually(90*time.Second, "outside reaches the externalIP", func() error {
+		body, err := outsideGet(e.c.Outside, "http://"+gwExternalIP+":80/")
+		if err != nil {
+			return err
+		}
+		if b := strings.TrimSpace(body); b != "gwpod" && b != "gwpod2" {
+			return fmt.Errorf("externalIP answered %q", body)
+		}
+		return nil
+	})
+	for i := 0; i < 10; i++ {
+		if _, err := outsideGet(e.c.Outside, "http://"+gwExternalIP+":80/"); err != nil {
+			t.Fatalf("externalIP, connection %d: %v", i, err)
+		}
+	}
+
+	// No packet went past the userspace datapath's recirculation limit (what reset these connections
+	// when the gateway load balancers used dp_hash).
+	for _, node := range []*harness.ClusterNode{n, n2} {
+		if drops := recircDrops(t, node); drops != 0 {
+			t.Fatalf("%s dropped %d packets past the datapath's recirculation limit", node.Name, drops)
+		}
+	}
+
+	// externalTrafficPolicy Local: the node with the endpoint answers and the backend sees the
+	// outside client's address; the node without one does not answer at all (no reset).
+	e.eventually(90*time.Second, "outside reaches the Local NodePort", func() error {
+		body, err := outsideGet(e.c.Outside, fmt.Sprintf("http://%s:%d/client", n.EncapIP, gwLocalPort))
+		if err != nil {
+			return err
+		}
+		name, client, _ := strings.Cut(strings.TrimSpace(body), " ")
+		if host, _, _ := net.SplitHostPort(client); name != "gwpod" || host != harness.OutsideIP {
+			return fmt.Errorf("Local NodePort answered %q, want gwpod seeing the client %s", body, harness.OutsideIP)
+		}
+		return nil
+	})
+	for i := 0; i < 3; i++ {
+		body, err := outsideGet(e.c.Outside, fmt.Sprintf("http://%s:%d/", n2.EncapIP, gwLocalPort))
+		var ne net.Error
+		if err == nil || !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("the Local NodePort of %s, without an endpoint, answered %q, %v; want no answer (a timeout)", n2.Name, body, err)
+		}
+	}
 	e.outsideReachesHost("with the gateway router in place", n)
 
 	// A restart changes no flow and keeps everything working: the flows are not even re-added (the
@@ -310,6 +388,10 @@ func TestNodeGateway(t *testing.T) {
 	flows, err := brexFlows(n)
 	if err != nil {
 		t.Fatal(err)
+	}
+	npBefore := nodePortPackets(t, n)
+	if npBefore == 0 {
+		t.Fatal("the NodePort flow counted no packet")
 	}
 	if err := n.StopAgent(); err != nil {
 		t.Fatal(err)
@@ -331,6 +413,13 @@ func TestNodeGateway(t *testing.T) {
 	if got := linkState(t, n, "br-ex"); got != gwLink {
 		t.Fatalf("br-ex after a restart:\n%s\nwant\n%s", got, gwLink)
 	}
+	if after := nodePortPackets(t, n); after < npBefore {
+		t.Fatalf("the NodePort flow's packet count went from %d to %d: the restart re-added it", npBefore, after)
+	}
+	e.eventually(60*time.Second, "NodePort after a restart", func() error {
+		_, err := outsideGet(e.c.Outside, fmt.Sprintf("http://%s:%d/", n.EncapIP, gwNodePort))
+		return err
+	})
 
 	// Addresses lost from br-ex (as when ovs-vswitchd restarts and recreates its device) come back.
 	if _, err := n.Exec(ctx, "ip", "addr", "flush", "dev", "br-ex"); err != nil {
@@ -384,8 +473,8 @@ func TestNodeGateway(t *testing.T) {
 
 // gatewayRouter waits for dunlin-controller's gateway rows of n (GR_<node> pinned to its chassis, with
 // the SNAT of the cluster CIDR to the node IP) and for the Service's NodePort load balancer to hold the
-// backend, then for the datapath.
-func (e *env) gatewayRouter(n *harness.ClusterNode, backend string) {
+// backends, then for the datapath.
+func (e *env) gatewayRouter(n *harness.ClusterNode, backends ...string) {
 	e.t.Helper()
 	gr := "GR_" + n.Name
 	e.eventually(90*time.Second, gr+" written by the controller", func() error {
@@ -407,8 +496,10 @@ func (e *env) gatewayRouter(n *harness.ClusterNode, backend string) {
 		if err != nil {
 			return err
 		}
-		if !strings.Contains(vips, backend+":8080") {
-			return fmt.Errorf("NodePort load balancer: %q", vips)
+		for _, b := range backends {
+			if !strings.Contains(vips, b+":8080") {
+				return fmt.Errorf("NodePort load balancer: %q, want backend %s", vips, b)
+			}
 		}
 		return nil
 	})
@@ -424,4 +515,62 @@ func outsideEcho(t *testing.T, o *harness.Outside) {
 		t.Fatal(err)
 	}
 	serveLine(t, ln, func(c net.Conn) string { return c.RemoteAddr().String() })
+}
+
+// outsideGet fetches url from the outside namespace over a fresh connection.
+func outsideGet(o *harness.Outside, url string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	c, err := o.Dial(ctx, "tcp", strings.Split(strings.TrimPrefix(url, "http://"), "/")[0])
+	if err != nil {
+		return "", err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	path := "/" + strings.SplitN(strings.TrimPrefix(url, "http://"), "/", 2)[1]
+	fmt.Fprintf(c, "GET %s HTTP/1.0\r\nHost: x\r\n\r\n", path)
+	b, err := io.ReadAll(c)
+	if err != nil {
+		return "", err
+	}
+	resp := string(b)
+	if !strings.HasPrefix(resp, "HTTP/1.") || !strings.Contains(resp, " 200 ") {
+		return "", fmt.Errorf("GET %s: %q", url, resp)
+	}
+	_, body, _ := strings.Cut(resp, "\r\n\r\n")
+	return body, nil
+}
+
+// nodePortPackets returns the packet count of br-ex's flow for the test NodePort.
+func nodePortPackets(t *testing.T, n *harness.ClusterNode) int {
+	t.Helper()
+	out, err := n.OFCtl("dump-flows", "unix:"+n.RunDir+"/br-ex.mgmt", fmt.Sprintf("tcp,nw_dst=%s,tp_dst=%d", n.EncapIP, gwNodePort))
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`n_packets=(\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("no NodePort flow:\n%s", out)
+	}
+	var count int
+	fmt.Sscan(m[1], &count)
+	return count
+}
+
+// recircDrops returns the node's ovs-vswitchd coverage counter datapath_drop_recirc_error: packets the
+// userspace datapath dropped for recirculating more than its limit (coverage/show lists only counters
+// that are not zero).
+func recircDrops(t *testing.T, n *harness.ClusterNode) int {
+	t.Helper()
+	out, err := n.AppCtlVSwitchd("coverage/show")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := regexp.MustCompile(`(?m)^datapath_drop_recirc_error\s.*total: (\d+)`).FindStringSubmatch(out)
+	if m == nil {
+		return 0
+	}
+	var count int
+	fmt.Sscan(m[1], &count)
+	return count
 }

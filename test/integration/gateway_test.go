@@ -132,8 +132,10 @@ func TestGatewayTopology(t *testing.T) {
 	if j1 == j2 || !strings.HasPrefix(j1, "100.64.0.") || !strings.HasPrefix(j2, "100.64.0.") {
 		t.Fatalf("join addresses %q %q", j1, j2)
 	}
+	ip1, ip2 := strings.TrimSuffix(j1, "/16"), strings.TrimSuffix(j2, "/16")
 	routes := c.expectNB("cluster router routes", []string{"lr-route-list", "ovn_cluster_router"},
-		`10.244.1.0/24\s+`+strings.TrimSuffix(j1, "/16")+` src-ip`, `10.244.2.0/24\s+`+strings.TrimSuffix(j2, "/16")+` src-ip`)
+		`10.244.1.0/24\s+`+ip1+` src-ip`, `10.244.2.0/24\s+`+ip2+` src-ip`,
+		regexp.QuoteMeta(ip1)+`\s+`+regexp.QuoteMeta(ip1)+` dst-ip`, regexp.QuoteMeta(ip2)+`\s+`+regexp.QuoteMeta(ip2)+` dst-ip`)
 	policies := c.expectNB("host-network policies", []string{"lr-policy-list", "ovn_cluster_router"},
 		`1004 ip4.src == 10.244.0.0/16 && ip4.dst == \{172.18.0.2\}\s+reroute\s+10.244.1.2`,
 		`1004 ip4.src == 10.244.0.0/16 && ip4.dst == \{172.18.0.3\}\s+reroute\s+10.244.2.2`)
@@ -213,9 +215,10 @@ func TestGatewayTopology(t *testing.T) {
 			t.Errorf("egress trace has no %q:\n%s", want, egress)
 		}
 	}
-	// A NodePort packet from the outside is DNATed to the node's local endpoint.
+	// A NodePort packet from the outside is DNATed to the node's local endpoint, the bucket chosen by a
+	// hash of addresses and ports (no dp_hash recirculation: see translator.GatewayLBSelectionFields).
 	ingress := trace(t, c, "GR_n1", `inport == "rtoe-GR_n1" && eth.src == 0a:00:00:00:99:99 && eth.dst == 0a:00:00:00:00:01 && ip4.src == 172.18.0.100 && ip4.dst == 172.18.0.2 && ip.ttl == 64 && tcp && tcp.src == 40000 && tcp.dst == 30081`)
-	if !strings.Contains(ingress, "ct_lb_mark(backends=10.244.1.6:8080; skip_snat)") || !strings.Contains(ingress, `output to "rtoj-GR_n1"`) {
+	if !strings.Contains(ingress, `ct_lb_mark(backends=10.244.1.6:8080; hash_fields="ip_dst,ip_src,tcp_dst,tcp_src"; skip_snat)`) || !strings.Contains(ingress, `output to "rtoj-GR_n1"`) {
 		t.Errorf("NodePort trace has no DNAT to 10.244.1.6:8080:\n%s", ingress)
 	}
 	t.Logf("ovn-trace egress:\n%s\novn-trace NodePort:\n%s", egress, ingress)
@@ -234,6 +237,16 @@ func TestGatewayTopology(t *testing.T) {
 		t.Errorf("pod to n2's port 6443 is not rerouted to n2's management port:\n%s", apiPort)
 	}
 	t.Logf("ovn-trace pod to n2's node port:\n%s\novn-trace pod to n2's port 6443:\n%s", nodePort, apiPort)
+
+	// A backend on n2 answering GR_n1's force-SNATed connection (to GR_n1's join address) reaches GR_n1
+	// straight over join: n2's subnet egress route (src-ip, /24) would send it through GR_n2, which
+	// SNATs it to n2's address, and GR_n1 could not match it.
+	rtos2 := strings.Trim(strings.TrimSpace(c.nbctl("get", "Logical_Router_Port", "rtos-n2", "mac")), `"`)
+	reply := trace(t, c, "ovn_cluster_router", fmt.Sprintf(`inport == "rtos-n2" && eth.src == 0a:58:0a:f4:02:05 && eth.dst == %s && ip4.src == 10.244.2.5 && ip4.dst == %s && ip.ttl == 64 && tcp && tcp.src == 8080 && tcp.dst == 40000`, rtos2, ip1))
+	if !strings.Contains(reply, `ingress(dp="GR_n1", inport="rtoj-GR_n1")`) || strings.Contains(reply, `dp="GR_n2"`) {
+		t.Errorf("a reply from n2's pod to GR_n1's join address does not go straight to GR_n1:\n%s", reply)
+	}
+	t.Logf("ovn-trace reply to GR_n1's join address:\n%s", reply)
 
 	// Switching a Service to externalTrafficPolicy Local takes its template off the gateway routers.
 	setNode("web-a", 0, "n1")
@@ -321,8 +334,8 @@ func TestGatewayLifecycle(t *testing.T) {
 	c.expectNB("healed gateways", []string{"show"}, `\(GR_n3\)`, `\(GR_bare\)`)
 	c.eventually(60*time.Second, "gateway rows", func() error {
 		for _, n := range []string{"n1", "bare", "n3"} {
-			if got := c.ownedRows("Gateway/" + n); got != 14 {
-				return fmt.Errorf("%s owns %d gateway rows, want 14", n, got)
+			if got := c.ownedRows("Gateway/" + n); got != 15 {
+				return fmt.Errorf("%s owns %d gateway rows, want 15", n, got)
 			}
 		}
 		return nil
@@ -368,8 +381,8 @@ func TestGatewayLifecycle(t *testing.T) {
 		}
 		return fmt.Errorf("%d events, none about the missing bridge", len(evs.Items))
 	})
-	if got := c.ownedRows("Gateway/n3"); got != 14 {
-		t.Errorf("n3 owns %d gateway rows after a bad edit, want its 14", got)
+	if got := c.ownedRows("Gateway/n3"); got != 15 {
+		t.Errorf("n3 owns %d gateway rows after a bad edit, want its 15", got)
 	}
 	c.setGatewayAnnotation("n3", "")
 	c.eventually(60*time.Second, "n3's router gone", func() error {
@@ -482,10 +495,10 @@ func TestGatewayNodePortRowsIndependentOfNodes(t *testing.T) {
 			}
 		}
 	}
-	// Per node: GR, 2 router ports, ext switch, 3 ports, 3 routes, 2 policies, 1 NAT, 1 template variable,
+	// Per node: GR, 2 router ports, ext switch, 3 ports, 4 routes, 2 policies, 1 NAT, 1 template variable,
 	// plus the node's own switch, router port and 2 ports. Nothing else grows.
 	perNode := map[string]int{"Logical_Router": 1, "Logical_Router_Port": 3, "Logical_Switch": 2, "Logical_Switch_Port": 5,
-		"Logical_Router_Static_Route": 3, "Logical_Router_Policy": 2, "NAT": 1, "Chassis_Template_Var": 1}
+		"Logical_Router_Static_Route": 4, "Logical_Router_Policy": 2, "NAT": 1, "Chassis_Template_Var": 1}
 	for table, n := range countsMany {
 		if want := countsFew[table] + 48*perNode[table]; n != want {
 			t.Errorf("%s: %d rows with 50 nodes, %d with 2, want %d", table, n, countsFew[table], want)
