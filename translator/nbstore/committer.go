@@ -463,10 +463,8 @@ func fenceOp(global, token string) ovsdb.Operation {
 	timeout := 0
 	return ovsdb.Operation{
 		Op: ovsdb.OperationWait, Table: nbGlobal, Timeout: &timeout,
-		Where: []ovsdb.Condition{
-			{Column: "_uuid", Function: ovsdb.ConditionEqual, Value: ovsdb.UUID{GoUUID: global}},
-			{Column: "external_ids", Function: ovsdb.ConditionIncludes, Value: ovsdb.OvsMap{GoMap: map[any]any{WriterKey: token}}},
-		},
+		Where: append(uuidIs(global),
+			ovsdb.Condition{Column: "external_ids", Function: ovsdb.ConditionIncludes, Value: ovsdb.OvsMap{GoMap: map[any]any{WriterKey: token}}}),
 		Columns: []string{"_uuid"}, Until: string(ovsdb.WaitConditionEqual),
 		Rows: []ovsdb.Row{{"_uuid": ovsdb.UUID{GoUUID: global}}},
 	}
@@ -476,7 +474,7 @@ func fenceOp(global, token string) ovsdb.Operation {
 func setGlobalKey(global, key, value string) ovsdb.Operation {
 	return ovsdb.Operation{
 		Op: ovsdb.OperationMutate, Table: nbGlobal,
-		Where: []ovsdb.Condition{{Column: "_uuid", Function: ovsdb.ConditionEqual, Value: ovsdb.UUID{GoUUID: global}}},
+		Where: uuidIs(global),
 		Mutations: []ovsdb.Mutation{
 			{Column: "external_ids", Mutator: ovsdb.MutateOperationDelete, Value: ovsdb.OvsSet{GoSet: []any{key}}},
 			{Column: "external_ids", Mutator: ovsdb.MutateOperationInsert, Value: ovsdb.OvsMap{GoMap: map[any]any{key: value}}},
