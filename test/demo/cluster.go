@@ -22,11 +22,19 @@ func (d *demo) start(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if err := timed("Finding CoreDNS (built once from its Go module by test/coredns/build.sh)", func() error {
+		_, err := harness.CoreDNSBinary()
+		return err
+	}); err != nil {
+		return err
+	}
 	what := fmt.Sprintf("Starting OVN central (NB, SB, ovn-northd), etcd and kube-apiserver, dunlin-controller, "+
-		"and %d nodes, each a netns with OVS (userspace datapath), ovn-controller, dunlin-node and a stand-in kubelet", d.o.nodes)
+		"%d nodes, each a netns with OVS (userspace datapath), ovn-controller, dunlin-node (which moves the node's uplink into br-ex) "+
+		"and a stand-in kubelet, an outside netns on the nodes' underlay, and CoreDNS as a pod", d.o.nodes)
 	err = timed(what, func() error {
 		// StartCluster stops what it started when it fails, so only a running cluster is kept.
-		c, err := harness.StartCluster(ctx, harness.ClusterOptions{Dir: d.dir, Bins: bins, Nodes: d.o.nodes, EncapType: d.o.encap, ControllerManager: true})
+		c, err := harness.StartCluster(ctx, harness.ClusterOptions{Dir: d.dir, Bins: bins, Nodes: d.o.nodes, EncapType: d.o.encap,
+			ControllerManager: true, Gateway: true, DNS: true})
 		if err != nil {
 			return fmt.Errorf("start cluster: %w", err)
 		}
@@ -37,8 +45,9 @@ func (d *demo) start(ctx context.Context) error {
 		return err
 	}
 	for _, n := range d.cluster.Nodes {
-		fmt.Printf("    %s: netns %s, encap IP %s (%s), OVS database %s\n", n.Name, n.Netns, n.EncapIP, n.UnderlayIf, n.OVSDB)
+		fmt.Printf("    %s: netns %s, node IP %s (%s), OVS database %s\n", n.Name, n.Netns, n.EncapIP, n.UnderlayIf, n.OVSDB)
 	}
+	fmt.Printf("    outside: netns %s, IP %s, the nodes' default next hop\n", d.cluster.Outside.Netns, d.cluster.Outside.IP)
 	// kubectl only shows things; the cluster needs just the servers, `make demo` builds kubectl too.
 	if k := filepath.Join(d.cluster.Kube.BinDir, "kubectl"); fileExists(k) {
 		d.kubectl = k

@@ -4,8 +4,10 @@
 // creates pod sandboxes through the installed CNI plugin. Everything is built from this tree. The demo
 // creates pods, shows what an operator would look at (with the commands that produced it), sends HTTP
 // and ping between every pair of pods, deletes and replaces a pod, puts a ClusterIP Service (an OVN
-// load balancer) in front of the pods and sends requests to it, and isolates the pods with a default-deny
-// NetworkPolicy and then an allow, probing after each. `make demo` runs it; with -keep
+// load balancer) in front of the pods and sends requests to it, shows pods reaching a server outside the
+// cluster through their node's gateway router and the outside reaching a NodePort on each node, resolves
+// the Service's name through CoreDNS (a pod behind kube-dns) from a pod on each node, and isolates the
+// pods with a default-deny NetworkPolicy and then an allow, probing after each. `make demo` runs it; with -keep
 // everything stays up until Ctrl-C. Everything lives in one temporary directory, removed at the end.
 package main
 
@@ -140,11 +142,18 @@ func run(ctx context.Context, o options) (err error) {
 	if err := d.service(ctx); err != nil {
 		return err
 	}
+	if err := d.gateways(ctx); err != nil {
+		return err
+	}
+	if err := d.dns(ctx); err != nil {
+		return err
+	}
 	if err := d.policies(ctx); err != nil {
 		return err
 	}
 	if len(d.failures) == 0 {
-		fmt.Printf("\nAll pods reached each other, and Service %s/%s from a pod and from a host.\n", namespace, serviceName)
+		fmt.Printf("\nAll pods reached each other, Service %s/%s from a pod and from a host, the outside from each node "+
+			"and each node's NodePort from outside, and pods on every node resolved %s/%s through CoreDNS.\n", namespace, serviceName, namespace, serviceName)
 	} else {
 		fmt.Printf("\n%d connectivity checks failed.\n", len(d.failures))
 	}

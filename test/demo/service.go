@@ -90,10 +90,6 @@ func (d *demo) service(ctx context.Context) error {
 	if err := d.runNBCtl("ls-lb-list", d.cluster.Nodes[0].Name); err != nil {
 		return err
 	}
-	if d.apiServiceEmpty() {
-		fmt.Println("# Service_default/kubernetes is the API server's Service; it has no backends here because this demo's API")
-		fmt.Println("# server, on this machine's loopback, publishes no endpoints for itself (--endpoint-reconciler-type=none).")
-	}
 
 	if err := d.spread(ctx, d.pods[0]); err != nil {
 		return err
@@ -147,21 +143,6 @@ func (d *demo) backendsReady() error {
 		return fmt.Errorf("vips %v: want %d backends", vips, len(d.pods))
 	}
 	return nil
-}
-
-// apiServiceEmpty reports whether default/kubernetes has a load balancer without backends, which a
-// viewer of lb-list would wonder about.
-func (d *demo) apiServiceEmpty() bool {
-	vips, err := d.cluster.OVN.LBVIPs(translator.ServiceLBName(metav1.NamespaceDefault, "kubernetes", string(corev1.ProtocolTCP)))
-	if err != nil || vips == nil {
-		return false
-	}
-	for _, backends := range vips {
-		if len(backends) > 0 {
-			return false
-		}
-	}
-	return true
 }
 
 // printEndpointSlices stands in for kubectl when it is not built.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -70,7 +71,20 @@ type ClusterOptions struct {
 	// Gateway gives every node a plain uplink (NodeOptions.Gateway) that its dunlin-node moves into
 	// br-ex, and starts the Outside namespace. Without it dunlin-node runs with --gateway=false.
 	Gateway bool
+	// APIServerOnNode publishes the apiserver at the first node's IP, as a kubeadm control plane on
+	// that node would be: the apiserver advertises it (KubeOptions.AdvertiseAddress), so its endpoint
+	// reconciler gives default/kubernetes that endpoint, and the harness relays NodeIP(0):Kube.APIPort
+	// inside the node's netns to the apiserver on this machine's loopback. Pods then reach the API
+	// through the kubernetes Service, on either node. Without it default/kubernetes has no endpoints.
+	APIServerOnNode bool
+	// DNS runs CoreDNS as a pod on the last node behind kube-system/kube-dns at ClusterDNSIP
+	// (Cluster.StartDNS; Cluster.WaitDNSReady waits for it). It implies APIServerOnNode and
+	// ControllerManager.
+	DNS bool
 }
+
+// NodeIP is the IP of the node with index i (StartCluster's node i+1): its encap IP and InternalIP.
+func NodeIP(i int) string { return underlayPrefix + strconv.Itoa(10+i) }
 
 // Cluster is OVN central (NB, SB, northd), kube-apiserver, dunlin-controller and simulated nodes, each
 // with OVS, ovn-controller, dunlin-node and a stand-in kubelet.
@@ -83,6 +97,7 @@ type Cluster struct {
 	Controller *Process
 	Nodes      []*ClusterNode
 	Outside    *Outside // with ClusterOptions.Gateway
+	DNS        *DNS     // with ClusterOptions.DNS
 	gateway    bool
 	encap      string
 	ctrlFlags  []string
@@ -100,6 +115,7 @@ type ClusterNode struct {
 	// UplinkBefore is LinkState(NodeUplink) before dunlin-node first started, on gateway nodes.
 	UplinkBefore string
 	forwarder    *Forwarder
+	apiRelay     *Forwarder // NodeIP:APIPort to the apiserver, with ClusterOptions.APIServerOnNode
 	cluster      *Cluster
 }
 
@@ -111,6 +127,9 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	if o.EncapType == "" {
 		o.EncapType = "geneve"
 	}
+	if o.DNS {
+		o.APIServerOnNode, o.ControllerManager = true, true
+	}
 	c = &Cluster{Dir: o.Dir, Bins: o.Bins, encap: o.EncapType, ctrlFlags: o.ControllerFlags, gateway: o.Gateway}
 	defer func() {
 		if err != nil {
@@ -120,7 +139,11 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	if c.OVN, err = StartOVN(ctx, OVNOptions{Dir: filepath.Join(o.Dir, "ovn"), WithSB: true}); err != nil {
 		return c, err
 	}
-	if c.Kube, err = StartKube(ctx, KubeOptions{Dir: filepath.Join(o.Dir, "kube"), ControllerManager: o.ControllerManager}); err != nil {
+	ko := KubeOptions{Dir: filepath.Join(o.Dir, "kube"), ControllerManager: o.ControllerManager}
+	if o.APIServerOnNode {
+		ko.AdvertiseAddress = NodeIP(0)
+	}
+	if c.Kube, err = StartKube(ctx, ko); err != nil {
 		return c, err
 	}
 	if err := c.StartController(); err != nil {
@@ -151,6 +174,12 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		if cn.forwarder, err = ForwardInto("/var/run/netns/"+n.Netns, apiAddr); err != nil {
 			return c, err
 		}
+		if o.APIServerOnNode && i == 0 {
+			listen := net.JoinHostPort(n.EncapIP, strconv.Itoa(c.Kube.APIPort))
+			if cn.apiRelay, err = ForwardAddrInto("/var/run/netns/"+n.Netns, listen, apiAddr); err != nil {
+				return c, err
+			}
+		}
 		if o.Gateway {
 			if cn.UplinkBefore, err = n.LinkState(ctx, NodeUplink); err != nil {
 				return c, err
@@ -175,6 +204,11 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			NodeName: n.Name, Client: c.Kube.Client, ConfDir: n.ConfDir, BinDir: n.BinDir,
 			CacheDir: filepath.Join(n.Dir, "cnicache"), PodServer: o.Bins.PodServer, Dir: filepath.Join(n.Dir, "pods"),
 		}); err != nil {
+			return c, err
+		}
+	}
+	if o.DNS {
+		if _, err := c.StartDNS(ctx, c.Nodes[len(c.Nodes)-1]); err != nil {
 			return c, err
 		}
 	}
@@ -287,7 +321,7 @@ func (c *Cluster) Stop() error {
 		if n.Kubelet != nil {
 			errs = append(errs, n.Kubelet.Stop())
 		}
-		errs = append(errs, n.StopAgent(), n.forwarder.Stop(), n.Node.Stop())
+		errs = append(errs, n.StopAgent(), n.forwarder.Stop(), n.apiRelay.Stop(), n.Node.Stop())
 	}
 	if c.Underlay != nil {
 		errs = append(errs, c.Underlay.Stop())

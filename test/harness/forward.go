@@ -25,11 +25,17 @@ type Forwarder struct {
 
 // ForwardInto listens on addr inside the netns at netnsPath and forwards every connection to addr here.
 func ForwardInto(netnsPath, addr string) (*Forwarder, error) {
-	ln, err := listenIn(netnsPath, "tcp", addr)
+	return ForwardAddrInto(netnsPath, addr, addr)
+}
+
+// ForwardAddrInto listens on listen inside the netns at netnsPath and forwards every connection to
+// target here.
+func ForwardAddrInto(netnsPath, listen, target string) (*Forwarder, error) {
+	ln, err := listenIn(netnsPath, "tcp", listen)
 	if err != nil {
 		return nil, err
 	}
-	f := &Forwarder{ln: ln, target: addr, conns: map[net.Conn]struct{}{}}
+	f := &Forwarder{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
 	f.wg.Add(1)
 	go f.serve()
 	return f, nil

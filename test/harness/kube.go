@@ -45,6 +45,11 @@ type KubeOptions struct {
 	// ClusterCIDR, with ControllerManager, adds the nodeipam controller so that Nodes get spec.podCIDR
 	// (a /24 each) as in kubeadm clusters.
 	ClusterCIDR string
+	// AdvertiseAddress, when set, is the address the apiserver publishes as the endpoint of the
+	// default/kubernetes Service (its lease endpoint reconciler, as in a real cluster) and puts in its
+	// serving certificate; the caller makes AdvertiseAddress:APIPort reach it (Cluster relays it from a
+	// node). Empty: no endpoints, since a loopback address is no valid endpoint.
+	AdvertiseAddress string
 }
 
 // Kube is a running control plane: etcd, kube-apiserver and optionally kube-controller-manager.
@@ -53,8 +58,13 @@ type Kube struct {
 	Dir        string
 	BinDir     string // holds kube-apiserver, etcd, kubectl, ...
 	Kubeconfig string // admin kubeconfig (token in system:masters, the apiserver's CA) for kubectl and --kubeconfig
-	Config     *rest.Config
-	Client     kubernetes.Interface
+	// APIPort is the apiserver's secure port on 127.0.0.1, and the kubernetes Service's endpoint port.
+	APIPort int
+	// CAPEM is the CA bundle that verifies the apiserver's serving certificate (which names 127.0.0.1,
+	// the AdvertiseAddress and the kubernetes Service's ClusterIP).
+	CAPEM  []byte
+	Config *rest.Config
+	Client kubernetes.Interface
 
 	etcd      *process
 	apiserver *process
@@ -97,7 +107,7 @@ func StartKube(ctx context.Context, o KubeOptions) (k *Kube, err error) {
 	}
 	etcdPort, peerPort, apiPort, kcmPort := ports[0], ports[1], ports[2], ports[3]
 
-	k = &Kube{Dir: dir, BinDir: binDir, Kubeconfig: filepath.Join(dir, "kubeconfig")}
+	k = &Kube{Dir: dir, BinDir: binDir, Kubeconfig: filepath.Join(dir, "kubeconfig"), APIPort: apiPort}
 	defer func() {
 		if err != nil {
 			err = errors.Join(err, k.Stop())
@@ -131,26 +141,32 @@ func StartKube(ctx context.Context, o KubeOptions) (k *Kube, err error) {
 	}
 	certDir := filepath.Join(dir, "pki")
 	saKey := filepath.Join(dir, "sa.key")
-	k.apiserver, err = startProcess("kube-apiserver", filepath.Join(dir, "kube-apiserver.log"), nil,
-		filepath.Join(binDir, "kube-apiserver"),
-		"--etcd-servers="+etcdURL,
-		"--bind-address=127.0.0.1",
+	endpoints := []string{
 		"--advertise-address=127.0.0.1",
-		"--secure-port="+strconv.Itoa(apiPort),
 		// The default reconciler would publish 127.0.0.1 as the kubernetes Service endpoint and fails.
 		"--endpoint-reconciler-type=none",
-		"--cert-dir="+certDir,
-		"--token-auth-file="+filepath.Join(dir, "tokens.csv"),
-		"--authorization-mode=RBAC",
-		"--service-account-key-file="+saKey,
-		"--service-account-signing-key-file="+saKey,
-		"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
-		"--service-cluster-ip-range="+o.ServiceCIDR,
-		"--allow-privileged=true",
-		// Not needed for tests, and bootstrapping its configuration delays readiness.
-		"--enable-priority-and-fairness=false",
-		"--profiling=false",
-	)
+	}
+	if o.AdvertiseAddress != "" {
+		// The default (lease) reconciler publishes it; the self-signed serving certificate names it.
+		endpoints = []string{"--advertise-address=" + o.AdvertiseAddress}
+	}
+	k.apiserver, err = startProcess("kube-apiserver", filepath.Join(dir, "kube-apiserver.log"), nil,
+		filepath.Join(binDir, "kube-apiserver"), append(endpoints,
+			"--etcd-servers="+etcdURL,
+			"--bind-address=127.0.0.1",
+			"--secure-port="+strconv.Itoa(apiPort),
+			"--cert-dir="+certDir,
+			"--token-auth-file="+filepath.Join(dir, "tokens.csv"),
+			"--authorization-mode=RBAC",
+			"--service-account-key-file="+saKey,
+			"--service-account-signing-key-file="+saKey,
+			"--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+			"--service-cluster-ip-range="+o.ServiceCIDR,
+			"--allow-privileged=true",
+			// Not needed for tests, and bootstrapping its configuration delays readiness.
+			"--enable-priority-and-fairness=false",
+			"--profiling=false",
+		)...)
 	if err != nil {
 		return k, fmt.Errorf("start kube: %w", err)
 	}
@@ -189,6 +205,7 @@ func StartKube(ctx context.Context, o KubeOptions) (k *Kube, err error) {
 		return k, fmt.Errorf("start kube: %w", err)
 	}
 
+	k.CAPEM = caPEM
 	if err := k.writeKubeconfig(apiURL, token, caPEM); err != nil {
 		return k, fmt.Errorf("start kube: %w", err)
 	}

@@ -36,7 +36,9 @@ type KubeletOptions struct {
 	// ConfDir and BinDir are the CNI directories the node agent installs into; CacheDir is libcni's.
 	ConfDir, BinDir, CacheDir string
 	// PodServer is test/podserver, started inside every pod's netns to serve the pod's declared
-	// container ports (TCP 8080 when it declares none); empty: none.
+	// container ports (TCP 8080 when it declares none); empty: none. A pod whose first container has a
+	// command runs that instead (an absolute path on this machine: pods share its filesystem), with
+	// the container's args, as CoreDNS does (Cluster.StartDNS).
 	PodServer string
 	Dir       string // logs of the pod servers
 	Workers   int    // sandboxes set up in parallel (default 8)
@@ -239,8 +241,13 @@ func (k *Kubelet) setup(ctx context.Context, key string, pod *corev1.Pod) (*Sand
 		return nil, fmt.Errorf("CNI ADD for pod %s returned no IP (%v): %v", key, err, res)
 	}
 	sb.IP = r.IPs[0].Address.IP.String()
-	if k.o.PodServer != "" {
-		args := append([]string{"netns", "exec", sb.NetnsName, k.o.PodServer, "-name", pod.Name}, podServerPorts(pod)...)
+	var args []string
+	if c := pod.Spec.Containers; len(c) > 0 && len(c[0].Command) > 0 {
+		args = append(append([]string{"netns", "exec", sb.NetnsName}, c[0].Command...), c[0].Args...)
+	} else if k.o.PodServer != "" {
+		args = append([]string{"netns", "exec", sb.NetnsName, k.o.PodServer, "-name", pod.Name}, podServerPorts(pod)...)
+	}
+	if args != nil {
 		sb.server, err = startProcess("pod "+key, filepath.Join(k.o.Dir, pod.Namespace+"_"+pod.Name+".log"), nil, "ip", args...)
 		if err != nil {
 			return nil, err

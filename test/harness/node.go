@@ -134,7 +134,7 @@ func StartNode(ctx context.Context, o NodeOptions) (n *Node, err error) {
 		Dir:        dir,
 		OVSDB:      "unix:" + filepath.Join(dir, "db.sock"),
 		RunDir:     dir,
-		EncapIP:    underlayPrefix + strconv.Itoa(10+o.Index),
+		EncapIP:    NodeIP(o.Index),
 		UnderlayIf: UnderlayIf,
 		Gateway:    o.Gateway,
 		index:      o.Index,

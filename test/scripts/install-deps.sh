@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what `make test` and `make demo` need on a fresh Debian machine (run as root): OVS and OVN
-# from Debian, and the Kubernetes binaries and cnitool built once from the Go module proxy into a cache.
+# from Debian, and the Kubernetes binaries, cnitool and CoreDNS built once from the Go module proxy into a cache.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 
@@ -25,3 +25,5 @@ command -v go >/dev/null 2>&1 || { echo "Go is required (https://go.dev/dl)" >&2
 "$here/../kubebin/build.sh" "$@" >/dev/null
 # The CNI project's cnitool at the libcni versions test/runtimes drives the plugin with (seconds; cached).
 "$here/../cnitool/build.sh" >/dev/null
+# CoreDNS at its pinned release, the cluster DNS of the e2e tests and the demo (first run: minutes; cached).
+"$here/../coredns/build.sh" >/dev/null
