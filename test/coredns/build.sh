@@ -7,6 +7,10 @@
 set -euo pipefail
 version=v1.14.7
 cache=${DUNLIN_COREDNS_CACHE:-/var/cache/dunlin/coredns}/$version
+mkdir -p "$cache"
+# Two test binaries may ask at once: one builds, the other waits for it.
+exec 9>"$cache/.lock"
+flock 9
 if [ ! -x "$cache/coredns" ]; then
   echo "building coredns $version into $cache (first time only; a few minutes)" >&2
   mkdir -p "$cache/tmp"
