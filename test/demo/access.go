@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"os/exec"
 	"path/filepath"
+
+	"github.com/dunlinplugin/dunlin/test/harness"
 )
 
 // printAccess tells how to look at the running cluster with the usual tools, for -keep.
@@ -42,6 +44,14 @@ func (d *demo) printAccess() {
 			fmt.Printf("  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | ip netns exec %s nc -q 1 %s %d   # Service %s/%s: a different pod at times\n",
 				src.sb.NetnsName, d.serviceIP, servicePort, namespace, serviceName)
 		}
+	}
+	if c.Outside != nil {
+		fmt.Printf("\n  # the outside (%s) reaches the NodePort %d on every node:\n", c.Outside.IP, nodePort)
+		fmt.Printf("  printf 'GET / HTTP/1.0\\r\\n\\r\\n' | ip netns exec %s nc -q 1 %s %d\n", c.Outside.Netns, c.Nodes[0].EncapIP, nodePort)
+	}
+	if c.DNS != nil {
+		fmt.Printf("\n  # cluster DNS: CoreDNS is pod kube-system/%s, its log %s; with dig (apt-get install dnsutils):\n", c.DNS.Pod, c.DNS.Log)
+		fmt.Printf("  ip netns exec %s dig @%s %s.%s.svc.%s\n", src.sb.NetnsName, harness.ClusterDNSIP, serviceName, namespace, harness.ClusterDomain)
 	}
 	last := c.Nodes[len(c.Nodes)-1]
 	fmt.Printf("\n  # each node's stand-in kubelet runs podserver in any pod bound to it (ip netns list shows the new netns):\n")

@@ -139,6 +139,9 @@ func TestClusterDNS(t *testing.T) {
 			t.Logf("%s: %v, answered by %s", what, addrs, strings.TrimSpace(string(body)))
 		}
 	}
+	// NB holds exactly what the mapping gives, the host-network endpoint and kube-dns included.
+	e.converged()
+
 	// A name that does not exist is NXDOMAIN, which CoreDNS answers from what it listed.
 	_, err := sb1.Resolver(server, false).LookupHost(ctx, "nothing.demo.svc."+harness.ClusterDomain+".")
 	var dnsErr *net.DNSError
