@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
@@ -64,7 +63,7 @@ func CoreDNSBinary() (string, error) {
 	}
 	script, err := repoFile("test/coredns/build.sh")
 	if err != nil {
-		return "", err
+		return "", fmt.Errorf("%w; set DUNLIN_COREDNS_BIN", err)
 	}
 	cmd := exec.Command("bash", script)
 	cmd.Stderr = os.Stderr // a first build takes minutes; let its progress show
@@ -77,19 +76,6 @@ func CoreDNSBinary() (string, error) {
 		return "", fmt.Errorf("coredns: %w", err)
 	}
 	return bin, nil
-}
-
-// repoFile finds a file of this repository from this source file's location.
-func repoFile(rel string) (string, error) {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok || !filepath.IsAbs(file) {
-		return "", fmt.Errorf("cannot find %s: no source path", rel)
-	}
-	p := filepath.Clean(filepath.Join(filepath.Dir(file), "..", "..", rel))
-	if _, err := os.Stat(p); err != nil {
-		return "", fmt.Errorf("cannot find %s: %w", rel, err)
-	}
-	return p, nil
 }
 
 // StartDNS runs CoreDNS as a pod on node n, with a service account allowed to read what its kubernetes

@@ -372,7 +372,7 @@ func kubeBinDir(bins ...string) (string, error) {
 	if dir == "" {
 		script, err := buildScript()
 		if err != nil {
-			return "", err
+			return "", fmt.Errorf("%w; set DUNLIN_KUBEBIN_DIR", err)
 		}
 		cmd := exec.Command("bash", append([]string{script}, bins...)...)
 		// A first build takes minutes; let its progress show.
@@ -395,10 +395,12 @@ func kubeBinDir(bins ...string) (string, error) {
 	return dir, nil
 }
 
-// buildScript finds test/kubebin/build.sh from this source file's location, or failing that (a
+// buildScript finds test/kubebin/build.sh.
+func buildScript() (string, error) { return repoFile("test/kubebin/build.sh") }
+
+// repoFile finds a file of this repository from this source file's location, or failing that (a
 // binary built with -trimpath or moved elsewhere) by walking up from the working directory.
-func buildScript() (string, error) {
-	const rel = "test/kubebin/build.sh"
+func repoFile(rel string) (string, error) {
 	if _, file, _, ok := runtime.Caller(0); ok && filepath.IsAbs(file) {
 		p := filepath.Join(filepath.Dir(file), "..", "..", rel)
 		if _, err := os.Stat(p); err == nil {
@@ -415,7 +417,7 @@ func buildScript() (string, error) {
 			return p, nil
 		}
 		if d == filepath.Dir(d) {
-			return "", fmt.Errorf("cannot find %s above %s; set DUNLIN_KUBEBIN_DIR", rel, wd)
+			return "", fmt.Errorf("cannot find %s above %s", rel, wd)
 		}
 	}
 }
