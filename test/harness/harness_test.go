@@ -2,15 +2,20 @@ package harness
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 )
 
@@ -212,5 +217,48 @@ func TestKubeControllerManager(t *testing.T) {
 			t.Fatalf("namespace t1 got no default ServiceAccount within %s", kcmTestTimeout)
 		}
 		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// TestKubeAdvertiseAddress: with an advertise address the apiserver's own endpoint reconciler
+// publishes it (and its port) for default/kubernetes, and its serving certificate names it, the
+// kubernetes Service's ClusterIP (which clients in pods dial) and 127.0.0.1 (the admin kubeconfig's).
+func TestKubeAdvertiseAddress(t *testing.T) {
+	ctx := context.Background()
+	const addr = "192.0.2.7" // TEST-NET-1: published only, never dialled here
+	k := startKube(t, KubeOptions{Dir: shortDir(t), AdvertiseAddress: addr})
+	err := Eventually(30*time.Second, func() error {
+		list, err := k.Client.DiscoveryV1().EndpointSlices(metav1.NamespaceDefault).List(ctx,
+			metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=kubernetes"})
+		if err != nil {
+			return err
+		}
+		for _, s := range list.Items {
+			if len(s.Endpoints) == 1 && slices.Equal(s.Endpoints[0].Addresses, []string{addr}) &&
+				len(s.Ports) == 1 && s.Ports[0].Port != nil && int(*s.Ports[0].Port) == k.APIPort {
+				return nil
+			}
+		}
+		return fmt.Errorf("EndpointSlices of default/kubernetes: %+v, want %s:%d", list.Items, addr, k.APIPort)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	svc, err := k.Client.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := tls.Dial("tcp", "127.0.0.1:"+strconv.Itoa(k.APIPort), &tls.Config{InsecureSkipVerify: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := conn.ConnectionState().PeerCertificates[0]
+	conn.Close()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(k.CAPEM)
+	for _, name := range []string{addr, svc.Spec.ClusterIP, "127.0.0.1", "kubernetes.default.svc"} {
+		if _, err := cert.Verify(x509.VerifyOptions{DNSName: name, Roots: pool}); err != nil {
+			t.Errorf("serving certificate for %s: %v", name, err)
+		}
 	}
 }
