@@ -203,6 +203,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		if n.Kubelet, err = StartKubelet(ctx, KubeletOptions{
 			NodeName: n.Name, Client: c.Kube.Client, ConfDir: n.ConfDir, BinDir: n.BinDir,
 			CacheDir: filepath.Join(n.Dir, "cnicache"), PodServer: o.Bins.PodServer, Dir: filepath.Join(n.Dir, "pods"),
+			Netns: n.Netns,
 		}); err != nil {
 			return c, err
 		}

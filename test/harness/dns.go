@@ -143,6 +143,9 @@ func (c *Cluster) StartDNS(ctx context.Context, n *ClusterNode) (*DNS, error) {
 					{Name: "dns-tcp", ContainerPort: 53, Protocol: corev1.ProtocolTCP},
 					{Name: "ready", ContainerPort: DNSReadyPort, Protocol: corev1.ProtocolTCP},
 				},
+				// The stand-in kubelet runs it from the node's host (KubeletOptions.Netns).
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
+					Path: "/ready", Port: intstr.FromString("ready")}}},
 			}},
 		},
 	}
@@ -203,16 +206,16 @@ func (c *Cluster) writeDNSKubeconfig(ctx context.Context, path string) error {
 	return nil
 }
 
-// WaitDNSReady waits until CoreDNS's /ready answers 200, asked from its node's host as kubelet's
-// readiness probe would (through the management port): the kubernetes plugin has listed Services and
-// EndpointSlices through the kubernetes Service.
+// WaitDNSReady waits until the CoreDNS pod is Ready: its readiness probe, GET /ready from its node's
+// host (through the management port) as kubelet probes, answered 200, which CoreDNS's ready plugin
+// does once the kubernetes plugin has listed Services and EndpointSlices through the kubernetes
+// Service. kube-controller-manager then marks the kube-dns endpoint ready.
 func (c *Cluster) WaitDNSReady(ctx context.Context, timeout time.Duration) error {
 	d := c.DNS
 	if d == nil {
 		return errors.New("wait for dns: no CoreDNS started")
 	}
-	host := Sandbox{NetnsName: d.Node.Netns, Netns: "/var/run/netns/" + d.Node.Netns}
-	return EventuallyWhile(timeout, c.Health, func() error {
+	err := EventuallyWhile(timeout, c.Health, func() error {
 		pod, err := c.Kube.Client.CoreV1().Pods(d.Namespace).Get(ctx, d.Pod, metav1.GetOptions{})
 		if err != nil {
 			return err
@@ -220,12 +223,15 @@ func (c *Cluster) WaitDNSReady(ctx context.Context, timeout time.Duration) error
 		if pod.Status.PodIP == "" {
 			return fmt.Errorf("pod %s/%s has no IP yet (kubelet: %v)", d.Namespace, d.Pod, d.Node.Kubelet.LastError(d.Namespace, d.Pod))
 		}
-		url := fmt.Sprintf("http://%s/ready", net.JoinHostPort(pod.Status.PodIP, fmt.Sprint(DNSReadyPort)))
-		if _, err := host.HTTPGet(ctx, url, 2*time.Second); err != nil {
-			return fmt.Errorf("CoreDNS not ready: %w", err)
+		if !podReady(pod) {
+			return fmt.Errorf("pod %s/%s (%s) is not Ready: its /ready does not answer 200 yet", d.Namespace, d.Pod, pod.Status.PodIP)
 		}
 		return nil
 	})
+	if err != nil {
+		return fmt.Errorf("wait for dns: %w", err)
+	}
+	return nil
 }
 
 // Resolver resolves through the DNS server at server (host:port) from inside the pod's netns, over

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"sort"
@@ -22,6 +23,7 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -42,7 +44,14 @@ type KubeletOptions struct {
 	PodServer string
 	Dir       string // logs of the pod servers
 	Workers   int    // sandboxes set up in parallel (default 8)
+	// Netns is the node's network namespace (ip netns name), where a pod's HTTP readiness probe runs
+	// from, as kubelet probes from the host: the pod is Ready once the probe first succeeds (later
+	// failures are not looked at). Empty, or a pod without a probe: Ready at once.
+	Netns string
 }
+
+// probePeriod is how often a pod's readiness probe is retried until it succeeds.
+const probePeriod = time.Second
 
 // Sandbox is a running pod as the stand-in runtime sees it.
 type Sandbox struct {
@@ -179,7 +188,11 @@ func (k *Kubelet) sync(ctx context.Context, key string) error {
 			return err
 		}
 	}
-	return k.writeStatus(ctx, pod, sb)
+	ready := k.probeReady(ctx, pod, sb)
+	if !ready {
+		k.queue.AddAfter(key, probePeriod)
+	}
+	return k.writeStatus(ctx, pod, sb, ready)
 }
 
 // ConfList reads the network configuration a runtime would use: the first file of the conf dir.
@@ -278,8 +291,40 @@ func (k *Kubelet) teardown(ctx context.Context, key string, pod *corev1.Pod, sb 
 	return nil
 }
 
-func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, sb *Sandbox) error {
-	if pod.Status.Phase == corev1.PodRunning && pod.Status.PodIP == sb.IP {
+// probeReady runs the pod's first container's HTTP readiness probe from the node's netns, if it has
+// one; a probe the stand-in kubelet cannot run counts as passed.
+func (k *Kubelet) probeReady(ctx context.Context, pod *corev1.Pod, sb *Sandbox) bool {
+	if k.o.Netns == "" || len(pod.Spec.Containers) == 0 {
+		return true
+	}
+	c := pod.Spec.Containers[0]
+	if c.ReadinessProbe == nil || c.ReadinessProbe.HTTPGet == nil {
+		return true
+	}
+	get := c.ReadinessProbe.HTTPGet
+	port := get.Port.IntValue()
+	for _, p := range c.Ports {
+		if get.Port.Type == intstr.String && p.Name == get.Port.StrVal {
+			port = int(p.ContainerPort)
+		}
+	}
+	url := "http://" + net.JoinHostPort(sb.IP, strconv.Itoa(port)) + get.Path
+	host := Sandbox{NetnsName: k.o.Netns, Netns: "/var/run/netns/" + k.o.Netns}
+	_, err := host.HTTPGet(ctx, url, probePeriod)
+	return err == nil
+}
+
+func podReady(pod *corev1.Pod) bool {
+	for _, c := range pod.Status.Conditions {
+		if c.Type == corev1.PodReady {
+			return c.Status == corev1.ConditionTrue
+		}
+	}
+	return false
+}
+
+func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, sb *Sandbox, ready bool) error {
+	if pod.Status.Phase == corev1.PodRunning && pod.Status.PodIP == sb.IP && podReady(pod) == ready {
 		return nil
 	}
 	p := pod.DeepCopy()
@@ -289,8 +334,16 @@ func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, sb *Sandbox)
 	p.Status.PodIPs = []corev1.PodIP{{IP: sb.IP}}
 	p.Status.StartTime = &now
 	p.Status.Conditions = nil
+	readiness := corev1.ConditionFalse
+	if ready {
+		readiness = corev1.ConditionTrue
+	}
 	for _, c := range []corev1.PodConditionType{corev1.PodScheduled, corev1.PodInitialized, corev1.ContainersReady, corev1.PodReady} {
-		p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: c, Status: corev1.ConditionTrue, LastTransitionTime: now})
+		status := corev1.ConditionTrue
+		if c == corev1.ContainersReady || c == corev1.PodReady {
+			status = readiness
+		}
+		p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: c, Status: status, LastTransitionTime: now})
 	}
 	if _, err := k.o.Client.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("update status of pod %s/%s: %w", p.Namespace, p.Name, err)
