@@ -188,7 +188,8 @@ func (k *Kubelet) sync(ctx context.Context, key string) error {
 			return err
 		}
 	}
-	ready := k.probeReady(ctx, pod, sb)
+	// Once Ready, a pod stays so: only the first success of a readiness probe counts here.
+	ready := (podReady(pod) && pod.Status.PodIP == sb.IP) || k.probeReady(ctx, pod, sb)
 	if !ready {
 		k.queue.AddAfter(key, probePeriod)
 	}
