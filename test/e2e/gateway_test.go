@@ -262,6 +262,7 @@ func TestNodeGateway(t *testing.T) {
 	}
 	e.gatewayRouter(n, pod1.Status.PodIP, pod2.Status.PodIP)
 	e.gatewayRouter(n2, pod1.Status.PodIP, pod2.Status.PodIP)
+	t.Logf("ovn-nbctl show:\n%s\novn-nbctl lr-lb-list GR_%s:\n%s", e.nbctl("show"), n.Name, e.nbctl("lr-lb-list", "GR_"+n.Name))
 
 	var patch string
 	e.eventually(60*time.Second, "patch port on br-ex and flows to it", func() error {
