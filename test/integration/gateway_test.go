@@ -277,7 +277,12 @@ func TestGatewayTopology(t *testing.T) {
 	}
 	t.Logf("ovn-trace reply to GR_n1's join address:\n%s", reply)
 
-	// Switching a Service to externalTrafficPolicy Local takes its template off the gateway routers.
+	// Switching a Service to externalTrafficPolicy Local takes its template off the gateway routers:
+	// the same row leaves the routers' group.
+	template := func() string {
+		return strings.TrimSpace(c.nbctl("--bare", "--columns=_uuid", "find", "Load_Balancer", "name=Service_default/web_TCP_nodeport"))
+	}
+	before := template()
 	setNode("web-a", 0, "n1")
 	setNode("web-a", 1, "n2")
 	svc := c.service("web")
@@ -288,6 +293,12 @@ func TestGatewayTopology(t *testing.T) {
 	c.expectNB("GR_n1 after the policy change", []string{"lr-lb-list", "GR_n1"}, `172.18.0.2:30080\s+10.244.1.5:8080\n`,
 		`!\^NODEIP:30080`, `!192.0.2.10:80\s+10.244.1.5:8080,`)
 	c.expectNB("n1's switch after the policy change", []string{"ls-lb-list", "n1"}, `\^NODEIP:30080\s+10.244.1.5:8080,10.244.2.5:8080`)
+	if after := template(); after != before || before == "" {
+		t.Errorf("the template load balancer was replaced by the policy change: %q -> %q", before, after)
+	}
+	if got := c.nbctl("--bare", "--columns=load_balancer", "list", "Load_Balancer_Group", "dunlin-routers"); strings.Contains(got, before) {
+		t.Errorf("dunlin-routers still holds the template: %s", got)
+	}
 }
 
 // trace runs ovn-trace on datapath against the SB database.
