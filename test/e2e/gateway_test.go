@@ -306,19 +306,24 @@ func TestNodeGateway(t *testing.T) {
 	})
 	t.Logf("patch port %s", patch)
 
-	// Pod egress: the outside server sees the node IP.
+	// Pod egress, from a pod on each node: the outside server sees that pod's node IP.
 	outsideEcho(t, e.c.Outside)
-	e.eventually(90*time.Second, "pod reaches the outside server", func() error {
-		line, err := readLine(sb.Dial, harness.OutsideIP+":"+gwEchoPort)
-		if err != nil {
-			return err
-		}
-		host, _, _ := net.SplitHostPort(line)
-		if host != n.EncapIP {
-			return fmt.Errorf("the outside server saw %s, want the node IP %s", line, n.EncapIP)
-		}
-		return nil
-	})
+	for _, from := range []struct {
+		sb   harness.Sandbox
+		node *harness.ClusterNode
+	}{{sb, n}, {sb2, n2}} {
+		e.eventually(90*time.Second, "pod on "+from.node.Name+" reaches the outside server", func() error {
+			line, err := readLine(from.sb.Dial, harness.OutsideIP+":"+gwEchoPort)
+			if err != nil {
+				return err
+			}
+			host, _, _ := net.SplitHostPort(line)
+			if host != from.node.EncapIP {
+				return fmt.Errorf("the outside server saw %s, want the node IP %s", line, from.node.EncapIP)
+			}
+			return nil
+		})
+	}
 
 	// NodePort from outside, on either node, answered by the backends on both nodes: the gateway
 	// router SNATs to its join address (lb_force_snat_ip), so a backend on the other node answers
