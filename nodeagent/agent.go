@@ -23,6 +23,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
@@ -107,6 +108,8 @@ type Agent struct {
 	pods    *podWatcher
 	metrics *metrics
 	reg     *prometheus.Registry
+	// recorder records Warning events on the node (nil until Run starts it).
+	recorder record.EventRecorder
 
 	locks *attachLocks // one command at a time per attachment; GC works around them
 }
@@ -181,17 +184,23 @@ func (a *Agent) Run(ctx context.Context) error {
 		return fmt.Errorf("configure OVS for OVN: %w", err)
 	}
 	logger.Info("Configured OVS", "systemID", systemID, "bridge", a.cfg.Bridge)
+	defer a.startEvents(ctx)()
+	// Pods plumbed by an older dunlin-node may lack iface-id-ver and the host-end settings; add them
+	// before the controller hears it may require iface-id-ver on this node's ports.
+	a.addIfaceIDVer(ctx)
 	if a.cfg.Gateway {
 		gw := a.newGateway(systemID)
-		if err := gw.start(ctx); err != nil {
+		// The first attempt completes before pods are served, so that a node whose gateway can be
+		// set up never serves pods without it. A failed one is reported and retried in the
+		// background: the node's pods work meanwhile.
+		err := gw.start(ctx)
+		if err != nil && ctx.Err() != nil {
 			return err
 		}
-		go gw.run(ctx)
+		go gw.run(ctx, err)
+	} else {
+		go a.announceFeatures(ctx, annotations.AgentFeatures(false))
 	}
-	// Pods plumbed by an older dunlin-node may lack iface-id-ver and the host-end settings; add them,
-	// then tell the controller it may require iface-id-ver on this node's ports.
-	a.addIfaceIDVer(ctx)
-	go a.announceFeatures(ctx)
 	if links, err := ourHostLinks(); err == nil {
 		for _, l := range links {
 			if err := quietHostEnd(l); err != nil {
@@ -358,13 +367,13 @@ func (a *Agent) addIfaceIDVer(ctx context.Context) {
 }
 
 // announceFeatures writes the node's dunlin.io/node-features annotation, retrying until it is written.
-func (a *Agent) announceFeatures(ctx context.Context) {
-	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, annotations.NodeFeatures, annotations.AgentFeatures())
+func (a *Agent) announceFeatures(ctx context.Context, features string) {
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, annotations.NodeFeatures, features)
 	delay := time.Second
 	for {
 		_, err := a.client.CoreV1().Nodes().Patch(ctx, a.cfg.NodeName, types.MergePatchType, []byte(patch), metav1.PatchOptions{FieldManager: "dunlin-node"})
 		if err == nil {
-			klog.FromContext(ctx).Info("Announced node features", "features", annotations.AgentFeatures())
+			klog.FromContext(ctx).Info("Announced node features", "features", features)
 			return
 		}
 		klog.FromContext(ctx).Error(err, "Cannot announce node features, retrying", "retryIn", delay)

@@ -110,7 +110,16 @@ func defaultRouteLink() (string, error) {
 			}
 		}
 	}
-	return "", errors.New("no default route: set --gateway-interface")
+	return "", errNoDefaultRoute
+}
+
+// errNoDefaultRoute: the uplink is the default route's interface, and there is none.
+var errNoDefaultRoute = errors.New("no default route to find the uplink by: set --gateway-interface")
+
+// uplinkMissing reports whether the gateway set-up failed for want of the uplink: the interface named
+// is not there (yet), or there is no default route to find it by.
+func uplinkMissing(err error) bool {
+	return errors.Is(err, errNoDefaultRoute) || isNotFound(err)
 }
 
 func isDefault(n *net.IPNet) bool {
@@ -300,7 +309,7 @@ func (a *Agent) setUpGateway(ctx context.Context, installFlows func(context.Cont
 		}
 		link, err := netlink.LinkByName(name)
 		if err != nil {
-			return gs, fmt.Errorf("gateway interface %s: %w", name, err)
+			return gs, fmt.Errorf("gateway interface %s (--gateway-interface, else the default route's): %w", name, err)
 		}
 		if p, ok := a.ovs.Port(name); ok && p.Bridge != GatewayBridge {
 			return gs, fmt.Errorf("gateway interface %s is already a port of OVS bridge %s: set --gateway-interface to the physical uplink", name, p.Bridge)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/vishvananda/netlink"
@@ -44,6 +45,7 @@ type gateway struct {
 
 	flows     []string // last installed
 	published string   // last annotation value written or seen
+	announced sync.Once
 }
 
 func (a *Agent) newGateway(chassisID string) *gateway {
@@ -86,9 +88,56 @@ func (g *gateway) start(ctx context.Context) error {
 	return nil
 }
 
-// run keeps flows and annotation in sync until ctx ends.
-func (g *gateway) run(ctx context.Context) {
+// announce tells the controller, once, that this node runs the gateway (annotations.FeatureGateway):
+// from then on it reports the node while it has no gateway annotation. It is called once the
+// annotation is published, or once the set-up failed, so a starting node is never reported.
+func (g *gateway) announce(ctx context.Context) {
+	g.announced.Do(func() { go g.a.announceFeatures(ctx, annotations.AgentFeatures(true)) })
+}
+
+// retryStart reports why the set-up failed (a Warning event on the node, once per distinct error, and a
+// log line each attempt) and tries again, backing off, until it succeeds (true) or ctx ends. The uplink
+// may appear later (a NIC renamed or brought up by the host's network configuration).
+func (g *gateway) retryStart(ctx context.Context, err error) bool {
 	logger := klog.FromContext(ctx)
+	delay := time.Second
+	reported := ""
+	for {
+		reason := reasonGatewayFailed
+		if uplinkMissing(err) {
+			reason = reasonUplinkMissing
+		}
+		msg := fmt.Sprintf("%v (retrying; the node's pods work meanwhile, but get no egress through this node "+
+			"and its NodePorts do not answer)", err)
+		if msg != reported {
+			g.a.warnNode(ctx, reason, msg)
+			reported = msg
+		}
+		g.announce(ctx)
+		logger.Error(err, "Node gateway not set up, retrying", "reason", reason, "retryIn", delay)
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 30*time.Second)
+		if err = g.start(ctx); err == nil {
+			logger.Info("Node gateway set up after earlier failures", "uplink", g.state.Interface)
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+	}
+}
+
+// run keeps flows and annotation in sync until ctx ends. startErr is the first set-up's failure, if
+// any: the set-up is retried first.
+func (g *gateway) run(ctx context.Context, startErr error) {
+	logger := klog.FromContext(ctx)
+	if startErr != nil && !g.retryStart(ctx, startErr) {
+		return
+	}
 	ports, unsubscribe := g.a.ovs.SubscribePorts()
 	defer unsubscribe()
 	// Address changes wake the loop: a restarted ovs-vswitchd recreates br-ex's device without them.
@@ -111,6 +160,9 @@ func (g *gateway) run(ctx context.Context) {
 		}
 		if err == nil {
 			err = g.publish(ctx, force)
+		}
+		if err == nil {
+			g.announce(ctx)
 		}
 		var retry <-chan time.Time
 		switch {
@@ -268,7 +320,8 @@ func patchNodeAnnotation(ctx context.Context, client kubernetes.Interface, node,
 	return nil
 }
 
-// RemoveGatewayAnnotation removes the node's gateway annotation (for --cleanup); a missing node or
+// RemoveGatewayAnnotation removes the node's gateway annotation and the gateway from its announced
+// features (for --cleanup: the controller no longer expects a gateway there); a missing node or
 // annotation is fine.
 func RemoveGatewayAnnotation(ctx context.Context, client kubernetes.Interface, node string) error {
 	n, err := client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
@@ -277,6 +330,12 @@ func RemoveGatewayAnnotation(ctx context.Context, client kubernetes.Interface, n
 	}
 	if err != nil {
 		return fmt.Errorf("read node %s: %w", node, err)
+	}
+	if annotations.HasFeature(n, annotations.FeatureGateway) {
+		features := annotations.WithoutFeature(n.Annotations[annotations.NodeFeatures], annotations.FeatureGateway)
+		if err := patchNodeAnnotation(ctx, client, node, annotations.NodeFeatures, &features); err != nil {
+			return err
+		}
 	}
 	if _, ok := n.Annotations[annotations.NodeGateway]; !ok {
 		return nil

@@ -127,6 +127,9 @@ type Controller struct {
 	join *ipam.Keyed
 	// gateways maps the nodes whose gateway router was written to their node IPv4 address.
 	gateways sync.Map
+	// gatewayProblems maps a node to the reason and message of the gateway warning last recorded for
+	// it, so that a resync or an unrelated update does not repeat it.
+	gatewayProblems sync.Map
 
 	// nodeFeatures are the features each node's agent announced, as last synced.
 	nodeFeatures sync.Map

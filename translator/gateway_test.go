@@ -241,10 +241,10 @@ func TestGatewayServiceRows(t *testing.T) {
 		s.Spec.ExternalIPs = []string{"192.0.2.10"}
 	}), ServiceEnv{Gateways: gws}, sl)
 	want := map[string]map[string]string{
-		"Service_shop/web_TCP_gateway_n1":      {"172.18.0.2:30080": "10.244.1.5:8080", "192.0.2.10:80": "10.244.1.5:8080"},
-		"Service_shop/web_TCP_gateway_n2":      {"172.18.0.3:30080": "10.244.2.7:8080", "192.0.2.10:80": "10.244.2.7:8080"},
-		"Service_shop/web_TCP_gateway_n3":      {"172.18.0.4:30080": "", "192.0.2.10:80": ""},
-		"Service_shop/web_TCP_nodeport_switch": {"^NODEIP:30080": "10.244.1.5:8080,10.244.2.7:8080"},
+		"Service_shop/web_TCP_gateway_n1": {"172.18.0.2:30080": "10.244.1.5:8080", "192.0.2.10:80": "10.244.1.5:8080"},
+		"Service_shop/web_TCP_gateway_n2": {"172.18.0.3:30080": "10.244.2.7:8080", "192.0.2.10:80": "10.244.2.7:8080"},
+		"Service_shop/web_TCP_gateway_n3": {"172.18.0.4:30080": "", "192.0.2.10:80": ""},
+		"Service_shop/web_TCP_nodeport":   {"^NODEIP:30080": "10.244.1.5:8080,10.244.2.7:8080"},
 	}
 	if names := slices.Sorted(maps.Keys(got)); !slices.Equal(names, slices.Sorted(maps.Keys(want))) {
 		t.Fatalf("load balancers %v", names)
@@ -254,7 +254,7 @@ func TestGatewayServiceRows(t *testing.T) {
 		if !maps.Equal(lb.Vips, vips) {
 			t.Errorf("%s vips %v, want %v", name, lb.Vips, vips)
 		}
-		if name == "Service_shop/web_TCP_nodeport_switch" {
+		if name == "Service_shop/web_TCP_nodeport" {
 			if p := parentNames(got[name]); !slices.Equal(p, []string{ClusterLBGroup}) {
 				t.Errorf("%s parents %v", name, p)
 			}

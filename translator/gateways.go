@@ -22,6 +22,10 @@ import (
 // Event reasons of the gateways.
 const (
 	reasonInvalidGateway = "InvalidNodeGateway"
+	// reasonMissingGateway: the node's dunlin-node runs the gateway (annotations.FeatureGateway) but
+	// the node has no gateway annotation: it could not set br-ex up (see its own events), or someone
+	// removed the annotation.
+	reasonMissingGateway = "NodeGatewayMissing"
 	reasonJoinExhausted  = "JoinSubnetExhausted"
 )
 
@@ -49,6 +53,7 @@ func (c *Controller) gatewayHandler() cache.ResourceEventHandler {
 			o, ok1 := old.(*corev1.Node)
 			n, ok2 := obj.(*corev1.Node)
 			if ok1 && ok2 && o.Annotations[annotations.NodeGateway] == n.Annotations[annotations.NodeGateway] &&
+				annotations.HasFeature(o, annotations.FeatureGateway) == annotations.HasFeature(n, annotations.FeatureGateway) &&
 				slices.Equal(NodeHostIPs(o), NodeHostIPs(n)) {
 				return
 			}
@@ -74,12 +79,14 @@ func NodeHostIPs(n *corev1.Node) []netip.Addr {
 
 // syncGateway keeps a node's gateway rows (owner Gateway/<node>): the policy for pod traffic to the
 // node's addresses, and the gateway router when the node has a valid gateway annotation. A missing
-// annotation means no router (dunlin-node has not set br-ex up, or gave the uplink back); an invalid
+// annotation means no router (dunlin-node has not set br-ex up, or gave the uplink back, or runs
+// without a gateway), reported only when the node's dunlin-node says it runs the gateway; an invalid
 // one is reported and the node keeps the rows it has until it is corrected.
 func (c *Controller) syncGateway(ctx context.Context, name string) error {
 	owner := Owner(KindGateway, name)
 	node, err := c.nodeLister.Get(name)
 	if apierrors.IsNotFound(err) {
+		c.gatewayProblems.Delete(name)
 		return c.dropGateway(ctx, name)
 	}
 	if err != nil {
@@ -97,9 +104,17 @@ func (c *Controller) syncGateway(ctx context.Context, name string) error {
 	}
 	n := GatewayNode{Name: name, Subnet: subnet, HostIPs: NodeHostIPs(node)}
 	g, err := NodeGatewayOf(node)
-	if err != nil {
-		c.warn(node, reasonInvalidGateway, "%v; the node keeps the gateway rows it has (if any) until the annotation is corrected", err)
+	switch {
+	case err != nil:
+		c.warnGateway(node, reasonInvalidGateway, fmt.Sprintf("%v; the node keeps the gateway rows it has (if any) until the annotation is corrected", err))
 		return nil
+	case g == nil && annotations.HasFeature(node, annotations.FeatureGateway):
+		c.warnGateway(node, reasonMissingGateway, fmt.Sprintf("dunlin-node runs the node gateway here but the node has no %s annotation "+
+			"(see dunlin-node's events and log on the node: is its uplink, --gateway-interface, there?); "+
+			"the node gets no gateway router: its pods do not reach the outside through it and its NodePorts do not answer",
+			annotations.NodeGateway))
+	default:
+		c.gatewayProblems.Delete(name)
 	}
 	if g != nil {
 		n.Gateway = g
@@ -137,6 +152,16 @@ func (c *Controller) syncGateway(ctx context.Context, name string) error {
 	p, _ := gatewayIPv4(*n.Gateway)
 	c.setGateway(name, p.Addr())
 	return nil
+}
+
+// warnGateway records a Warning about the node's gateway unless the same one was the last recorded:
+// the node's key is synced again on resyncs and unrelated updates, and an unchanged problem is
+// reported once.
+func (c *Controller) warnGateway(node *corev1.Node, reason, msg string) {
+	if last, ok := c.gatewayProblems.Swap(node.Name, reason+": "+msg); ok && last.(string) == reason+": "+msg {
+		return
+	}
+	c.warn(node, reason, "%s", msg)
 }
 
 // NodeGatewayOf returns the node's gateway annotation, nil when it has none, or why it is unusable.

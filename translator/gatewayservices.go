@@ -17,8 +17,8 @@ import (
 // The Service load balancers of the gateway routers (see GatewayRows). Per Service and protocol:
 //   - a NodePort template load balancer, VIP "^NODEIP:<nodePort>", which each chassis expands with its
 //     own Chassis_Template_Var: one row serves every node. It is in dunlin-cluster (node switches: a pod
-//     reaching its own node's IP) and, with externalTrafficPolicy Cluster, in dunlin-routers (with
-//     Local it is _nodeport_switch, on the switches only);
+//     reaching its own node's IP) and, with externalTrafficPolicy Cluster, in dunlin-routers (a change
+//     to Local takes the same row out of dunlin-routers);
 //   - with externalTrafficPolicy Cluster, one load balancer of the externalIPs and ingress IPs in
 //     dunlin-routers;
 //   - with externalTrafficPolicy Local, one load balancer per gateway router with the node's own
@@ -99,11 +99,11 @@ func gatewayLBRows(svc *corev1.Service, env ServiceEnv, cands map[backendKey][]c
 	local := externalLocal(svc)
 	var rows []nbstore.Row
 	if len(nps) > 0 {
-		parents, name := []nbstore.Parent{clusterGroup, routerGroup}, ServiceNodePortLBName
+		parents := []nbstore.Parent{clusterGroup, routerGroup}
 		if local {
-			parents, name = []nbstore.Parent{clusterGroup}, ServiceNodePortSwitchLBName
+			parents = []nbstore.Parent{clusterGroup}
 		}
-		b := newLBSet(svc, env, func(proto string) string { return name(svc.Namespace, svc.Name, proto) })
+		b := newLBSet(svc, env, func(proto string) string { return ServiceNodePortLBName(svc.Namespace, svc.Name, proto) })
 		for _, sp := range nps {
 			lb := b.lb(sp)
 			lb.Options["template"] = "true"

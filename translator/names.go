@@ -78,13 +78,6 @@ func ServiceNodePortLBName(namespace, name, protocol string) string {
 	return ServiceLBName(namespace, name, protocol) + "_nodeport"
 }
 
-// ServiceNodePortSwitchLBName is the NodePort template load balancer of a Service with
-// externalTrafficPolicy Local, on the node switches only. It has a name of its own so that a change of
-// policy replaces the row: the store never drops a load balancer from a group it no longer names.
-func ServiceNodePortSwitchLBName(namespace, name, protocol string) string {
-	return ServiceNodePortLBName(namespace, name, protocol) + "_switch"
-}
-
 // ServiceExternalLBName is a Service's load balancer of externalIPs and ingress IPs on every gateway
 // router (externalTrafficPolicy Cluster).
 func ServiceExternalLBName(namespace, name, protocol string) string {

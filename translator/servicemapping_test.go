@@ -80,7 +80,7 @@ func lbs(t *testing.T, svc *corev1.Service, eps ...*discoveryv1.EndpointSlice) (
 
 // isGatewayLB is true for the load balancers of the gateway routers (gateway_test.go).
 func isGatewayLB(name string) bool {
-	return strings.HasSuffix(name, "_nodeport") || strings.HasSuffix(name, "_nodeport_switch") || strings.HasSuffix(name, "_external") || strings.Contains(name, "_gateway_")
+	return strings.HasSuffix(name, "_nodeport") || strings.HasSuffix(name, "_external") || strings.Contains(name, "_gateway_")
 }
 
 func TestServiceRows(t *testing.T) {

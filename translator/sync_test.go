@@ -359,7 +359,7 @@ func TestIfaceIDVerFollowsTheNodeAgent(t *testing.T) {
 	if got := e.nbctl("get", "Logical_Switch_Port", "default_a", "options"); strings.Contains(got, "iface-id-ver") {
 		t.Fatalf("options before the agent announced it: %s", got)
 	}
-	e.updateNode("n1", func(n *corev1.Node) { n.Annotations[annotations.NodeFeatures] = annotations.AgentFeatures() })
+	e.updateNode("n1", func(n *corev1.Node) { n.Annotations[annotations.NodeFeatures] = annotations.AgentFeatures(false) })
 	e.c.DrainPodQueue()
 	e.syncNode("n1")
 	if queued := e.c.DrainPodQueue(); !slices.Contains(queued, "default/a") {

@@ -32,10 +32,34 @@ const (
 	// FeatureIfaceIDVer: the agent puts the pod UID in iface-id-ver on pod interfaces (and has added it
 	// to the interfaces of pods plumbed before it), so the controller may require it on logical ports.
 	FeatureIfaceIDVer = "iface-id-ver"
+	// FeatureGateway: the agent runs the node gateway (it was not started with --gateway=false), so
+	// the node is expected to get a NodeGateway annotation; the controller warns while it has none.
+	// The agent announces it only once its first attempt to set the gateway up has published the
+	// annotation or failed, so a starting node is not reported. Agents of releases before it, and
+	// agents without a gateway, do not list it: no NodeGateway is expected of them.
+	FeatureGateway = "gateway"
 )
 
-// AgentFeatures are the features this release's dunlin-node supports, as NodeFeatures holds them.
-func AgentFeatures() string { return FeatureIfaceIDVer }
+// AgentFeatures are the features this release's dunlin-node supports, as NodeFeatures holds them;
+// gateway says whether it runs the node gateway.
+func AgentFeatures(gateway bool) string {
+	if gateway {
+		return FeatureIfaceIDVer + "," + FeatureGateway
+	}
+	return FeatureIfaceIDVer
+}
+
+// WithoutFeature returns the NodeFeatures value features without feature, as dunlin-node --cleanup
+// writes it when it takes the gateway down.
+func WithoutFeature(features, feature string) string {
+	var keep []string
+	for _, f := range strings.Split(features, ",") {
+		if f = strings.TrimSpace(f); f != "" && f != feature {
+			keep = append(keep, f)
+		}
+	}
+	return strings.Join(keep, ",")
+}
 
 // HasFeature reports whether the node's agent announced feature.
 func HasFeature(node *corev1.Node, feature string) bool {

@@ -126,3 +126,22 @@ func TestNodeGateway(t *testing.T) {
 		}
 	}
 }
+
+// The gateway feature: announced only by agents running the gateway; the form without it (older
+// agents, --gateway=false) means no gateway is expected; --cleanup takes it out and keeps the rest.
+func TestGatewayFeature(t *testing.T) {
+	node := func(features string) *corev1.Node {
+		return &corev1.Node{ObjectMeta: metav1.ObjectMeta{Annotations: map[string]string{NodeFeatures: features}}}
+	}
+	if !HasFeature(node(AgentFeatures(true)), FeatureGateway) || !HasFeature(node(AgentFeatures(true)), FeatureIfaceIDVer) {
+		t.Errorf("AgentFeatures(true) = %q", AgentFeatures(true))
+	}
+	for _, old := range []string{AgentFeatures(false), "iface-id-ver", ""} {
+		if HasFeature(node(old), FeatureGateway) {
+			t.Errorf("%q announces the gateway", old)
+		}
+	}
+	if got := WithoutFeature("iface-id-ver, gateway,future", FeatureGateway); got != "iface-id-ver,future" {
+		t.Errorf("WithoutFeature = %q", got)
+	}
+}

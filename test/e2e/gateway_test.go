@@ -9,13 +9,16 @@ import (
 	"net"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	"k8s.io/utils/ptr"
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
 	"github.com/dunlinplugin/dunlin/test/harness"
@@ -259,6 +262,7 @@ func TestNodeGateway(t *testing.T) {
 	}
 	e.gatewayRouter(n, pod1.Status.PodIP, pod2.Status.PodIP)
 	e.gatewayRouter(n2, pod1.Status.PodIP, pod2.Status.PodIP)
+	t.Logf("ovn-nbctl show:\n%s\novn-nbctl lr-lb-list GR_%s:\n%s", e.nbctl("show"), n.Name, e.nbctl("lr-lb-list", "GR_"+n.Name))
 
 	var patch string
 	e.eventually(60*time.Second, "patch port on br-ex and flows to it", func() error {
@@ -302,19 +306,24 @@ func TestNodeGateway(t *testing.T) {
 	})
 	t.Logf("patch port %s", patch)
 
-	// Pod egress: the outside server sees the node IP.
+	// Pod egress, from a pod on each node: the outside server sees that pod's node IP.
 	outsideEcho(t, e.c.Outside)
-	e.eventually(90*time.Second, "pod reaches the outside server", func() error {
-		line, err := readLine(sb.Dial, harness.OutsideIP+":"+gwEchoPort)
-		if err != nil {
-			return err
-		}
-		host, _, _ := net.SplitHostPort(line)
-		if host != n.EncapIP {
-			return fmt.Errorf("the outside server saw %s, want the node IP %s", line, n.EncapIP)
-		}
-		return nil
-	})
+	for _, from := range []struct {
+		sb   harness.Sandbox
+		node *harness.ClusterNode
+	}{{sb, n}, {sb2, n2}} {
+		e.eventually(90*time.Second, "pod on "+from.node.Name+" reaches the outside server", func() error {
+			line, err := readLine(from.sb.Dial, harness.OutsideIP+":"+gwEchoPort)
+			if err != nil {
+				return err
+			}
+			host, _, _ := net.SplitHostPort(line)
+			if host != from.node.EncapIP {
+				return fmt.Errorf("the outside server saw %s, want the node IP %s", line, from.node.EncapIP)
+			}
+			return nil
+		})
+	}
 
 	// NodePort from outside, on either node, answered by the backends on both nodes: the gateway
 	// router SNATs to its join address (lb_force_snat_ip), so a backend on the other node answers
@@ -382,6 +391,39 @@ func TestNodeGateway(t *testing.T) {
 		}
 	}
 	e.outsideReachesHost("with the gateway router in place", n)
+
+	// With the gateway in place, the host reaches pod IPs on both nodes and the ClusterIP.
+	host := harness.Sandbox{NetnsName: n.Netns, Netns: "/var/run/netns/" + n.Netns}
+	gwnp, err := e.client.CoreV1().Services("default").Get(ctx, "gwnp", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.eventually(60*time.Second, "the host of "+n.Name+" reaches pods on both nodes and the ClusterIP", func() error {
+		if err := expectName(host, pod1.Status.PodIP, "gwpod"); err != nil {
+			return err
+		}
+		if err := expectName(host, pod2.Status.PodIP, "gwpod2"); err != nil {
+			return err
+		}
+		body, err := host.HTTPGet(ctx, "http://"+gwnp.Spec.ClusterIP+":80/", 10*time.Second)
+		if b := strings.TrimSpace(string(body)); err == nil && b != "gwpod" && b != "gwpod2" {
+			return fmt.Errorf("ClusterIP answered %q", b)
+		}
+		return err
+	})
+
+	// A host-network server (the first node's, on its node IP) as the backend of a Service is reached
+	// from pods on both nodes, the node it runs on included.
+	hostIP := e.hostNetworkService("hostnet", n, gwHostPort)
+	for _, from := range []harness.Sandbox{sb, sb2} {
+		e.eventually(60*time.Second, "pod "+from.NetnsName+" reaches the host-network backend", func() error {
+			line, err := readLine(from.Dial, hostIP+":80")
+			if err == nil && line != n.Name {
+				return fmt.Errorf("answered %q, want %s", line, n.Name)
+			}
+			return err
+		})
+	}
 
 	// A restart changes no flow and keeps everything working: the flows are not even re-added (the
 	// NodePort flow keeps its packet count).
@@ -469,6 +511,34 @@ func TestNodeGateway(t *testing.T) {
 	if v, ok := node.Annotations[annotations.NodeGateway]; ok {
 		t.Fatalf("annotation still there after --cleanup: %s", v)
 	}
+}
+
+// hostNetworkService creates a Service without selector whose only endpoint is node's address at
+// port, as for a host-network pod (or the kubernetes Service), waits for its load balancer and the
+// datapath, and returns its ClusterIP.
+func (e *env) hostNetworkService(name string, node *harness.ClusterNode, port string) string {
+	e.t.Helper()
+	ctx := context.Background()
+	p, _ := strconv.Atoi(port)
+	svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Namespace: "default", Name: name}, Spec: corev1.ServiceSpec{
+		Ports: []corev1.ServicePort{{Name: "tcp", Port: 80, TargetPort: intstr.FromInt32(int32(p)), Protocol: corev1.ProtocolTCP}},
+	}}
+	svc, err := e.client.CoreV1().Services("default").Create(ctx, svc, metav1.CreateOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	slice := &discoveryv1.EndpointSlice{
+		ObjectMeta:  metav1.ObjectMeta{Namespace: "default", Name: name + "-host", Labels: map[string]string{discoveryv1.LabelServiceName: name}},
+		AddressType: discoveryv1.AddressTypeIPv4,
+		Endpoints: []discoveryv1.Endpoint{{Addresses: []string{node.EncapIP}, NodeName: ptr.To(node.Name),
+			Conditions: discoveryv1.EndpointConditions{Ready: ptr.To(true)}}},
+		Ports: []discoveryv1.EndpointPort{{Name: ptr.To("tcp"), Port: ptr.To(int32(p)), Protocol: ptr.To(corev1.ProtocolTCP)}},
+	}
+	if _, err := e.client.DiscoveryV1().EndpointSlices("default").Create(ctx, slice, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.waitBackends("default", name, "TCP", 1)
+	return svc.Spec.ClusterIP
 }
 
 // gatewayRouter waits for dunlin-controller's gateway rows of n (GR_<node> pinned to its chassis, with

@@ -56,7 +56,7 @@ func TestPodRecreatedOnAnotherNodeMovesItsPort(t *testing.T) {
 	c := newCluster(t)
 	// As their dunlin-node would, the nodes announce iface-id-ver, so ports carry the pod UID.
 	withAgent := func(n *corev1.Node) {
-		n.Annotations = map[string]string{annotations.NodeFeatures: annotations.AgentFeatures()}
+		n.Annotations = map[string]string{annotations.NodeFeatures: annotations.AgentFeatures(false)}
 	}
 	c.createNode("a", withAgent)
 	c.createNode("b", withAgent)

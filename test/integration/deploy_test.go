@@ -54,9 +54,10 @@ func TestDeployManifests(t *testing.T) {
 		t.Fatal(err)
 	}
 	// What dunlin-node does with the API: watch the pods of its node, read and annotate its Node, watch
-	// Services (the NodePorts and external IPs its gateway bridge hands to OVN).
+	// Services (the NodePorts and external IPs its gateway bridge hands to OVN), record Warning events
+	// on its Node.
 	for _, verb := range [][]string{{"list", "pods"}, {"watch", "pods"}, {"get", "pods"}, {"get", "nodes"}, {"patch", "nodes"},
-		{"list", "services"}, {"watch", "services"}} {
+		{"list", "services"}, {"watch", "services"}, {"create", "events"}, {"patch", "events"}} {
 		out, err := exec.CommandContext(ctx, kubectl, "--kubeconfig", kube.Kubeconfig, "auth", "can-i", verb[0], verb[1],
 			"--all-namespaces", "--as=system:serviceaccount:dunlin-system:dunlin-node").CombinedOutput()
 		if err != nil || strings.TrimSpace(string(out)) != "yes" {

@@ -57,6 +57,35 @@ func (c *cluster) setGatewayAnnotation(node, value string) {
 	}
 }
 
+// setFeatures sets the node's announced agent features, as its dunlin-node would.
+func (c *cluster) setFeatures(node, features string) {
+	c.t.Helper()
+	patch := fmt.Sprintf(`{"metadata":{"annotations":{%q:%q}}}`, annotations.NodeFeatures, features)
+	if _, err := c.client.CoreV1().Nodes().Patch(context.Background(), node, types.MergePatchType, []byte(patch), metav1.PatchOptions{}); err != nil {
+		c.t.Fatalf("features of node %s: %v", node, err)
+	}
+}
+
+func (c *cluster) node(name string) *corev1.Node {
+	c.t.Helper()
+	n, err := c.client.CoreV1().Nodes().Get(context.Background(), name, metav1.GetOptions{})
+	if err != nil {
+		c.t.Fatalf("get node %s: %v", name, err)
+	}
+	return n
+}
+
+// events lists the events with reason on the named object.
+func (c *cluster) events(name, reason string) []corev1.Event {
+	c.t.Helper()
+	sel := fmt.Sprintf("involvedObject.name=%s,reason=%s", name, reason)
+	evs, err := c.client.CoreV1().Events("").List(context.Background(), metav1.ListOptions{FieldSelector: sel})
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return evs.Items
+}
+
 // expectNB waits until ovn-nbctl args prints something matching every pattern (and, for patterns
 // starting with "!", not matching it), and returns that output.
 func (c *cluster) expectNB(what string, args []string, patterns ...string) string {
@@ -248,7 +277,12 @@ func TestGatewayTopology(t *testing.T) {
 	}
 	t.Logf("ovn-trace reply to GR_n1's join address:\n%s", reply)
 
-	// Switching a Service to externalTrafficPolicy Local takes its template off the gateway routers.
+	// Switching a Service to externalTrafficPolicy Local takes its template off the gateway routers:
+	// the same row leaves the routers' group.
+	template := func() string {
+		return strings.TrimSpace(c.nbctl("--bare", "--columns=_uuid", "find", "Load_Balancer", "name=Service_default/web_TCP_nodeport"))
+	}
+	before := template()
 	setNode("web-a", 0, "n1")
 	setNode("web-a", 1, "n2")
 	svc := c.service("web")
@@ -259,6 +293,12 @@ func TestGatewayTopology(t *testing.T) {
 	c.expectNB("GR_n1 after the policy change", []string{"lr-lb-list", "GR_n1"}, `172.18.0.2:30080\s+10.244.1.5:8080\n`,
 		`!\^NODEIP:30080`, `!192.0.2.10:80\s+10.244.1.5:8080,`)
 	c.expectNB("n1's switch after the policy change", []string{"ls-lb-list", "n1"}, `\^NODEIP:30080\s+10.244.1.5:8080,10.244.2.5:8080`)
+	if after := template(); after != before || before == "" {
+		t.Errorf("the template load balancer was replaced by the policy change: %q -> %q", before, after)
+	}
+	if got := c.nbctl("--bare", "--columns=load_balancer", "list", "Load_Balancer_Group", "dunlin-routers"); strings.Contains(got, before) {
+		t.Errorf("dunlin-routers still holds the template: %s", got)
+	}
 }
 
 // trace runs ovn-trace on datapath against the SB database.
@@ -286,18 +326,14 @@ func (c *cluster) ownedRows(owner string) int {
 // noWarning fails if node has a Warning with reason.
 func (c *cluster) noWarning(name, reason string) {
 	c.t.Helper()
-	sel := fmt.Sprintf("involvedObject.name=%s,reason=%s", name, reason)
-	evs, err := c.client.CoreV1().Events("").List(context.Background(), metav1.ListOptions{FieldSelector: sel})
-	if err != nil {
-		c.t.Fatal(err)
-	}
-	if len(evs.Items) > 0 {
-		c.t.Errorf("%s has a %s event: %s", name, reason, evs.Items[0].Message)
+	if evs := c.events(name, reason); len(evs) > 0 {
+		c.t.Errorf("%s has a %s event: %s", name, reason, evs[0].Message)
 	}
 }
 
-// TestGatewayLifecycle: nodes without or with a bad annotation, a restart, a deleted node, a foreign
-// router and a node port outside the range; every other node converges meanwhile.
+// TestGatewayLifecycle: nodes without or with a bad annotation (reported only when the node's agent
+// runs the gateway), a restart, a deleted node, a foreign router and a node port outside the range;
+// every other node converges meanwhile.
 func TestGatewayLifecycle(t *testing.T) {
 	c := newCluster(t, "--service-node-port-range=30000-30999")
 	// A router of someone else's with the name a node's gateway would get.
@@ -320,6 +356,33 @@ func TestGatewayLifecycle(t *testing.T) {
 	// A node without the annotation gets no router and no event, but pods still reach its addresses.
 	c.expectNB("bare node's host-network policy", []string{"lr-policy-list", "ovn_cluster_router"}, `ip4.dst == \{172.18.0.3\}\s+reroute\s+10.244.2.2`)
 	c.noWarning("bare", "InvalidNodeGateway")
+
+	// A node whose dunlin-node runs the gateway but published none (its uplink is missing) is
+	// reported, once: a later sync of the node (its address changed) does not repeat it. A node whose
+	// agent runs with --gateway=false, or predates the gateway feature (bare), is not reported.
+	c.createGatewayNode("n7", 7, "")
+	c.setFeatures("n7", annotations.AgentFeatures(true))
+	c.createGatewayNode("n8", 8, "")
+	c.setFeatures("n8", annotations.AgentFeatures(false))
+	missing := c.warning("", "n7", "NodeGatewayMissing")
+	if !strings.Contains(missing.Message, annotations.NodeGateway) || missing.Source.Component != "dunlin-controller" {
+		t.Errorf("NodeGatewayMissing from %q: %s", missing.Source.Component, missing.Message)
+	}
+	n7 := c.node("n7")
+	n7.Status.Addresses = []corev1.NodeAddress{{Type: corev1.NodeInternalIP, Address: "172.18.0.77"}}
+	if _, err := c.client.CoreV1().Nodes().UpdateStatus(context.Background(), n7, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	c.expectNB("n7's and n8's host-network policies", []string{"lr-policy-list", "ovn_cluster_router"},
+		`ip4.dst == \{172.18.0.77\}\s+reroute\s+10.244.7.2`, `ip4.dst == \{172.18.0.9\}\s+reroute\s+10.244.8.2`)
+	if evs := c.events("n7", "NodeGatewayMissing"); len(evs) != 1 || evs[0].Count != 1 {
+		t.Errorf("NodeGatewayMissing on n7 was repeated by a later sync: %+v", evs)
+	}
+	c.noWarning("n8", "NodeGatewayMissing")
+	c.noWarning("bare", "NodeGatewayMissing")
+	// Publishing the annotation heals it.
+	c.setGatewayAnnotation("n7", gatewayInfo(7).Marshal())
+	c.expectNB("n7's gateway", []string{"show"}, `\(GR_n7\)`, `\(ext_n7\)`)
 	// The foreign router is left as it was.
 	if got := strings.TrimSpace(c.nbctl("get", "Logical_Router", "GR_foreign", "options")); got != `{chassis=elsewhere}` {
 		t.Errorf("foreign router options %s", got)

@@ -98,12 +98,16 @@ func (s *Store) resolveRefs(txn *Txn, table, id string, info *mapper.Info, refs 
 // ensureParents puts an existing row into every parent that does not hold it yet. A non-root row held
 // by another parent (a pod's port on the switch of the node the pod was on before) is moved: dropped
 // from its holder and inserted into its parent in the same transaction, so the server never collects it.
+// A root row is dropped from the rows that hold it without being its parents any more
+// (dropFromOtherParents).
 func (s *Store) ensureParents(txn, ops *Txn, table, id, uuid string, parents []Parent) error {
+	named := map[string]bool{} // "table/column/uuid" of each parent
 	for _, p := range parents {
 		puuid, prow, err := s.findOwned(txn, p.Table, p.Ref)
 		if err != nil {
 			return fmt.Errorf("%s %q: %w", table, id, err)
 		}
+		named[p.Table+"/"+p.Column+"/"+puuid] = true
 		if prow != nil {
 			held, _ := s.column(prow, p.Column).([]string)
 			if slices.Contains(held, uuid) {
@@ -122,6 +126,55 @@ func (s *Store) ensureParents(txn, ops *Txn, table, id, uuid string, parents []P
 			return err
 		}
 		ops.add(one, op)
+	}
+	if s.root[table] && len(parents) > 0 {
+		return s.dropFromOtherParents(ops, table, uuid, parents, named)
+	}
+	return nil
+}
+
+// dropFromOtherParents removes the root row uuid of table from the rows that hold it in a reference
+// column without being among its parents (named) any more: a load balancer that leaves one of its two
+// groups, or a router. The server does not collect a root row, so such a parent would keep it. The rows
+// looked at are those of its parents' owners (through the owner index) and of NameOwned tables (the
+// reserved groups): a parent of another owner the row has left entirely keeps it, and a row without
+// Parents (held through other rows' Refs) is never dropped.
+func (s *Store) dropFromOtherParents(ops *Txn, table, uuid string, parents []Parent, named map[string]bool) error {
+	owners := map[string]bool{}
+	for _, p := range parents {
+		owners[p.Owner] = true
+	}
+	for _, ptable := range s.tables {
+		for _, col := range slices.Sorted(maps.Keys(s.refTable[ptable])) {
+			if s.refTable[ptable][col] != table {
+				continue
+			}
+			rows := map[string]model.Model{}
+			if s.specs[ptable].NameOwned {
+				if tc := s.cli.Cache().Table(ptable); tc != nil {
+					rows = tc.RowsShallow()
+				}
+			} else {
+				for owner := range owners {
+					found, err := s.lookup(ptable, map[string]string{OwnerKey: owner}, "")
+					if err != nil {
+						return err
+					}
+					maps.Copy(rows, found)
+				}
+			}
+			for _, puuid := range slices.Sorted(maps.Keys(rows)) {
+				held, _ := s.column(rows[puuid], col).([]string)
+				if named[ptable+"/"+col+"/"+puuid] || !slices.Contains(held, uuid) {
+					continue
+				}
+				op, err := s.refOp(ptable, col, puuid, ovsdb.MutateOperationDelete, uuid)
+				if err != nil {
+					return err
+				}
+				ops.add(one, op)
+			}
+		}
 	}
 	return nil
 }

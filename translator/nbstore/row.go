@@ -33,7 +33,9 @@ type Row struct {
 	// Parents are the rows whose set column references this one. A row of a non-root table (a port) has
 	// exactly one, and is garbage-collected by the server when it loses it, so a port whose parent
 	// changed moves in one transaction. A row of a root table (a load balancer) may have several (a group
-	// and a router); references it no longer names are left in place. Parents may belong to other owners
+	// and a router); it is dropped from the rows of its parents' owners (and the NameOwned groups) that
+	// hold it without being named any more. A row without Parents is held through other rows' Refs and
+	// never dropped. Parents may belong to other owners
 	// (a pod's port sits on its node's switch); only the reference is mutated, never their other columns.
 	Parents []Parent
 	// Refs are reference columns of Model given by the rows they point to, rows Dunlin owns: the store

@@ -218,6 +218,61 @@ func TestStoreRowWithSeveralParents(t *testing.T) {
 	}
 }
 
+// A root row dropped from one of its parents leaves that parent's reference column (it is not
+// collected by the server) and keeps its other parents and its UUID; a foreign row holding it is left
+// alone.
+func TestStoreRootRowLeavesAParent(t *testing.T) {
+	e := newEnv(t)
+	e.mustApply(t, translator.ClusterOwner, append(translator.ClusterRows(), nbstore.Row{Model: &nbmodel.LoadBalancerGroup{Name: translator.RouterLBGroup}}))
+	proto := "tcp"
+	group := func(name string) nbstore.Parent {
+		return nbstore.Parent{Ref: nbstore.Ref{Owner: translator.ClusterOwner, Name: name}}
+	}
+	router := nbstore.Parent{Ref: nbstore.Ref{Owner: translator.ClusterOwner, Name: translator.ClusterRouter}, Table: "Logical_Router", Column: "load_balancer"}
+	lb := func(parents ...nbstore.Parent) []nbstore.Row {
+		return []nbstore.Row{{Model: &nbmodel.LoadBalancer{Name: "Service_default/web_TCP_nodeport", Protocol: &proto,
+			Vips: map[string]string{"10.96.0.10:80": "10.244.1.5:8080"}}, Parents: parents}}
+	}
+	e.mustApply(t, "Service/default/web", lb(group(translator.ClusterLBGroup), group(translator.RouterLBGroup), router))
+	uuid := e.nbctl(t, "--bare", "--columns=_uuid", "find", "Load_Balancer", "name=Service_default/web_TCP_nodeport")
+	e.nbctl(t, "lr-add", "foreign", "--", "add", "Logical_Router", "foreign", "load_balancer", uuid)
+	holds := func(table, row string) bool {
+		return strings.Contains(e.nbctl(t, "--bare", "--columns=load_balancer", "list", table, row), uuid)
+	}
+	for _, h := range [][2]string{{"Load_Balancer_Group", translator.ClusterLBGroup}, {"Load_Balancer_Group", translator.RouterLBGroup}, {"Logical_Router", translator.ClusterRouter}} {
+		if !holds(h[0], h[1]) {
+			t.Fatalf("%s %s does not hold the load balancer", h[0], h[1])
+		}
+	}
+	e.sync(t)
+
+	// Out of the router group and the cluster router: one operation each, nothing else changes.
+	if n := e.mustApply(t, "Service/default/web", lb(group(translator.ClusterLBGroup))); n != 2 {
+		t.Errorf("leaving two parents sent %d operations, want 2", n)
+	}
+	if holds("Load_Balancer_Group", translator.RouterLBGroup) || holds("Logical_Router", translator.ClusterRouter) {
+		t.Errorf("the load balancer is still in a parent it left")
+	}
+	if !holds("Load_Balancer_Group", translator.ClusterLBGroup) {
+		t.Errorf("the load balancer left the group it kept")
+	}
+	if !holds("Logical_Router", "foreign") {
+		t.Errorf("a foreign router's reference was removed")
+	}
+	if got := e.nbctl(t, "--bare", "--columns=_uuid", "find", "Load_Balancer", "name=Service_default/web_TCP_nodeport"); got != uuid {
+		t.Errorf("the load balancer was replaced: %s -> %s", uuid, got)
+	}
+	e.sync(t)
+	if n := e.mustApply(t, "Service/default/web", lb(group(translator.ClusterLBGroup))); n != 0 {
+		t.Errorf("planning again sent %d operations, want 0", n)
+	}
+	// And back into the router group.
+	e.mustApply(t, "Service/default/web", lb(group(translator.ClusterLBGroup), group(translator.RouterLBGroup)))
+	if !holds("Load_Balancer_Group", translator.RouterLBGroup) {
+		t.Errorf("the load balancer did not come back into the router group")
+	}
+}
+
 func TestStoreEntriesInASharedMap(t *testing.T) {
 	e := newEnvWith(t, shapeSpecs())
 	chassis := func(node string) nbstore.Row {
