@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"sort"
 	"strings"
 
 	"github.com/dunlinplugin/dunlin/internal/ovntrace"
@@ -26,6 +27,7 @@ var stageExplainers = []func(*explainer) []finding{
 	explainGateways,
 	explainRouterPolicies,
 	explainPolicies,
+	explainARP,
 }
 
 // explainer maps a trace back to NB rows and their owners, reading NB and SB on demand.
@@ -79,6 +81,7 @@ var (
 	vipIPRe   = regexp.MustCompile(`(?:ip4\.dst|reg0) == ([0-9.]+)`)
 	vipPortRe = regexp.MustCompile(`(?:(?:tcp|udp|sctp)\.dst|reg9\[16\.\.31\]) == (\d+)`)
 	backendRe = regexp.MustCompile(`backends=([^;)]*)`)
+	snatRe    = regexp.MustCompile(`^ct_snat\w*\((?:ip4\.src=)?([0-9.]+)[,)]`)
 )
 
 // explainLoadBalancers finds the load balancer stages (a VIP DNATed to backends, or rejected) and the
@@ -204,11 +207,12 @@ func explainGateways(x *explainer) []finding {
 	}
 	for _, s := range x.trace.Stages() {
 		for _, a := range s.Actions {
-			if !strings.HasPrefix(a, "ct_snat") || !strings.Contains(a, "ip4.src=") {
+			// ct_snat(172.18.0.2); ct_snat_in_czone(...); ct_snat(ip4.src=...) in some versions.
+			m := snatRe.FindStringSubmatch(a)
+			if m == nil {
 				continue
 			}
-			ip := strings.TrimRight(strings.SplitN(a, "ip4.src=", 2)[1], ");")
-			out = append(out, finding{Kind: "SNAT", Where: where(s), Detail: "source rewritten to " + ip + x.natOwner(s.Pipeline.Datapath, ip)})
+			out = append(out, finding{Kind: "SNAT", Where: where(s), Detail: "source rewritten to " + m[1] + x.natOwner(s.Pipeline.Datapath, m[1])})
 		}
 		if _, ok := s.HasAction("flags.force_snat_for_lb = 1"); ok && strings.HasPrefix(s.Pipeline.Datapath, "GR_") {
 			out = append(out, finding{Kind: "SNAT", Where: where(s), Detail: "load-balanced traffic SNATed to the router's address (lb_force_snat_ip)"})
@@ -284,11 +288,42 @@ func explainPolicies(x *explainer) []finding {
 			f := finding{Kind: kind, Where: where(s), Detail: fmt.Sprintf("%s by %s (ACL %s, %s priority %d)",
 				action, owner(acl), orDash(acl.String("name")), acl.String("direction"), acl.Int("priority"))}
 			f.Drop = action == "drop" || action == "reject"
+			if f.Drop && strings.HasPrefix(acl.Map("external_ids")[ownerKey], "PolicyNamespace/") {
+				f.Detail += x.isolatedBy(s)
+			}
 			out = append(out, f)
 			break
 		}
 	}
 	return out
+}
+
+// isolatedBy names the NetworkPolicies that select the pod whose port a default-deny stage s guards:
+// they isolate it, and none of their rules allowed the packet.
+func (x *explainer) isolatedBy(s *ovntrace.Stage) string {
+	port := s.Pipeline.InPort
+	if s.Pipeline.Direction == "egress" {
+		port = s.Pipeline.OutPort
+	}
+	lsp, err := selectOne(x.nb, "Logical_Switch_Port", ovsdbraw.Eq("name", port))
+	if err != nil {
+		return ""
+	}
+	pgs, err := x.nb.Select("OVN_Northbound", "Port_Group", []any{[]any{"ports", "includes", ovsdbraw.UUIDValue(lsp.UUID())}}, "name", "external_ids")
+	if err != nil {
+		return ""
+	}
+	var names []string
+	for _, pg := range pgs {
+		if o, ok := strings.CutPrefix(pg.Map("external_ids")[ownerKey], "NetworkPolicy/"); ok {
+			names = append(names, o)
+		}
+	}
+	if len(names) == 0 {
+		return ""
+	}
+	sort.Strings(names)
+	return fmt.Sprintf("; %s isolated by NetworkPolicy %s, whose rules do not allow it", x.portOwner(port), strings.Join(names, ", "))
 }
 
 // verdict says where the packet went, or what stopped it.
@@ -316,4 +351,16 @@ func (x *explainer) verdict(findings []finding) (string, bool) {
 		return fmt.Sprintf("dropped at %s: %s, priority %d (actions: %s)", where(s), s.Match, s.Priority, strings.Join(s.Actions, " ")), false
 	}
 	return "dropped before any stage (does the microflow match the port?)", false
+}
+
+// explainARP notes a trace that ends in an ARP request: ovn-trace cannot answer it, so a router that
+// has not learnt the next hop's MAC yet (no SB MAC_Binding) ends the trace there.
+func explainARP(x *explainer) []finding {
+	for _, s := range x.trace.Stages() {
+		if _, ok := s.HasAction("arp {"); ok && strings.Contains(s.Name, "arp_request") {
+			return []finding{{Kind: "ARP", Where: where(s),
+				Detail: "the router has no MAC for the next hop yet (no SB MAC_Binding): the packet becomes an ARP request; real traffic resolves it"}}
+		}
+	}
+	return nil
 }

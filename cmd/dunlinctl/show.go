@@ -136,7 +136,14 @@ func (e *env) show(ctx context.Context, kind, name string) error {
 				return err
 			}
 			for _, l := range rows {
-				r.SBLBs = append(r.SBLBs, sbLoadBalance{Name: l.String("name"), Datapaths: len(l.Set("datapaths"))})
+				n := len(l.Set("datapaths"))
+				// Newer northd puts the datapaths in a group shared by load balancers.
+				if g := l.String("datapath_group"); g != "" {
+					if groups, err := sb.c.Select("OVN_Southbound", "Logical_DP_Group", []any{ovsdbraw.Eq("_uuid", ovsdbraw.UUIDValue(g))}, "datapaths"); err == nil && len(groups) == 1 {
+						n += len(groups[0].Set("datapaths"))
+					}
+				}
+				r.SBLBs = append(r.SBLBs, sbLoadBalance{Name: l.String("name"), Datapaths: n})
 			}
 		}
 	}

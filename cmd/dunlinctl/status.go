@@ -21,6 +21,7 @@ import (
 const (
 	writerKey = "dunlin.io/writer"
 	commitKey = "dunlin.io/commit"
+	syncedKey = "dunlin.io/synced"
 )
 
 type statusReport struct {
@@ -56,6 +57,8 @@ type controllerStatus struct {
 	LeaseRenewed *time.Time `json:"leaseRenewed,omitempty"`
 	NBWriter     string     `json:"nbWriter,omitempty"`
 	LastCommit   string     `json:"lastCommit,omitempty"`
+	// LastSync is when the controller last drained its work after reconciling every object.
+	LastSync *time.Time `json:"lastSync,omitempty"`
 }
 
 type chassisInfo struct {
@@ -93,6 +96,9 @@ func (e *env) status(ctx context.Context) error {
 			ids := global.Map("external_ids")
 			r.Controller.NBWriter, _, _ = strings.Cut(ids[writerKey], "/")
 			r.Controller.LastCommit = ids[commitKey]
+			if t, err := time.Parse(time.RFC3339, ids[syncedKey]); err == nil {
+				r.Controller.LastSync = &t
+			}
 		}
 	}
 	var sbState *sbState
@@ -386,7 +392,13 @@ func (e *env) printStatus(r statusReport) {
 	if c.LeaseRenewed != nil {
 		fmt.Fprintf(e.out, ", renewed %s ago", time.Since(*c.LeaseRenewed).Round(time.Second))
 	}
-	fmt.Fprintf(e.out, "; NB writer %s, last commit %s\n", orDash(c.NBWriter), orDash(c.LastCommit))
+	fmt.Fprintf(e.out, "; NB writer %s, last commit %s", orDash(c.NBWriter), orDash(c.LastCommit))
+	if c.LastSync != nil {
+		fmt.Fprintf(e.out, ", last full sync %s (%s ago)", c.LastSync.Format(time.RFC3339), time.Since(*c.LastSync).Round(time.Second))
+	} else {
+		fmt.Fprint(e.out, ", no full sync recorded")
+	}
+	fmt.Fprintln(e.out)
 	e.section("NODES")
 	t = newTable(e.out, "NODE", "SUBNET", "CHASSIS", "ENCAP", "BOUND PORTS", "GATEWAY", "DUNLIN-NODE")
 	for _, n := range r.Nodes {

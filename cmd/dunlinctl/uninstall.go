@@ -183,15 +183,15 @@ func mutate(table, uuid string, mutation []any) map[string]any {
 		"mutations": []any{mutation}}
 }
 
-// heldKeys removes the keys Dunlin holds in a row that stays: NB_Global's writer claim and commit
-// marker, and every Entries record "dunlin.io/entries:<column>:<owner>" with the keys it lists.
+// heldKeys removes the keys Dunlin holds in a row that stays: NB_Global's dunlin.io/ keys (writer
+// claim, commit marker, sync time), and every Entries record "dunlin.io/entries:<column>:<owner>" with the keys it lists.
 func heldKeys(p *uninstallPlan, table string, r ovsdbraw.Row) []any {
 	var ops []any
 	ids := r.Map("external_ids")
 	var idKeys []string
 	for _, k := range sortedKeys(ids) {
 		switch {
-		case table == "NB_Global" && (k == writerKey || k == commitKey):
+		case table == "NB_Global" && strings.HasPrefix(k, "dunlin.io/"): // writer claim, commit marker, sync time
 			idKeys = append(idKeys, k)
 		case strings.HasPrefix(k, entriesKeyPrefix):
 			idKeys = append(idKeys, k)

@@ -129,12 +129,14 @@ func (t *Trace) Stages() []*Stage {
 	return out
 }
 
-// Delivered returns the outputs to ports that are not patch ports (VIFs, localnet ports, ...): where
-// the packet ends up.
+// Delivered returns the outputs to ports that lead out of the logical network (VIFs, localnet ports,
+// ...), not to another datapath: where the packet ends up.
 func (t *Trace) Delivered() []Output {
 	var out []Output
 	for _, o := range t.Outputs {
-		if o.Type != "patch" {
+		switch o.Type {
+		case "patch", "l3gateway", "router", "chassisredirect":
+		default:
 			out = append(out, o)
 		}
 	}
