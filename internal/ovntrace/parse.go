@@ -73,7 +73,8 @@ func Parse(out string) *Trace {
 		switch {
 		case strings.HasPrefix(line, "# ") && t.Flow == "":
 			t.Flow = strings.TrimPrefix(line, "# ")
-		case headerRe.MatchString(trimmed) && !strings.HasPrefix(line, " "):
+		// Pipelines a multicast group fans out to are indented under it.
+		case headerRe.MatchString(trimmed) && strings.Contains(trimmed, `dp="`):
 			m := headerRe.FindStringSubmatch(trimmed)
 			cur = &Pipeline{Direction: m[1]}
 			for _, f := range fieldRe.FindAllStringSubmatch(m[2], -1) {

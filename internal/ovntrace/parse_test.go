@@ -65,3 +65,26 @@ func TestDenied(t *testing.T) {
 		t.Errorf("logs %q", logs)
 	}
 }
+
+// A pod's packet to the outside, captured in TestDunlinctl: through the node's gateway router, SNATed,
+// out of the localnet port that a multicast group (unknown MACs) fans out to.
+func TestPodToOutside(t *testing.T) {
+	tr := parseFile(t, "pod-to-outside.txt")
+	d := tr.Delivered()
+	if len(d) != 1 || d[0].Port != "br-ex_node1" || d[0].Type != "localnet" || d[0].Datapath != "ext_node1" {
+		t.Fatalf("delivered %+v, want br-ex_node1 on ext_node1", d)
+	}
+	last := tr.Pipelines[len(tr.Pipelines)-1]
+	if last.Direction != "egress" || last.Datapath != "ext_node1" || last.OutPort != "br-ex_node1" || len(last.Stages) != 3 {
+		t.Errorf("last pipeline %+v", last)
+	}
+	var snat *Stage
+	for _, s := range tr.Stages() {
+		if _, ok := s.HasAction("ct_snat(172.30.0.10);"); ok {
+			snat = s
+		}
+	}
+	if snat == nil || snat.Name != "lr_out_snat" || snat.Pipeline.Datapath != "GR_node1" {
+		t.Errorf("SNAT stage %+v", snat)
+	}
+}
