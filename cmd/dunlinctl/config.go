@@ -188,6 +188,9 @@ func tlsConfig(f ovsdbtls.Files) (*tls.Config, error) {
 	return f.Config()
 }
 
+// bigRequestTimeout bounds each request once a member has answered.
+const bigRequestTimeout = 2 * time.Minute
+
 // database is a connection to NB or SB: what each member said, and a client to the leader.
 type database struct {
 	what, addresses string
@@ -232,6 +235,9 @@ func (e *env) connect(ctx context.Context, what, addr, db string, files ovsdbtls
 	if err != nil {
 		return d, err
 	}
+	// The member answered within --timeout; reading (or, for uninstall, rewriting) a large NB may take
+	// longer than that.
+	d.c.SetTimeout(max(e.o.timeout, bigRequestTimeout))
 	if d.version, err = d.c.SchemaVersion(db); err != nil {
 		d.c.Close()
 		d.c = nil

@@ -107,8 +107,8 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-// overall bounds a whole command: a few connections of --timeout each, and ovn-trace.
-func (o *options) overall() time.Duration { return 6*o.timeout + o.traceTimeout }
+// overall bounds a whole command: a few connections of --timeout each, large requests, and ovn-trace.
+func (o *options) overall() time.Duration { return 6*o.timeout + 2*bigRequestTimeout + o.traceTimeout }
 
 // oneLine keeps the first line of an error message: the endpoint and what failed.
 func oneLine(s string) string {

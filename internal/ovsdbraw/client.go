@@ -57,6 +57,14 @@ func Dial(ctx context.Context, endpoint string, tlsCfg *tls.Config, timeout time
 	return &Client{Endpoint: endpoint, conn: conn, enc: json.NewEncoder(conn), dec: json.NewDecoder(conn), timeout: timeout}, nil
 }
 
+// SetTimeout changes the deadline of each later call: a short one finds a hung server quickly, a
+// long one lets a large read or write finish.
+func (c *Client) SetTimeout(d time.Duration) {
+	c.mu.Lock()
+	c.timeout = d
+	c.mu.Unlock()
+}
+
 // Close closes the connection.
 func (c *Client) Close() error { return c.conn.Close() }
 

@@ -116,8 +116,16 @@ func TestDunlinctl(t *testing.T) {
 }
 
 func (e *env) ctlStatus(t *testing.T) {
+	// A chassis of another cloud, removed again before anything waits for every chassis (--wait=hv).
+	if _, err := e.c.OVN.SBCtl("chassis-add", "openstack-hv1", "geneve", "192.0.2.50"); err != nil {
+		t.Fatal(err)
+	}
 	out := e.mustCtl("status")
-	contains(t, "status", out, "ovn-northd: active", "node1", "node2", "geneve")
+	if _, err := e.c.OVN.SBCtl("chassis-del", "openstack-hv1"); err != nil {
+		t.Fatal(err)
+	}
+	contains(t, "status", out, "ovn-northd: active", "node1", "node2", "geneve", "last full sync",
+		"CHASSIS WITHOUT A NODE", "openstack-hv1")
 	var s struct {
 		NB, SB struct {
 			Reachable     bool

@@ -49,7 +49,11 @@ type ctlStatus struct {
 			Leader                 bool
 		}
 	}
-	Northd   struct{ Active bool }
+	Northd     struct{ Active bool }
+	Controller struct {
+		LeaseHolder, NBWriter string
+		LastSync              *time.Time
+	}
 	Problems []string
 }
 
@@ -61,7 +65,7 @@ func TestDunlinctlClusteredTLS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := newClusterWith(t, harness.OVNOptions{WithSB: true, Clustered: true, TLS: &certs.Server})
+	c := newClusterWith(t, harness.OVNOptions{WithSB: true, Clustered: true, TLS: &certs.Server}, "--leader-elect=true")
 	c.createNode("n1")
 	c.createPod("default", "a", "n1")
 	c.createPod("default", "b", "n1")
@@ -107,6 +111,16 @@ func TestDunlinctlClusteredTLS(t *testing.T) {
 	if err != nil || !s.NB.Reachable || !s.SB.Reachable || !s.Northd.Active || len(s.NB.Members) != 3 ||
 		s.NB.Leader != leaderAddr(false) || s.SB.Leader != leaderAddr(true) || len(s.Problems) != 1 || !strings.Contains(s.Problems[0], "n1 has no chassis") {
 		t.Fatalf("status: %v %+v", err, s)
+	}
+	// The controller holding the Lease is the one whose claim NB carries, and it has synced.
+	c.eventually(converge, "the controller's sync time in NB", func() error {
+		if s, err = status(); err != nil || s.Controller.LastSync == nil {
+			return fmt.Errorf("%v, controller %+v", err, s.Controller)
+		}
+		return nil
+	})
+	if s.Controller.LeaseHolder == "" || s.Controller.LeaseHolder != s.Controller.NBWriter {
+		t.Errorf("Lease holder %q, NB writer %q", s.Controller.LeaseHolder, s.Controller.NBWriter)
 	}
 	out, err := run("status")
 	if err != nil {
