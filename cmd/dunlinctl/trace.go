@@ -150,6 +150,15 @@ func (e *env) resolveDestination(ctx context.Context, nb *ovsdbraw.Client, d *en
 	ns, name := e.splitName(strings.TrimPrefix(d.Text, "pod/"))
 	d.Pod = ns + "/" + name
 	lsp, err := selectOne(nb, "Logical_Switch_Port", ovsdbraw.Eq("name", conventions.PodPortName(ns, name)))
+	if err != nil && !strings.HasPrefix(d.Text, "pod/") {
+		// Not a pod's port: a Service of that name, if there is one.
+		if kube, kerr := e.kubeClient(ctx); kerr == nil {
+			if _, serr := kube.CoreV1().Services(ns).Get(ctx, name, metav1.GetOptions{}); serr == nil {
+				d.Pod, d.Text = "", "svc/"+ns+"/"+name
+				return e.resolveDestination(ctx, nb, d)
+			}
+		}
+	}
 	if err != nil {
 		return fmt.Errorf("destination pod %s: %w", d.Pod, err)
 	}

@@ -3,8 +3,12 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"sort"
 	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/dunlinplugin/dunlin/internal/ovsdbraw"
 )
@@ -43,6 +47,9 @@ func (e *env) uninstall(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	if warning := e.controllerRunning(ctx); warning != "" {
+		fmt.Fprintln(os.Stderr, "dunlinctl: warning: "+warning)
+	}
 	if e.o.yes && len(plan.ops) > 0 {
 		if _, err := nb.c.Transact("OVN_Northbound", plan.ops...); err != nil {
 			return fmt.Errorf("uninstall: %w", err)
@@ -54,6 +61,24 @@ func (e *env) uninstall(ctx context.Context) error {
 	}
 	e.printUninstall(plan)
 	return nil
+}
+
+// controllerRunning says when the dunlin-controller Lease looks held: a running controller writes its
+// rows again. Without an apiserver it says nothing.
+func (e *env) controllerRunning(ctx context.Context) string {
+	kube, err := e.kubeClient(ctx)
+	if err != nil {
+		return ""
+	}
+	lease, err := kube.CoordinationV1().Leases(e.o.leaseNamespace).Get(ctx, "dunlin-controller", metav1.GetOptions{})
+	if err != nil || lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" || lease.Spec.RenewTime == nil {
+		return ""
+	}
+	ago := time.Since(lease.Spec.RenewTime.Time)
+	if lease.Spec.LeaseDurationSeconds != nil && ago > time.Duration(*lease.Spec.LeaseDurationSeconds)*time.Second {
+		return ""
+	}
+	return fmt.Sprintf("dunlin-controller %s renewed its Lease %s ago: stop it first, or it writes its rows again", *lease.Spec.HolderIdentity, ago.Round(time.Second))
 }
 
 // planUninstall reads all of NB and plans one transaction that deletes every row Dunlin owns

@@ -91,6 +91,8 @@ func TestDunlinctl(t *testing.T) {
 	e.createPodWith("locked", "db", n2.Name, map[string]string{"app": "db"}, http...)
 	e.createService("default", "web", map[string]string{"app": "web"},
 		[]corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}}, nil)
+	e.createService("default", "front", map[string]string{"app": "web"},
+		[]corev1.ServicePort{{Name: "http", Port: 80, TargetPort: intstr.FromInt32(8080), Protocol: corev1.ProtocolTCP}}, nil)
 	np := &networkingv1.NetworkPolicy{ObjectMeta: metav1.ObjectMeta{Namespace: "locked", Name: "deny-all"},
 		Spec: networkingv1.NetworkPolicySpec{PolicyTypes: []networkingv1.PolicyType{networkingv1.PolicyTypeIngress}}}
 	if _, err := e.client.NetworkingV1().NetworkPolicies("locked").Create(ctx, np, metav1.CreateOptions{}); err != nil {
@@ -100,6 +102,7 @@ func TestDunlinctl(t *testing.T) {
 		e.running(p[0], p[1])
 	}
 	e.waitBackends("default", "web", "TCP", 1)
+	e.waitBackends("default", "front", "TCP", 1)
 	e.converged()
 	// Traffic to the outside has GR_node1 learn the next hop's MAC (a MAC_Binding): ovn-trace cannot
 	// resolve addresses, and stops at the ARP request without one.
@@ -188,6 +191,10 @@ func (e *env) ctlTrace(t *testing.T, n1 *harness.ClusterNode) {
 	out = e.mustCtl("trace", "default/client", "svc/default/web")
 	contains(t, "trace pod to Service", out, "verdict: delivered to pod default/web", "load balancer",
 		"Service default/web (Service_default/web_TCP)", "chose ", "(pod default/web)")
+	// NS/NAME that is no pod is a Service.
+	out = e.mustCtl("trace", "default/client", "default/front")
+	contains(t, "trace pod to NS/NAME of a Service", out, "-> Service default/front", "Service default/front (Service_default/front_TCP)",
+		"verdict: delivered to pod default/web")
 	out = e.mustCtl("trace", "default/client", "locked/db", "--port", "8080")
 	contains(t, "trace to an isolated pod", out, "verdict: dropped:", "NetworkPolicy", "namespace locked default deny",
 		"pod locked/db isolated by NetworkPolicy locked/deny-all")

@@ -74,11 +74,13 @@ func TestDunlinctlClusteredTLS(t *testing.T) {
 	bin := dunlinctl(t)
 	tlsFlags := []string{"--nb", c.ovn.NBSSLAddr, "--sb", c.ovn.SBSSLAddr, "--ovn-ca-cert", certs.Client.CACert,
 		"--ovn-cert", certs.Client.Cert, "--ovn-key", certs.Client.Key, "--ovn-server-name", "ovndb", "--timeout", "3s"}
+	var stderr bytes.Buffer
 	run := func(args ...string) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
 		cmd := exec.CommandContext(ctx, bin, append(append([]string{"--kubeconfig", c.kube.Kubeconfig}, tlsFlags...), args...)...)
-		var stdout, stderr bytes.Buffer
+		var stdout bytes.Buffer
+		stderr.Reset()
 		cmd.Stdout, cmd.Stderr = &stdout, &stderr
 		err := cmd.Run()
 		if err != nil {
@@ -129,6 +131,11 @@ func TestDunlinctlClusteredTLS(t *testing.T) {
 	t.Logf("$ dunlinctl status\n%s", out)
 	if !strings.Contains(out, s.NB.Leader+" (leader)") || strings.Count(out, "(follower)") != 4 {
 		t.Errorf("status does not show the leaders:\n%s", out)
+	}
+
+	// Uninstall while the controller holds its Lease: a warning, and nothing written without --yes.
+	if out, err = run("uninstall"); err != nil || !strings.Contains(stderr.String(), "stop it first") || !strings.Contains(out, "would delete") {
+		t.Errorf("uninstall dry run with the controller running: %v\n%s\n%s", err, stderr.String(), out)
 	}
 
 	out, err = run("trace", "default/a", "default/b", "--port", "8080")
