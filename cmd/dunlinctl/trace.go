@@ -246,7 +246,10 @@ func switchGatewayMAC(c *ovsdbraw.Client, ls ovsdbraw.Row) (string, error) {
 func (e *env) runTrace(ctx context.Context, sb *database, datapath, flow string) (string, []string, error) {
 	args := []string{"--db=" + sb.addresses}
 	if f := sb.files; f.Set() {
-		args = append(args, "-p", f.Key, "-c", f.Cert, "-C", f.CACert)
+		args = append(args, "-C", f.CACert)
+		if f.Cert != "" {
+			args = append(args, "-p", f.Key, "-c", f.Cert)
+		}
 	}
 	// Every conntrack lookup sees a new connection, as for a first packet (ovn-trace's default is an
 	// established one, which skips the ACLs that decide).
