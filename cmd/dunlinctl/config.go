@@ -84,7 +84,6 @@ type env struct {
 	out     io.Writer
 	kube    kubernetes.Interface
 	kubeErr error
-	host    string
 	cm      map[string]string
 	cmOK    bool
 }
@@ -113,7 +112,6 @@ func (e *env) newKubeClient() (kubernetes.Interface, error) {
 	if _, err := kube.Discovery().ServerVersion(); err != nil {
 		return nil, fmt.Errorf("apiserver %s unreachable: %s", cfg.Host, oneLine(err.Error()))
 	}
-	e.host = cfg.Host
 	return kube, nil
 }
 

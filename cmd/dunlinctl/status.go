@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -113,10 +114,14 @@ func (e *env) status(ctx context.Context) error {
 		if !r.Northd.Active {
 			r.Problems = append(r.Problems, "ovn-northd: "+r.Northd.Detail)
 		}
+	} else {
+		r.Northd.Detail = "unknown: NB and SB must both be read"
 	}
 	if kerr == nil {
 		e.kubeStatus(ctx, kube, &r, sbState)
 	}
+	// The apiserver's error comes back through every address lookup that needed the ConfigMap.
+	r.Problems = slices.Compact(r.Problems)
 	if e.json() {
 		if err := e.printJSON(r); err != nil {
 			return err
@@ -382,10 +387,13 @@ func (e *env) printStatus(r statusReport) {
 	}
 	t.flush()
 	fmt.Fprintf(e.out, "\novn-northd: ")
-	if r.Northd.Active {
+	switch {
+	case r.Northd.Active:
 		fmt.Fprintf(e.out, "active: %s\n", r.Northd.Detail)
-	} else {
+	case r.NB.Reachable && r.SB.Reachable:
 		fmt.Fprintf(e.out, "NOT PROCESSING: %s\n", r.Northd.Detail)
+	default:
+		fmt.Fprintf(e.out, "%s\n", r.Northd.Detail)
 	}
 	c := r.Controller
 	fmt.Fprintf(e.out, "controller: Lease holder %s", orDash(c.LeaseHolder))
