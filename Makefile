@@ -4,7 +4,7 @@
 GO        ?= go
 BIN       ?= bin
 TESTFLAGS ?= -count=1 -timeout 30m
-BINARIES  := dunlin-controller dunlin-node dunlin-cni
+BINARIES  := dunlin-controller dunlin-node dunlin-cni dunlinctl
 
 # `make test` and `make unit` run the race detector on every package: none is left out. It needs cgo,
 # so a C compiler (gcc is on this project's machines; apt-get install gcc otherwise). The end-to-end

@@ -118,6 +118,7 @@ type Controller struct {
 	// observed holds, per kind/key, when a change was first seen and not yet committed.
 	observed sync.Map
 	ready    atomic.Bool
+	marking  atomic.Bool // startMarkSynced is waiting for the queues to drain
 	// stop ends Run with a cause (nbstore.ErrFenced).
 	stop context.CancelCauseFunc
 	// running counts the goroutines Run waits for: workers and the committer.
@@ -309,6 +310,7 @@ func (c *Controller) Run(ctx context.Context) error {
 		}
 	}()
 	c.enqueueAll()
+	c.startMarkSynced(ctx)
 	c.ready.Store(true)
 	klog.InfoS("Controller started", "clusterCIDR", c.cfg.ClusterCIDR, "nodeSubnetPrefix", c.cfg.NodeSubnetPrefix,
 		"workersPerKind", c.cfg.Workers)
@@ -329,6 +331,7 @@ func (c *Controller) Run(ctx context.Context) error {
 			return nil
 		case <-resync.C:
 			c.enqueueAll()
+			c.startMarkSynced(ctx)
 		case <-connCheck.C:
 			// After NB comes back, retry everything at once rather than after each key's backoff.
 			now := nbstore.Connected(c.nb)
@@ -339,6 +342,32 @@ func (c *Controller) Run(ctx context.Context) error {
 			connected = now
 		}
 	}
+}
+
+// startMarkSynced records in NB (nbstore.SyncedKey) when the work queues have drained after a full
+// reconcile, so that operators see when the controller last had every object in NB. Keys waiting to be
+// retried after an error do not count as queued.
+func (c *Controller) startMarkSynced(ctx context.Context) {
+	if !c.marking.CompareAndSwap(false, true) {
+		return // the previous pass has not drained yet
+	}
+	c.running.Add(1)
+	go func() {
+		defer c.running.Done()
+		defer c.marking.Store(false)
+		_ = wait.PollUntilContextCancel(ctx, time.Second, false, func(ctx context.Context) (bool, error) {
+			for _, q := range c.queues {
+				if q.Len() > 0 {
+					return false, nil
+				}
+			}
+			if err := c.committer.MarkSynced(ctx, time.Now()); err != nil {
+				klog.V(2).InfoS("Cannot record the sync time yet", "reason", err)
+				return false, nil
+			}
+			return true, nil
+		})
+	}()
 }
 
 // start brings the controller to the point where workers may run: informers synced, the NB database

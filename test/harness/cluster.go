@@ -26,6 +26,7 @@ type Binaries struct {
 	Node       string
 	CNI        string
 	PodServer  string
+	Ctl        string // dunlinctl
 }
 
 // GoBuildFlags are `go build` and its flags for the programs a test starts: with -race when the test
@@ -37,7 +38,7 @@ func GoBuildFlags() []string {
 	return []string{"build"}
 }
 
-// BuildBinaries builds dunlin-controller, dunlin-node, dunlin-cni and the test pod server into dir,
+// BuildBinaries builds dunlin-controller, dunlin-node, dunlin-cni, dunlinctl and the test pod server into dir,
 // with -race when the calling binary has it.
 func BuildBinaries(ctx context.Context, dir string) (Binaries, error) {
 	b := Binaries{
@@ -46,11 +47,12 @@ func BuildBinaries(ctx context.Context, dir string) (Binaries, error) {
 		Node:       filepath.Join(dir, "dunlin-node"),
 		CNI:        filepath.Join(dir, "dunlin-cni"),
 		PodServer:  filepath.Join(dir, "podserver"),
+		Ctl:        filepath.Join(dir, "dunlinctl"),
 	}
 	_, self, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(self), "..", "..")
 	cmd := exec.CommandContext(ctx, "go", append(GoBuildFlags(), "-o", dir+"/",
-		"./cmd/dunlin-controller", "./cmd/dunlin-node", "./cmd/dunlin-cni", "./test/podserver")...)
+		"./cmd/dunlin-controller", "./cmd/dunlin-node", "./cmd/dunlin-cni", "./cmd/dunlinctl", "./test/podserver")...)
 	cmd.Dir = root
 	if out, err := cmd.CombinedOutput(); err != nil {
 		return b, fmt.Errorf("go build: %w\n%s", err, out)

@@ -31,6 +31,9 @@ const (
 	// CommitKey is rewritten by every transaction, "<session>:<sequence>", so that a caller knows when the
 	// cache holds the effects of its transaction: they arrive in the same update.
 	CommitKey = "dunlin.io/commit"
+	// SyncedKey holds the time (RFC 3339, UTC) the controller last drained its work after reconciling
+	// every object, for operators (dunlinctl status); nothing reads it back.
+	SyncedKey = "dunlin.io/synced"
 )
 
 // Connected reports whether cli has a live connection. libovsdb's own Connected stays true while it
@@ -456,6 +459,20 @@ func (c *Committer) global() *nbmodel.NBGlobal {
 		}
 	}
 	return nil
+}
+
+// MarkSynced records t under SyncedKey, fenced like any other transaction.
+func (c *Committer) MarkSynced(ctx context.Context, t time.Time) error {
+	global, err := c.globalUUID()
+	if err != nil {
+		return err
+	}
+	txn, err := c.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	txn.add(1, setGlobalKey(global, SyncedKey, t.UTC().Format(time.RFC3339)))
+	return c.Commit(ctx, txn)
 }
 
 // fenceOp fails the transaction unless NB_Global still carries token under WriterKey.

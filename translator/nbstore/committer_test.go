@@ -140,3 +140,17 @@ func TestClaimFencesTheDeposedWriter(t *testing.T) {
 		t.Fatalf("writer %s", got)
 	}
 }
+
+// MarkSynced writes its key into NB_Global and leaves the other keys alone.
+func TestCommitterMarkSynced(t *testing.T) {
+	e := newEnv(t)
+	e.nbctl(t, "set", "NB_Global", ".", "external_ids:other=kept")
+	at := time.Date(2026, 12, 1, 5, 30, 0, 0, time.UTC)
+	if err := e.committer.MarkSynced(context.Background(), at); err != nil {
+		t.Fatal(err)
+	}
+	got := e.nbctl(t, "get", "NB_Global", ".", "external_ids")
+	if !strings.Contains(got, `"dunlin.io/synced"="2026-12-01T05:30:00Z"`) || !strings.Contains(got, "other=kept") {
+		t.Fatalf("NB_Global external_ids %s", got)
+	}
+}
