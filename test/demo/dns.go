@@ -51,8 +51,7 @@ func (d *demo) dns(ctx context.Context) error {
 		if err := d.runKubectl(ctx, "-n", "kube-system", "get", "pods,services,endpointslices", "-o", "wide"); err != nil {
 			return err
 		}
-		fmt.Println("# (READY 0/1: the stand-in kubelet reports no container statuses; the pod's Ready condition, set once its")
-		fmt.Println("# readiness probe passed, is what kube-controller-manager published in the EndpointSlice.)")
+		fmt.Println("# (CoreDNS is READY once its readiness probe, /ready, passed; kube-controller-manager then published it in the EndpointSlice.)")
 	}
 	fmt.Printf("# CoreDNS's configuration (%s):\n", c.DNS.Corefile)
 	if b, err := os.ReadFile(c.DNS.Corefile); err == nil {

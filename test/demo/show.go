@@ -21,7 +21,7 @@ func (d *demo) show(ctx context.Context) error {
 		if err := d.runKubectl(ctx, "-n", namespace, "get", "pods", "-o", "wide"); err != nil {
 			return err
 		}
-		fmt.Println("# (READY 0/1: the stand-in kubelet reports no container statuses.) The sandboxes, as each node's kubelet made them:")
+		fmt.Println("# The sandboxes, as each node's kubelet made them:")
 	}
 	if err := d.sandboxTable(d.pods); err != nil {
 		return err

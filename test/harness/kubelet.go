@@ -346,6 +346,14 @@ func (k *Kubelet) writeStatus(ctx context.Context, pod *corev1.Pod, sb *Sandbox,
 		}
 		p.Status.Conditions = append(p.Status.Conditions, corev1.PodCondition{Type: c, Status: status, LastTransitionTime: now})
 	}
+	// kubectl's READY column counts container statuses, not the Ready condition.
+	p.Status.ContainerStatuses = nil
+	for _, c := range p.Spec.Containers {
+		p.Status.ContainerStatuses = append(p.Status.ContainerStatuses, corev1.ContainerStatus{
+			Name: c.Name, Image: c.Image, ImageID: c.Image, Ready: ready, Started: &ready,
+			State: corev1.ContainerState{Running: &corev1.ContainerStateRunning{StartedAt: now}},
+		})
+	}
 	if _, err := k.o.Client.CoreV1().Pods(p.Namespace).UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
 		return fmt.Errorf("update status of pod %s/%s: %w", p.Namespace, p.Name, err)
 	}
