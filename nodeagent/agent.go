@@ -133,10 +133,19 @@ func New(cfg Config, client kubernetes.Interface) (*Agent, error) {
 	if cfg.MTU != 0 && (cfg.MTU < 576 || cfg.MTU > 65535) {
 		return nil, fmt.Errorf("MTU %d is out of range 576-65535", cfg.MTU)
 	}
+	reg, m := newRegistry()
+	return &Agent{cfg: cfg, client: client, metrics: m, reg: reg, locks: newAttachLocks()}, nil
+}
+
+func newRegistry() (*prometheus.Registry, *metrics) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	return &Agent{cfg: cfg, client: client, metrics: newMetrics(reg), reg: reg, locks: newAttachLocks()}, nil
+	return reg, newMetrics(reg)
 }
+
+// RegisterMetrics registers with reg the collectors dunlin-node serves besides Go's and the
+// process's, for tests that check dashboards and alert rules against what it exports.
+func RegisterMetrics(reg prometheus.Registerer) { newMetrics(reg) }
 
 // Run configures OVS, starts serving CNI requests and installs the CNI configuration, then blocks until
 // ctx ends. The configuration is installed last so that the runtime reports the node network-ready only

@@ -187,10 +187,6 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		KindPolicyNamespace: c.syncPolicyNamespace,
 		KindPolicyPeer:      c.syncPolicyPeer,
 	}
-	kinds := make([]string, 0, len(c.syncs))
-	for kind := range c.syncs {
-		kinds = append(kinds, kind)
-	}
 	c.metrics = newMetrics(reg, c.ipam, kinds)
 	for kind := range c.syncs {
 		c.queues[kind] = workqueue.NewTypedRateLimitingQueueWithConfig(

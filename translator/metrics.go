@@ -4,6 +4,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dunlinplugin/dunlin/translator/ipam"
+	"github.com/dunlinplugin/dunlin/translator/nbstore"
 )
 
 // metrics are the controller's Prometheus collectors (the NB committer has its own).
@@ -11,6 +12,9 @@ type metrics struct {
 	reconcile   *prometheus.HistogramVec // by kind
 	programming *prometheus.HistogramVec // by kind: change observed -> rows committed
 }
+
+// kinds are the controller's queues, each a kind label value of its histograms.
+var kinds = []string{KindCluster, KindNode, KindPod, KindService, KindGateway, KindPolicy, KindPolicyNamespace, KindPolicyPeer}
 
 // ipamStats is what the IPAM metrics read, on every scrape.
 type ipamStats interface {
@@ -74,6 +78,15 @@ func (c *ipamCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(nodeAddressesInUseDesc, prometheus.GaugeValue, float64(u.InUse), u.Node)
 		ch <- prometheus.MustNewConstMetric(nodeAddressesCapacityDesc, prometheus.GaugeValue, float64(u.Capacity), u.Node)
 	}
+}
+
+// RegisterMetrics registers with reg the collectors a leading dunlin-controller serves besides Go's
+// and the process's (those of New and NewLeaderMetrics), over stats, for tests that check dashboards
+// and alert rules against what it exports.
+func RegisterMetrics(reg prometheus.Registerer, stats *ipam.Cluster) {
+	nbstore.NewMetrics(reg)
+	newMetrics(reg, stats, kinds)
+	NewLeaderMetrics(reg)
 }
 
 // LeaderMetrics say which controller replica leads and since when; dunlin-controller registers them

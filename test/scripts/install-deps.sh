@@ -25,3 +25,5 @@ command -v go >/dev/null 2>&1 || { echo "Go is required (https://go.dev/dl)" >&2
 "$here/../kubebin/build.sh" "$@" >/dev/null
 # The CNI project's cnitool at the libcni versions test/runtimes drives the plugin with (seconds; cached).
 "$here/../cnitool/build.sh" >/dev/null
+# Prometheus's promtool, which validates deploy/monitoring's alert rules (minutes the first time; cached).
+"$here/../promtool/build.sh" >/dev/null
