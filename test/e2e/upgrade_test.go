@@ -40,8 +40,8 @@ func buildRelease(t *testing.T, dir string) harness.Binaries {
 	}
 	archive := exec.Command("git", "-C", root, "archive", "--format=tar", releaseCommit)
 	untar := exec.Command("tar", "-x", "-C", src)
-	var stderr bytes.Buffer
-	archive.Stderr, untar.Stderr = &stderr, &stderr
+	var archiveErr, untarErr bytes.Buffer
+	archive.Stderr, untar.Stderr = &archiveErr, &untarErr
 	pipe, err := archive.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -51,10 +51,10 @@ func buildRelease(t *testing.T, dir string) harness.Binaries {
 		t.Fatal(err)
 	}
 	if err := archive.Run(); err != nil {
-		t.Fatalf("git archive %s: %v %s", releaseCommit, err, stderr.String())
+		t.Fatalf("git archive %s: %v %s", releaseCommit, err, archiveErr.String())
 	}
 	if err := untar.Wait(); err != nil {
-		t.Fatalf("untar the release: %v %s", err, stderr.String())
+		t.Fatalf("untar the release: %v %s", err, untarErr.String())
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
@@ -71,7 +71,7 @@ func buildRelease(t *testing.T, dir string) harness.Binaries {
 
 // podState is what must survive an upgrade: the pod's address, MAC and logical switch port.
 type podState struct {
-	ip, mac  string // from the annotation
+	ip, mac  string // from the annotation (the address without its prefix length)
 	ifaceMAC string // eth0 in the pod
 	lsp      string // the Logical_Switch_Port row: _uuid, addresses, port_security, switch
 }
@@ -287,6 +287,6 @@ func (e *env) podState(namespace, name string) podState {
 	if ifaceMAC != info.MACAddress {
 		e.t.Fatalf("pod %s/%s: eth0 has MAC %s, the annotation %s", namespace, name, ifaceMAC, info.MACAddress)
 	}
-	return podState{ip: ip.String(), mac: info.MACAddress, ifaceMAC: ifaceMAC,
+	return podState{ip: ip.Addr().String(), mac: info.MACAddress, ifaceMAC: ifaceMAC,
 		lsp: strings.Join(strings.Fields(lsp+" "+sw), " ")}
 }
