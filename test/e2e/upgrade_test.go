@@ -3,6 +3,7 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -20,25 +21,43 @@ import (
 )
 
 // releaseCommit is the release an upgrade starts from. No release is tagged yet: it is the main branch
-// when this test was written. Point it at each new release (a tag's commit) when one is made.
+// when this test was written. Point it at each new release (a tag's commit) when one is made;
+// DUNLIN_UPGRADE_FROM=<commit> tries another one.
 const releaseCommit = "0a0fa9b6d4db959d37ad685b03077edeed93b534"
 
-// buildRelease builds dunlin-controller, dunlin-node and dunlin-cni of releaseCommit from this clone's
+func upgradeFrom() string {
+	if c := os.Getenv("DUNLIN_UPGRADE_FROM"); c != "" {
+		return c
+	}
+	return releaseCommit
+}
+
+// buildRelease builds dunlin-controller, dunlin-node and dunlin-cni of the commit release from this clone's
 // history (git archive, then go build with the same flags as this tree's), into dir. The pods' workload
 // stays this tree's: it is not Dunlin.
-func buildRelease(t *testing.T, dir string) harness.Binaries {
+func buildRelease(t *testing.T, dir, release string) harness.Binaries {
 	t.Helper()
 	_, self, _, _ := runtime.Caller(0)
 	root := filepath.Join(filepath.Dir(self), "..", "..")
-	if out, err := exec.Command("git", "-C", root, "cat-file", "-e", releaseCommit+"^{commit}").CombinedOutput(); err != nil {
-		t.Fatalf("the release %s is not in this clone's history (a shallow clone? git fetch --unshallow): %v %s",
-			releaseCommit, err, out)
+	have := func() error {
+		if out, err := exec.Command("git", "-C", root, "cat-file", "-e", release+"^{commit}").CombinedOutput(); err != nil {
+			return fmt.Errorf("%w: %s", err, bytes.TrimSpace(out))
+		}
+		return nil
+	}
+	if err := have(); err != nil {
+		// A shallow clone lacks it: fetch that one commit from where the clone came from.
+		out, ferr := exec.Command("git", "-C", root, "fetch", "--quiet", "--depth=1", "origin", release).CombinedOutput()
+		if err := have(); err != nil {
+			t.Fatalf("the release %s is not in this clone's history (%v), and fetching it from origin failed: %v %s",
+				release, err, ferr, bytes.TrimSpace(out))
+		}
 	}
 	src := filepath.Join(dir, "src")
 	if err := os.MkdirAll(src, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	archive := exec.Command("git", "-C", root, "archive", "--format=tar", releaseCommit)
+	archive := exec.Command("git", "-C", root, "archive", "--format=tar", release)
 	untar := exec.Command("tar", "-x", "-C", src)
 	var archiveErr, untarErr bytes.Buffer
 	archive.Stderr, untar.Stderr = &archiveErr, &untarErr
@@ -51,7 +70,7 @@ func buildRelease(t *testing.T, dir string) harness.Binaries {
 		t.Fatal(err)
 	}
 	if err := archive.Run(); err != nil {
-		t.Fatalf("git archive %s: %v %s", releaseCommit, err, archiveErr.String())
+		t.Fatalf("git archive %s: %v %s", release, err, archiveErr.String())
 	}
 	if err := untar.Wait(); err != nil {
 		t.Fatalf("untar the release: %v %s", err, untarErr.String())
@@ -63,7 +82,7 @@ func buildRelease(t *testing.T, dir string) harness.Binaries {
 		"./cmd/dunlin-controller", "./cmd/dunlin-node", "./cmd/dunlin-cni")...)
 	cmd.Dir = src
 	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build the release %s: %v\n%s", releaseCommit, err, b)
+		t.Fatalf("build the release %s: %v\n%s", release, err, b)
 	}
 	return harness.Binaries{Dir: out, Controller: filepath.Join(out, "dunlin-controller"),
 		Node: filepath.Join(out, "dunlin-node"), CNI: filepath.Join(out, "dunlin-cni"), PodServer: bins.PodServer}
@@ -87,8 +106,9 @@ func TestUpgradeFromRelease(t *testing.T) {
 	}
 	defer os.RemoveAll(dir)
 	start := time.Now()
-	release := buildRelease(t, dir)
-	t.Logf("release %.12s built in %s", releaseCommit, time.Since(start).Round(time.Second))
+	from := upgradeFrom()
+	release := buildRelease(t, dir, from)
+	t.Logf("release %.12s built in %s", from, time.Since(start).Round(time.Second))
 	for _, order := range []string{"controller first", "nodes first"} {
 		t.Run(order, func(t *testing.T) {
 			start := time.Now()
@@ -126,12 +146,15 @@ func upgrade(t *testing.T, release harness.Binaries, controllerFirst bool) {
 	}
 	talk("release")
 
-	// Requests between the old pods, all along the upgrade: none may fail.
+	// All along the upgrade, requests between the old pods (none may fail), and their logical ports'
+	// rows as NB has them (each must keep one value: no address flapping, no row recreated).
 	var sent, failed atomic.Int64
 	var firstErr atomic.Pointer[error]
+	var lspMu sync.Mutex
+	lspSeen := map[string]map[string]bool{}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		for {
@@ -144,6 +167,29 @@ func upgrade(t *testing.T, release harness.Binaries, controllerFirst bool) {
 			if err := expectName(a1, before["b1"].ip, "b1"); err != nil {
 				failed.Add(1)
 				firstErr.CompareAndSwap(nil, &err)
+			}
+		}
+	}()
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			for _, p := range old {
+				out, err := e.c.OVN.NBCtl("--bare", "--columns=_uuid,addresses,port_security", "find",
+					"Logical_Switch_Port", "name="+ns+"_"+p.name)
+				if err != nil {
+					continue // NB busy: the next poll tells
+				}
+				lspMu.Lock()
+				if lspSeen[p.name] == nil {
+					lspSeen[p.name] = map[string]bool{}
+				}
+				lspSeen[p.name][strings.Join(strings.Fields(out), " ")] = true
+				lspMu.Unlock()
 			}
 		}
 	}()
@@ -228,6 +274,11 @@ func upgrade(t *testing.T, release harness.Binaries, controllerFirst bool) {
 		t.Fatalf("%d of %d requests from a1 to b1 failed during the upgrade, first: %v", n, sent.Load(), *firstErr.Load())
 	}
 	t.Logf("%d requests from a1 to b1 during the upgrade, none failed", sent.Load())
+	for _, p := range old {
+		if len(lspSeen[p.name]) != 1 {
+			t.Fatalf("pod %s's logical switch port had %d states in NB during the upgrade: %v", p.name, len(lspSeen[p.name]), lspSeen[p.name])
+		}
+	}
 
 	// After the upgrade: new pods on both nodes reach the old ones and each other.
 	e.createPod(ns, "n1", "node1")
