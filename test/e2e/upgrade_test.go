@@ -154,45 +154,41 @@ func upgrade(t *testing.T, release harness.Binaries, controllerFirst bool) {
 	lspSeen := map[string]map[string]bool{}
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(200 * time.Millisecond):
-			}
-			sent.Add(1)
-			if err := expectName(a1, before["b1"].ip, "b1"); err != nil {
-				failed.Add(1)
-				firstErr.CompareAndSwap(nil, &err)
-			}
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			case <-time.After(100 * time.Millisecond):
-			}
-			for _, p := range old {
-				out, err := e.c.OVN.NBCtl("--bare", "--columns=_uuid,addresses,port_security", "find",
-					"Logical_Switch_Port", "name="+ns+"_"+p.name)
-				if err != nil {
-					continue // NB busy: the next poll tells
+	every := func(d time.Duration, f func()) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(d):
 				}
-				lspMu.Lock()
-				if lspSeen[p.name] == nil {
-					lspSeen[p.name] = map[string]bool{}
-				}
-				lspSeen[p.name][strings.Join(strings.Fields(out), " ")] = true
-				lspMu.Unlock()
+				f()
 			}
+		}()
+	}
+	every(200*time.Millisecond, func() {
+		sent.Add(1)
+		if err := expectName(a1, before["b1"].ip, "b1"); err != nil {
+			failed.Add(1)
+			firstErr.CompareAndSwap(nil, &err)
 		}
-	}()
+	})
+	every(100*time.Millisecond, func() {
+		for _, p := range old {
+			row, err := e.lspRow(ns, p.name)
+			if err != nil {
+				continue // NB busy: the next poll tells
+			}
+			lspMu.Lock()
+			if lspSeen[p.name] == nil {
+				lspSeen[p.name] = map[string]bool{}
+			}
+			lspSeen[p.name][row] = true
+			lspMu.Unlock()
+		}
+	})
 	stopTraffic := func() {
 		select {
 		case <-stop:
@@ -325,8 +321,7 @@ func (e *env) podState(namespace, name string) podState {
 			ifaceMAC = f[i+1]
 		}
 	}
-	lsp, err := e.c.OVN.NBCtl("--bare", "--columns=_uuid,addresses,port_security", "find", "Logical_Switch_Port",
-		"name="+namespace+"_"+name)
+	lsp, err := e.lspRow(namespace, name)
 	if err != nil || lsp == "" {
 		e.t.Fatalf("pod %s/%s: logical switch port: %q %v", namespace, name, lsp, err)
 	}
@@ -340,4 +335,11 @@ func (e *env) podState(namespace, name string) podState {
 	}
 	return podState{ip: ip.Addr().String(), mac: info.MACAddress, ifaceMAC: ifaceMAC,
 		lsp: strings.Join(strings.Fields(lsp+" "+sw), " ")}
+}
+
+// lspRow is the pod's Logical_Switch_Port as NB has it: _uuid, addresses, port_security.
+func (e *env) lspRow(namespace, name string) (string, error) {
+	out, err := e.c.OVN.NBCtl("--bare", "--columns=_uuid,addresses,port_security", "find", "Logical_Switch_Port",
+		"name="+namespace+"_"+name)
+	return strings.Join(strings.Fields(out), " "), err
 }
