@@ -133,14 +133,9 @@ func New(cfg Config, client kubernetes.Interface) (*Agent, error) {
 	if cfg.MTU != 0 && (cfg.MTU < 576 || cfg.MTU > 65535) {
 		return nil, fmt.Errorf("MTU %d is out of range 576-65535", cfg.MTU)
 	}
-	reg, m := newRegistry()
-	return &Agent{cfg: cfg, client: client, metrics: m, reg: reg, locks: newAttachLocks()}, nil
-}
-
-func newRegistry() (*prometheus.Registry, *metrics) {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	return reg, newMetrics(reg)
+	return &Agent{cfg: cfg, client: client, metrics: newMetrics(reg), reg: reg, locks: newAttachLocks()}, nil
 }
 
 // RegisterMetrics registers with reg the collectors dunlin-node serves besides Go's and the
