@@ -141,6 +141,10 @@ func New(cfg Config, client kubernetes.Interface) (*Agent, error) {
 	return &Agent{cfg: cfg, client: client, metrics: newMetrics(reg), reg: reg, locks: newAttachLocks()}, nil
 }
 
+// RegisterMetrics registers with reg the collectors dunlin-node serves besides Go's and the
+// process's, for tests that check dashboards and alert rules against what it exports.
+func RegisterMetrics(reg prometheus.Registerer) { newMetrics(reg) }
+
 // Run configures OVS, starts serving CNI requests and installs the CNI configuration, then blocks until
 // ctx ends. The configuration is installed last so that the runtime reports the node network-ready only
 // once requests can be served.

@@ -65,14 +65,7 @@ func (a *Agent) cniHandler(base context.Context) http.Handler {
 // serve runs one CNI command.
 func (a *Agent) serve(ctx context.Context, req cni.Request) (out []byte, err error) {
 	start := time.Now()
-	defer func() {
-		result := "success"
-		if err != nil {
-			result = "error"
-		}
-		a.metrics.requests.WithLabelValues(req.Command, result).Inc()
-		a.metrics.duration.WithLabelValues(req.Command).Observe(time.Since(start).Seconds())
-	}()
+	defer func() { a.metrics.observe(req.Command, time.Since(start).Seconds(), err) }()
 	conf, err := cni.ParseNetConf(req.Config)
 	if err != nil {
 		return nil, cnitypes.NewError(cnitypes.ErrDecodingFailure, "cannot parse the network configuration", err.Error())

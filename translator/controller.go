@@ -180,9 +180,6 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		peers:       newPeerRegistry(),
 	}
 	pool.OnRelease(c.addressFreed)
-	c.metrics = newMetrics(reg,
-		func() float64 { return float64(c.ipam.PodsInUse()) },
-		func() float64 { return float64(c.ipam.NodesWithSubnet()) })
 	c.syncs = map[string]func(context.Context, string) error{
 		KindCluster: c.syncCluster,
 		KindNode:    c.syncNode,
@@ -194,6 +191,7 @@ func New(cfg Config, kube kubernetes.Interface, nb client.Client, recorder recor
 		KindPolicyNamespace: c.syncPolicyNamespace,
 		KindPolicyPeer:      c.syncPolicyPeer,
 	}
+	c.metrics = newMetrics(reg, c.ipam, kinds)
 	for kind := range c.syncs {
 		c.queues[kind] = workqueue.NewTypedRateLimitingQueueWithConfig(
 			workqueue.NewTypedItemExponentialFailureRateLimiter[string](20*time.Millisecond, time.Minute),

@@ -7,12 +7,15 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
+
+	"github.com/dunlinplugin/dunlin/translator"
 )
 
 // errLostLease is returned when another replica took the Lease while this one was leading.
@@ -23,7 +26,7 @@ var errLostLease = errors.New("lost the dunlin-controller lease")
 // process still does (the contract of ReleaseOnCancel), and returns nil. It returns errLostLease when
 // the Lease was lost, and work's error when work failed, after giving the Lease up.
 func runElected(ctx context.Context, o options, kube kubernetes.Interface, recorder record.EventRecorder,
-	health *healthState, work func(context.Context) error) error {
+	health *healthState, leader *translator.LeaderMetrics, work func(context.Context) error) error {
 	host, err := os.Hostname()
 	if err != nil {
 		return fmt.Errorf("leader election identity: %w", err)
@@ -42,6 +45,8 @@ func runElected(ctx context.Context, o options, kube kubernetes.Interface, recor
 	var led atomic.Bool
 	lead := func(leadCtx context.Context) {
 		led.Store(true)
+		leader.Started(float64(time.Now().UnixNano()) / 1e9)
+		defer leader.Stopped()
 		// leadCtx ends when leadership is lost; work also stops on SIGTERM.
 		workCtx, cancel := context.WithCancel(leadCtx)
 		defer cancel()

@@ -203,10 +203,12 @@ func run(ctx context.Context, o options) error {
 	work := func(ctx context.Context) error {
 		return translate(ctx, o, cfg, tlsCfg, kube, events.recorder, reg, health)
 	}
+	leader := translator.NewLeaderMetrics(reg)
 	if !o.leaderElect {
+		leader.Started(float64(time.Now().UnixNano()) / 1e9)
 		return stopped(ctx, work(ctx))
 	}
-	return runElected(ctx, o, kube, events.recorder, health, work)
+	return runElected(ctx, o, kube, events.recorder, health, leader, work)
 }
 
 func translate(ctx context.Context, o options, cfg translator.Config, tlsCfg *tls.Config, kube kubernetes.Interface,

@@ -69,7 +69,10 @@ func newClusterEnv(t *testing.T, o harness.ClusterOptions) *env {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 	start := time.Now()
-	o.Dir, o.Bins = dir, bins
+	o.Dir = dir
+	if o.Bins.Controller == "" {
+		o.Bins = bins
+	}
 	c, err := harness.StartCluster(ctx, o)
 	if err != nil {
 		l := logs(dir)

@@ -27,3 +27,5 @@ command -v go >/dev/null 2>&1 || { echo "Go is required (https://go.dev/dl)" >&2
 "$here/../cnitool/build.sh" >/dev/null
 # CoreDNS at its pinned release, the cluster DNS of the e2e tests and the demo (first run: minutes; cached).
 "$here/../coredns/build.sh" >/dev/null
+# Prometheus's promtool, which validates deploy/monitoring's alert rules (minutes the first time; cached).
+"$here/../promtool/build.sh" >/dev/null

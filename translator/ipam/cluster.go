@@ -195,3 +195,28 @@ func (c *Cluster) NodesWithSubnet() int {
 	defer c.mu.Unlock()
 	return c.subnets.Len()
 }
+
+// NodeUsage is how full one node's subnet is.
+type NodeUsage struct {
+	Node     string
+	InUse    int // pod addresses held
+	Capacity int // pod addresses the subnet can hold
+}
+
+// NodeUsages reports every node subnet's usage, for the exhaustion metrics.
+func (c *Cluster) NodeUsages() []NodeUsage {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := make([]NodeUsage, 0, len(c.pools))
+	for node, p := range c.pools {
+		out = append(out, NodeUsage{Node: node, InUse: p.InUse(), Capacity: p.Capacity()})
+	}
+	return out
+}
+
+// NodeSubnetCapacity is the number of node subnets the cluster CIDR holds.
+func (c *Cluster) NodeSubnetCapacity() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.subnets.Capacity()
+}

@@ -186,3 +186,30 @@ func TestKeyed(t *testing.T) {
 		t.Fatalf("n4 got %v, want the released .2", a)
 	}
 }
+
+// The exhaustion metrics' inputs: a /29 node subnet holds 8 addresses less network, broadcast, gateway
+// and management port, and the usage reaches the capacity exactly when allocation fails.
+func TestNodeUsages(t *testing.T) {
+	c, err := NewCluster(netip.MustParsePrefix("10.244.0.0/26"), 29)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := c.NodeSubnetCapacity(); got != 8 {
+		t.Fatalf("NodeSubnetCapacity = %d, want 8 /29s in a /26", got)
+	}
+	if _, err := c.AllocateNodeSubnet("n1"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 4 {
+		if _, err := c.AllocatePod("ns/p"+string(rune('a'+i)), "u", "n1"); err != nil {
+			t.Fatalf("pod %d: %v", i, err)
+		}
+	}
+	if _, err := c.AllocatePod("ns/full", "u", "n1"); !errors.Is(err, ErrExhausted) {
+		t.Fatalf("allocation past capacity: %v", err)
+	}
+	got := c.NodeUsages()
+	if len(got) != 1 || got[0] != (NodeUsage{Node: "n1", InUse: 4, Capacity: 4}) {
+		t.Fatalf("NodeUsages = %+v, want n1 4 of 4", got)
+	}
+}

@@ -30,6 +30,9 @@ type Pool struct {
 	used   []uint64 // bitmap of offsets from the network address
 	owners map[int]string
 	inUse  int
+	// capacity is the number of addresses owners can hold: the subnet less network, broadcast and
+	// reserved addresses.
+	capacity int
 }
 
 // maxPoolBits bounds a pool to a /12 worth of addresses (a 128 KiB bitmap).
@@ -48,9 +51,11 @@ func NewPool(subnet netip.Prefix, reserved ...netip.Addr) (*Pool, error) {
 	p.used = make([]uint64, (p.size+63)/64)
 	p.mark(0)
 	p.mark(p.size - 1)
+	p.capacity = p.size - 2
 	for _, a := range reserved {
-		if off, ok := p.offset(a); ok {
+		if off, ok := p.offset(a); ok && !p.isUsed(off) {
 			p.mark(off)
+			p.capacity--
 		}
 	}
 	return p, nil
@@ -61,6 +66,9 @@ func (p *Pool) Subnet() netip.Prefix { return p.subnet }
 
 // InUse is the number of addresses held by owners (reserved ones excluded).
 func (p *Pool) InUse() int { return p.inUse }
+
+// Capacity is the number of addresses owners can hold at once.
+func (p *Pool) Capacity() int { return p.capacity }
 
 func (p *Pool) mark(off int)        { p.used[off/64] |= 1 << (off % 64) }
 func (p *Pool) clear(off int)       { p.used[off/64] &^= 1 << (off % 64) }

@@ -35,6 +35,9 @@ func NewSubnets(cluster netip.Prefix, prefixLen int) (*Subnets, error) {
 		owner: map[netip.Prefix]string{}, odd: map[string]netip.Prefix{}}, nil
 }
 
+// Capacity is the number of node subnets of the allocated length the cluster CIDR holds.
+func (s *Subnets) Capacity() int { return 1 << (s.bits - s.cluster.Bits()) }
+
 // Get returns the node's subnet.
 func (s *Subnets) Get(node string) (netip.Prefix, bool) {
 	p, ok := s.byNode[node]

@@ -64,6 +64,7 @@ func (e *StaleError) Error() string {
 // Metrics are the committer's Prometheus collectors.
 type Metrics struct {
 	Transactions *prometheus.CounterVec // label result: success|error
+	Errors       *prometheus.CounterVec // label reason: see errorReasons
 	Duration     prometheus.Histogram
 	Operations   prometheus.Histogram
 	Stale        prometheus.Counter
@@ -93,8 +94,38 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Name: "dunlin_nb_unknown_outcomes_total",
 		Help: "NB transactions whose outcome was unknown (the connection was lost or timed out while they were in flight, or their commit did not reach the cache); the cache is read back before the next plan.",
 	})
-	reg.MustRegister(m.Transactions, m.Duration, m.Operations, m.Stale, m.Unknown)
+	m.Errors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "dunlin_nb_transaction_errors_total",
+		Help: "Failed OVN NB transactions by reason: fenced (another controller claimed NB), rejected (the server refused an operation: constraint, reference, row count), timeout (no answer in time, outcome unknown), connection (not connected or the connection was lost), canceled (the controller was stopping).",
+	}, []string{"reason"})
+	// Every reason starts at 0 so that rate() and alerts see a series before the first error.
+	for _, r := range errorReasons {
+		m.Errors.WithLabelValues(r)
+	}
+	for _, r := range []string{"success", "error"} {
+		m.Transactions.WithLabelValues(r)
+	}
+	reg.MustRegister(m.Transactions, m.Errors, m.Duration, m.Operations, m.Stale, m.Unknown)
 	return m
+}
+
+// errorReasons are the values of dunlin_nb_transaction_errors_total's reason label.
+var errorReasons = []string{"fenced", "rejected", "timeout", "connection", "canceled"}
+
+// errorReason classifies a failed transaction for dunlin_nb_transaction_errors_total.
+func errorReason(err error) string {
+	switch {
+	case errors.Is(err, ErrFenced):
+		return "fenced"
+	case errors.As(err, new(*OperationError)):
+		return "rejected"
+	case errors.Is(err, context.DeadlineExceeded):
+		return "timeout"
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	default:
+		return "connection"
+	}
 }
 
 // Committer sends the transactions of many callers as few OVSDB transactions (group commit): while one
@@ -423,6 +454,7 @@ func (c *Committer) transact(ctx context.Context, batch []*commitReq) ([]ovsdb.O
 	}
 	if err != nil {
 		c.metrics.Transactions.WithLabelValues("error").Inc()
+		c.metrics.Errors.WithLabelValues(errorReason(err)).Inc()
 		return nil, nil, offsets, 0, fmt.Errorf("NB transaction of %d operations: %w", len(ops), err)
 	}
 	c.metrics.Transactions.WithLabelValues("success").Inc()
