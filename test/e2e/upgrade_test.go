@@ -49,7 +49,9 @@ func buildRelease(t *testing.T, dir, release string) harness.Binaries {
 		// A shallow clone lacks it: fetch that one commit from where the clone came from.
 		out, ferr := exec.Command("git", "-C", root, "fetch", "--quiet", "--depth=1", "origin", release).CombinedOutput()
 		if err := have(); err != nil {
-			t.Fatalf("the release %s is not in this clone's history (%v), and fetching it from origin failed: %v %s",
+			// Not a failure of Dunlin: the source of the release is not here (an export without history,
+			// or a shallow clone whose origin is unreachable). Say so loudly rather than fail CI.
+			t.Skipf("SKIPPED: cannot upgrade from release %s: it is not in this clone's history (%v), and fetching it from origin failed: %v %s",
 				release, err, ferr, bytes.TrimSpace(out))
 		}
 	}
