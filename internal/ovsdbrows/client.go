@@ -42,7 +42,7 @@ func dial(ctx context.Context, endpoint string, dbModel model.ClientDBModel, tls
 	proto, addr, _ := strings.Cut(endpoint, ":")
 	switch proto {
 	case "unix":
-		// libovsdb takes a relative path for none, and dials its default socket instead.
+		// libovsdb reads a relative unix: path as none, and would dial its default socket instead.
 		abs, err := filepath.Abs(addr)
 		if err != nil {
 			return nil, err
@@ -73,6 +73,9 @@ func dial(ctx context.Context, endpoint string, dbModel model.ClientDBModel, tls
 		// libovsdb's error starts with the endpoint, which the callers name already.
 		if inner := errors.Unwrap(err); inner != nil {
 			err = inner
+		}
+		if errors.Is(cctx.Err(), context.DeadlineExceeded) {
+			return nil, fmt.Errorf("no answer within %s: %w", timeout, err)
 		}
 		return nil, err
 	}
