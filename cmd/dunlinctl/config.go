@@ -15,7 +15,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
-	"github.com/dunlinplugin/dunlin/internal/ovsdbraw"
+	"github.com/dunlinplugin/dunlin/internal/ovsdbrows"
 	"github.com/dunlinplugin/dunlin/internal/ovsdbtls"
 )
 
@@ -193,8 +193,8 @@ const bigRequestTimeout = 2 * time.Minute
 type database struct {
 	what, addresses string
 	files           ovsdbtls.Files
-	members         []ovsdbraw.Member
-	c               *ovsdbraw.Client
+	members         []ovsdbrows.Member
+	c               *ovsdbrows.Client
 	version         string
 }
 
@@ -229,18 +229,14 @@ func (e *env) connect(ctx context.Context, what, addr, db string, files ovsdbtls
 	if err != nil {
 		return d, fmt.Errorf("%s TLS: %w", what, err)
 	}
-	d.members, d.c, err = ovsdbraw.Connect(ctx, what, addr, db, cfg, e.o.timeout)
+	d.members, d.c, err = ovsdbrows.Connect(ctx, what, addr, db, cfg, e.o.timeout)
 	if err != nil {
 		return d, err
 	}
 	// The member answered within --timeout; reading (or, for uninstall, rewriting) a large NB may take
 	// longer than that.
 	d.c.SetTimeout(max(e.o.timeout, bigRequestTimeout))
-	if d.version, err = d.c.SchemaVersion(db); err != nil {
-		d.c.Close()
-		d.c = nil
-		return d, fmt.Errorf("%s schema: %w", what, err)
-	}
+	d.version = d.c.Schema().Version
 	return d, nil
 }
 

@@ -7,8 +7,10 @@ import (
 	"sort"
 	"strings"
 
+	"github.com/ovn-kubernetes/libovsdb/ovsdb"
+
 	"github.com/dunlinplugin/dunlin/internal/ovntrace"
-	"github.com/dunlinplugin/dunlin/internal/ovsdbraw"
+	"github.com/dunlinplugin/dunlin/internal/ovsdbrows"
 )
 
 // finding is one stage of a trace said in Kubernetes terms.
@@ -32,9 +34,9 @@ var stageExplainers = []func(*explainer) []finding{
 
 // explainer maps a trace back to NB rows and their owners, reading NB and SB on demand.
 type explainer struct {
-	nb, sb *ovsdbraw.Client
+	nb, sb *ovsdbrows.Client
 	trace  *ovntrace.Trace
-	cache  map[string][]ovsdbraw.Row
+	cache  map[string][]ovsdbrows.Row
 }
 
 func (x *explainer) explain() []finding {
@@ -46,14 +48,14 @@ func (x *explainer) explain() []finding {
 }
 
 // rows returns (and caches) every row of an NB table.
-func (x *explainer) rows(table string, columns ...string) []ovsdbraw.Row {
+func (x *explainer) rows(table string, columns ...string) []ovsdbrows.Row {
 	if x.cache == nil {
-		x.cache = map[string][]ovsdbraw.Row{}
+		x.cache = map[string][]ovsdbrows.Row{}
 	}
 	if r, ok := x.cache[table]; ok {
 		return r
 	}
-	r, _ := x.nb.Select("OVN_Northbound", table, nil, columns...)
+	r, _ := x.nb.Select(table, nil, columns...)
 	x.cache[table] = r
 	return r
 }
@@ -63,7 +65,7 @@ func where(s *ovntrace.Stage) string {
 }
 
 // owner describes an NB row's owner in Kubernetes terms.
-func owner(row ovsdbraw.Row) string {
+func owner(row ovsdbrows.Row) string {
 	o := row.Map("external_ids")[ownerKey]
 	kind, key, _ := strings.Cut(o, "/")
 	switch kind {
@@ -126,7 +128,7 @@ func explainLoadBalancers(x *explainer) []finding {
 // loadBalancer names the NB load balancer serving vip and its owner, preferring Dunlin's; a NodePort
 // template (^NODEIP:port) matches any node address.
 func (x *explainer) loadBalancer(vip, port string) (string, string) {
-	var template ovsdbraw.Row
+	var template ovsdbrows.Row
 	for _, lb := range x.rows("Load_Balancer", "_uuid", "name", "vips", "external_ids") {
 		for k := range lb.Map("vips") {
 			if k == vip {
@@ -159,7 +161,7 @@ func (x *explainer) chosenBackend(backends []string) string {
 	return ""
 }
 
-func (x *explainer) port(name string) ovsdbraw.Row {
+func (x *explainer) port(name string) ovsdbrows.Row {
 	for _, p := range x.rows("Logical_Switch_Port", "name", "addresses", "type", "external_ids") {
 		if p.String("name") == name {
 			return p
@@ -265,7 +267,7 @@ func explainPolicies(x *explainer) []finding {
 		}
 		if hints[s.Name] == nil {
 			hints[s.Name] = map[string]string{}
-			flows, _ := x.sb.Select("OVN_Southbound", "Logical_Flow", []any{ovsdbraw.Includes("external_ids", "stage-name", s.Name)}, "_uuid", "external_ids")
+			flows, _ := x.sb.Select("Logical_Flow", []ovsdb.Condition{ovsdbrows.Includes("external_ids", "stage-name", s.Name)}, "_uuid", "external_ids")
 			for _, f := range flows {
 				if h := f.Map("external_ids")["stage-hint"]; h != "" {
 					hints[s.Name][f.UUID()[:8]] = h
@@ -305,11 +307,11 @@ func (x *explainer) isolatedBy(s *ovntrace.Stage) string {
 	if s.Pipeline.Direction == "egress" {
 		port = s.Pipeline.OutPort
 	}
-	lsp, err := selectOne(x.nb, "Logical_Switch_Port", ovsdbraw.Eq("name", port))
+	lsp, err := selectOne(x.nb, "Logical_Switch_Port", ovsdb.NewCondition("name", ovsdb.ConditionEqual, port))
 	if err != nil {
 		return ""
 	}
-	pgs, err := x.nb.Select("OVN_Northbound", "Port_Group", []any{[]any{"ports", "includes", ovsdbraw.UUIDValue(lsp.UUID())}}, "name", "external_ids")
+	pgs, err := x.nb.Select("Port_Group", []ovsdb.Condition{holdsPort(lsp.UUID())}, "name", "external_ids")
 	if err != nil {
 		return ""
 	}

@@ -5,7 +5,9 @@ import (
 	"sort"
 	"strings"
 
-	"github.com/dunlinplugin/dunlin/internal/ovsdbraw"
+	"github.com/ovn-kubernetes/libovsdb/ovsdb"
+
+	"github.com/dunlinplugin/dunlin/internal/ovsdbrows"
 )
 
 // NB external_ids keys of the store (translator/nbstore).
@@ -43,7 +45,7 @@ var detailColumns = map[string][]string{
 }
 
 // tablesWithExternalIDs lists the schema's tables that have external_ids, sorted.
-func tablesWithExternalIDs(s *ovsdbraw.Schema) []string {
+func tablesWithExternalIDs(s ovsdb.DatabaseSchema) []string {
 	var out []string
 	for name, t := range s.Tables {
 		if _, ok := t.Columns["external_ids"]; ok {
@@ -55,34 +57,30 @@ func tablesWithExternalIDs(s *ovsdbraw.Schema) []string {
 }
 
 // ownedRows returns the NB rows whose owner is one of owners, in every table, in one transaction.
-func ownedRows(c *ovsdbraw.Client, owners ...string) ([]nbRow, error) {
-	schema, err := c.Schema("OVN_Northbound")
-	if err != nil {
-		return nil, err
-	}
-	tables := tablesWithExternalIDs(schema)
-	var ops []any
+func ownedRows(c *ovsdbrows.Client, owners ...string) ([]nbRow, error) {
+	tables := tablesWithExternalIDs(c.Schema())
+	var ops []ovsdb.Operation
 	var opTables []string
 	for _, owner := range owners {
 		for _, t := range tables {
-			ops = append(ops, map[string]any{"op": "select", "table": t, "where": []any{ovsdbraw.Includes("external_ids", ownerKey, owner)}})
+			ops = append(ops, ovsdbrows.SelectOp(t, []ovsdb.Condition{ovsdbrows.Includes("external_ids", ownerKey, owner)}))
 			opTables = append(opTables, t)
 		}
 	}
-	res, err := c.Transact("OVN_Northbound", ops...)
+	res, err := c.Transact(ops...)
 	if err != nil {
 		return nil, fmt.Errorf("NB owned rows: %w", err)
 	}
 	var out []nbRow
-	for i, r := range res {
-		for _, row := range r.Rows {
+	for i, rows := range res {
+		for _, row := range rows {
 			out = append(out, describe(opTables[i], row))
 		}
 	}
 	return out, nil
 }
 
-func describe(table string, row ovsdbraw.Row) nbRow {
+func describe(table string, row ovsdbrows.Row) nbRow {
 	ids := row.Map("external_ids")
 	d := nbRow{Table: table, UUID: row.UUID(), Name: row.Name(), ID: ids[idKey], Owner: ids[ownerKey]}
 	var parts []string
@@ -96,7 +94,7 @@ func describe(table string, row ovsdbraw.Row) nbRow {
 }
 
 // valueString prints a column compactly: maps as {k=v,...}, sets as [a,b], long sets by their size.
-func valueString(row ovsdbraw.Row, col string) string {
+func valueString(row ovsdbrows.Row, col string) string {
 	if m := row.Map(col); len(m) > 0 {
 		var kv []string
 		for _, k := range sortedKeys(m) {

@@ -6,10 +6,11 @@ import (
 	"os"
 	"strings"
 
+	"github.com/ovn-kubernetes/libovsdb/ovsdb"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/dunlinplugin/dunlin/internal/conventions"
-	"github.com/dunlinplugin/dunlin/internal/ovsdbraw"
+	"github.com/dunlinplugin/dunlin/internal/ovsdbrows"
 )
 
 type showReport struct {
@@ -131,7 +132,7 @@ func (e *env) show(ctx context.Context, kind, name string) error {
 			if row.Table != "Load_Balancer" {
 				continue
 			}
-			rows, err := sb.c.Select("OVN_Southbound", "Load_Balancer", []any{ovsdbraw.Eq("name", row.Name)})
+			rows, err := sb.c.Select("Load_Balancer", []ovsdb.Condition{ovsdb.NewCondition("name", ovsdb.ConditionEqual, row.Name)})
 			if err != nil {
 				return err
 			}
@@ -139,7 +140,7 @@ func (e *env) show(ctx context.Context, kind, name string) error {
 				n := len(l.Set("datapaths"))
 				// Newer northd puts the datapaths in a group shared by load balancers.
 				if g := l.String("datapath_group"); g != "" {
-					if groups, err := sb.c.Select("OVN_Southbound", "Logical_DP_Group", []any{ovsdbraw.Eq("_uuid", ovsdbraw.UUIDValue(g))}, "datapaths"); err == nil && len(groups) == 1 {
+					if groups, err := sb.c.Select("Logical_DP_Group", []ovsdb.Condition{ovsdbrows.UUIDIs(g)}, "datapaths"); err == nil && len(groups) == 1 {
 						n += len(groups[0].Set("datapaths"))
 					}
 				}
@@ -155,13 +156,13 @@ func (e *env) show(ctx context.Context, kind, name string) error {
 }
 
 // portGroupsOf returns the port groups holding the pod's logical switch port (NetworkPolicy selection).
-func portGroupsOf(c *ovsdbraw.Client, rows []nbRow) ([]nbRow, error) {
+func portGroupsOf(c *ovsdbrows.Client, rows []nbRow) ([]nbRow, error) {
 	var out []nbRow
 	for _, r := range rows {
 		if r.Table != "Logical_Switch_Port" {
 			continue
 		}
-		pgs, err := c.Select("OVN_Northbound", "Port_Group", []any{[]any{"ports", "includes", ovsdbraw.UUIDValue(r.UUID)}}, "_uuid", "name", "external_ids")
+		pgs, err := c.Select("Port_Group", []ovsdb.Condition{holdsPort(r.UUID)}, "_uuid", "name", "external_ids")
 		if err != nil {
 			return nil, fmt.Errorf("NB port groups: %w", err)
 		}
@@ -173,8 +174,8 @@ func portGroupsOf(c *ovsdbraw.Client, rows []nbRow) ([]nbRow, error) {
 }
 
 // binding is the SB Port_Binding of a logical port and the chassis that claimed it.
-func binding(c *ovsdbraw.Client, port string) (*sbBinding, *chassisInfo, error) {
-	rows, err := c.Select("OVN_Southbound", "Port_Binding", []any{ovsdbraw.Eq("logical_port", port)},
+func binding(c *ovsdbrows.Client, port string) (*sbBinding, *chassisInfo, error) {
+	rows, err := c.Select("Port_Binding", []ovsdb.Condition{ovsdb.NewCondition("logical_port", ovsdb.ConditionEqual, port)},
 		"logical_port", "chassis", "requested_chassis", "up", "mac")
 	if err != nil {
 		return nil, nil, fmt.Errorf("SB port binding: %w", err)
@@ -189,7 +190,7 @@ func binding(c *ovsdbraw.Client, port string) (*sbBinding, *chassisInfo, error) 
 		if u == "" {
 			continue
 		}
-		chs, err := c.Select("OVN_Southbound", "Chassis", []any{ovsdbraw.Eq("_uuid", ovsdbraw.UUIDValue(u))}, "name", "hostname")
+		chs, err := c.Select("Chassis", []ovsdb.Condition{ovsdbrows.UUIDIs(u)}, "name", "hostname")
 		if err != nil || len(chs) == 0 {
 			*dst = u
 			continue
@@ -215,13 +216,13 @@ func (e *env) podOVS(ctx context.Context, r *showReport, port string) {
 		}
 		addr = "unix:" + localOVS
 	}
-	c, err := ovsdbraw.Dial(ctx, addr, nil, e.o.timeout)
+	c, err := ovsdbrows.Dial(ctx, addr, "Open_vSwitch", nil, e.o.timeout)
 	if err != nil {
 		r.Notes = append(r.Notes, fmt.Sprintf("OVS %s unreachable: %v", addr, err))
 		return
 	}
 	defer c.Close()
-	rows, err := c.Select("Open_vSwitch", "Interface", []any{ovsdbraw.Includes("external_ids", "iface-id", port)}, "name", "ofport", "external_ids")
+	rows, err := c.Select("Interface", []ovsdb.Condition{ovsdbrows.Includes("external_ids", "iface-id", port)}, "name", "ofport", "external_ids")
 	if err != nil {
 		r.Notes = append(r.Notes, fmt.Sprintf("OVS %s: %v", addr, err))
 		return

@@ -15,7 +15,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/dunlinplugin/dunlin/internal/annotations"
-	"github.com/dunlinplugin/dunlin/internal/ovsdbraw"
+	"github.com/dunlinplugin/dunlin/internal/ovsdbrows"
 )
 
 // NB_Global external_ids keys of the controller (translator/nbstore: WriterKey, CommitKey).
@@ -37,12 +37,12 @@ type statusReport struct {
 }
 
 type dbStatus struct {
-	Addresses     string            `json:"addresses"`
-	Reachable     bool              `json:"reachable"`
-	Error         string            `json:"error,omitempty"`
-	SchemaVersion string            `json:"schemaVersion,omitempty"`
-	Leader        string            `json:"leader,omitempty"`
-	Members       []ovsdbraw.Member `json:"members,omitempty"`
+	Addresses     string             `json:"addresses"`
+	Reachable     bool               `json:"reachable"`
+	Error         string             `json:"error,omitempty"`
+	SchemaVersion string             `json:"schemaVersion,omitempty"`
+	Leader        string             `json:"leader,omitempty"`
+	Members       []ovsdbrows.Member `json:"members,omitempty"`
 }
 
 type northdStatus struct {
@@ -90,9 +90,9 @@ func (e *env) status(ctx context.Context) error {
 			r.Problems = append(r.Problems, oneLine(err.Error()))
 		}
 	}
-	var global ovsdbraw.Row
+	var global ovsdbrows.Row
 	if nb != nil && nb.c != nil {
-		if rows, err := nb.c.Select("OVN_Northbound", "NB_Global", nil); err == nil && len(rows) > 0 {
+		if rows, err := nb.c.Select("NB_Global", nil); err == nil && len(rows) > 0 {
 			global = rows[0]
 			ids := global.Map("external_ids")
 			r.Controller.NBWriter, _, _ = strings.Cut(ids[writerKey], "/")
@@ -156,30 +156,29 @@ func dbReport(d *database, err error) dbStatus {
 
 // sbState is what status needs of SB.
 type sbState struct {
-	chassis     []ovsdbraw.Row
-	encaps      map[string]ovsdbraw.Row
-	bindings    []ovsdbraw.Row
+	chassis     []ovsdbrows.Row
+	encaps      map[string]ovsdbrows.Row
+	bindings    []ovsdbrows.Row
 	datapaths   map[string]bool // NB logical switch and router UUIDs with a Datapath_Binding
 	sbGlobalCfg int
 }
 
-func readSB(c *ovsdbraw.Client) (*sbState, error) {
-	const db = "OVN_Southbound"
-	res, err := c.Transact(db,
-		map[string]any{"op": "select", "table": "Chassis", "where": []any{}, "columns": []string{"_uuid", "name", "hostname", "encaps"}},
-		map[string]any{"op": "select", "table": "Encap", "where": []any{}, "columns": []string{"_uuid", "type", "ip"}},
-		map[string]any{"op": "select", "table": "Port_Binding", "where": []any{}, "columns": []string{"logical_port", "chassis", "up"}},
-		map[string]any{"op": "select", "table": "Datapath_Binding", "where": []any{}, "columns": []string{"external_ids"}},
-		map[string]any{"op": "select", "table": "SB_Global", "where": []any{}, "columns": []string{"nb_cfg"}},
+func readSB(c *ovsdbrows.Client) (*sbState, error) {
+	res, err := c.Transact(
+		ovsdbrows.SelectOp("Chassis", nil, "_uuid", "name", "hostname", "encaps"),
+		ovsdbrows.SelectOp("Encap", nil, "_uuid", "type", "ip"),
+		ovsdbrows.SelectOp("Port_Binding", nil, "logical_port", "chassis", "up"),
+		ovsdbrows.SelectOp("Datapath_Binding", nil, "external_ids"),
+		ovsdbrows.SelectOp("SB_Global", nil, "nb_cfg"),
 	)
 	if err != nil {
 		return nil, fmt.Errorf("read SB: %w", err)
 	}
-	s := &sbState{chassis: res[0].Rows, encaps: map[string]ovsdbraw.Row{}, bindings: res[2].Rows, datapaths: map[string]bool{}}
-	for _, r := range res[1].Rows {
+	s := &sbState{chassis: res[0], encaps: map[string]ovsdbrows.Row{}, bindings: res[2], datapaths: map[string]bool{}}
+	for _, r := range res[1] {
 		s.encaps[r.UUID()] = r
 	}
-	for _, r := range res[3].Rows {
+	for _, r := range res[3] {
 		ids := r.Map("external_ids")
 		for _, k := range []string{"logical-switch", "logical-router"} {
 			if ids[k] != "" {
@@ -187,8 +186,8 @@ func readSB(c *ovsdbraw.Client) (*sbState, error) {
 			}
 		}
 	}
-	if len(res[4].Rows) > 0 {
-		s.sbGlobalCfg = res[4].Rows[0].Int("nb_cfg")
+	if len(res[4]) > 0 {
+		s.sbGlobalCfg = res[4][0].Int("nb_cfg")
 	}
 	return s, nil
 }
@@ -198,19 +197,19 @@ func readSB(c *ovsdbraw.Client) (*sbState, error) {
 // asked to be synced (ovn-nbctl --wait) has been copied to SB_Global and NB_Global.sb_cfg. Only a
 // running northd connected to both databases does that; a stopped one leaves new rows without SB
 // counterparts. It cannot tell an idle standby northd from none: that takes its unixctl socket.
-func northd(nb *ovsdbraw.Client, global ovsdbraw.Row, sb *sbState) northdStatus {
+func northd(nb *ovsdbrows.Client, global ovsdbrows.Row, sb *sbState) northdStatus {
 	s := northdStatus{NBCfg: global.Int("nb_cfg"), SBCfg: global.Int("sb_cfg"), HVCfg: global.Int("hv_cfg")}
-	res, err := nb.Transact("OVN_Northbound",
-		map[string]any{"op": "select", "table": "Logical_Switch", "where": []any{}, "columns": []string{"_uuid"}},
-		map[string]any{"op": "select", "table": "Logical_Router", "where": []any{}, "columns": []string{"_uuid"}},
-		map[string]any{"op": "select", "table": "Logical_Switch_Port", "where": []any{}, "columns": []string{"name"}},
+	res, err := nb.Transact(
+		ovsdbrows.SelectOp("Logical_Switch", nil, "_uuid"),
+		ovsdbrows.SelectOp("Logical_Router", nil, "_uuid"),
+		ovsdbrows.SelectOp("Logical_Switch_Port", nil, "name"),
 	)
 	if err != nil {
 		s.Detail = oneLine(err.Error())
 		return s
 	}
 	missingDP := 0
-	for _, r := range append(res[0].Rows, res[1].Rows...) {
+	for _, r := range append(res[0], res[1]...) {
 		if !sb.datapaths[r.UUID()] {
 			missingDP++
 		}
@@ -220,12 +219,12 @@ func northd(nb *ovsdbraw.Client, global ovsdbraw.Row, sb *sbState) northdStatus 
 		bound[b.String("logical_port")] = true
 	}
 	missingPorts := 0
-	for _, r := range res[2].Rows {
+	for _, r := range res[2] {
 		if !bound[r.String("name")] {
 			missingPorts++
 		}
 	}
-	nDP, nPorts := len(res[0].Rows)+len(res[1].Rows), len(res[2].Rows)
+	nDP, nPorts := len(res[0])+len(res[1]), len(res[2])
 	switch {
 	case missingDP > 0 || missingPorts > 0:
 		s.Detail = fmt.Sprintf("%d of %d NB datapaths and %d of %d NB switch ports have nothing in SB yet: is ovn-northd running and connected to both databases?",

@@ -9,12 +9,13 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/ovn-kubernetes/libovsdb/ovsdb"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/dunlinplugin/dunlin/internal/conventions"
 	"github.com/dunlinplugin/dunlin/internal/ovntrace"
-	"github.com/dunlinplugin/dunlin/internal/ovsdbraw"
+	"github.com/dunlinplugin/dunlin/internal/ovsdbrows"
 )
 
 // traceSrcPort is the source port of traced packets: any ephemeral port does.
@@ -58,7 +59,7 @@ func (e *env) trace(ctx context.Context, src, dst string) error {
 	srcNS, srcName := e.splitName(strings.TrimPrefix(src, "pod/"))
 	r.Source.Pod = srcNS + "/" + srcName
 	lspName := conventions.PodPortName(srcNS, srcName)
-	lsp, err := selectOne(nbc, "Logical_Switch_Port", ovsdbraw.Eq("name", lspName))
+	lsp, err := selectOne(nbc, "Logical_Switch_Port", ovsdb.NewCondition("name", ovsdb.ConditionEqual, lspName))
 	if err != nil {
 		return fmt.Errorf("source pod %s: %w", r.Source.Pod, err)
 	}
@@ -67,7 +68,7 @@ func (e *env) trace(ctx context.Context, src, dst string) error {
 		return fmt.Errorf("source pod %s: %w", r.Source.Pod, err)
 	}
 	r.Source.IP = ip
-	ls, err := selectOne(nbc, "Logical_Switch", []any{"ports", "includes", ovsdbraw.UUIDValue(lsp.UUID())})
+	ls, err := selectOne(nbc, "Logical_Switch", holdsPort(lsp.UUID()))
 	if err != nil {
 		return fmt.Errorf("switch of %s: %w", lspName, err)
 	}
@@ -112,7 +113,7 @@ func (e *env) splitName(s string) (string, string) {
 
 // resolveDestination fills the address, port and protocol of d from d.Text: IP:PORT/PROTO, a Service
 // (svc/NS/NAME) or a pod (NS/NAME, pod/NS/NAME).
-func (e *env) resolveDestination(ctx context.Context, nb *ovsdbraw.Client, d *endpoint) error {
+func (e *env) resolveDestination(ctx context.Context, nb *ovsdbrows.Client, d *endpoint) error {
 	d.Proto = strings.ToLower(e.o.proto)
 	if ap, proto, ok := strings.Cut(d.Text, "/"); ok {
 		if addrPort, err := netip.ParseAddrPort(ap); err == nil {
@@ -149,7 +150,7 @@ func (e *env) resolveDestination(ctx context.Context, nb *ovsdbraw.Client, d *en
 	}
 	ns, name := e.splitName(strings.TrimPrefix(d.Text, "pod/"))
 	d.Pod = ns + "/" + name
-	lsp, err := selectOne(nb, "Logical_Switch_Port", ovsdbraw.Eq("name", conventions.PodPortName(ns, name)))
+	lsp, err := selectOne(nb, "Logical_Switch_Port", ovsdb.NewCondition("name", ovsdb.ConditionEqual, conventions.PodPortName(ns, name)))
 	if err != nil && !strings.HasPrefix(d.Text, "pod/") {
 		// Not a pod's port: a Service of that name, if there is one.
 		if kube, kerr := e.kubeClient(ctx); kerr == nil {
@@ -201,19 +202,24 @@ func servicePort(svc *corev1.Service, want string) (corev1.ServicePort, error) {
 }
 
 // selectOne returns the one NB row of table matching cond.
-func selectOne(c *ovsdbraw.Client, table string, cond []any) (ovsdbraw.Row, error) {
-	rows, err := c.Select("OVN_Northbound", table, []any{cond})
+func selectOne(c *ovsdbrows.Client, table string, cond ovsdb.Condition) (ovsdbrows.Row, error) {
+	rows, err := c.Select(table, []ovsdb.Condition{cond})
 	if err != nil {
 		return nil, err
 	}
 	if len(rows) != 1 {
-		return nil, fmt.Errorf("%d NB %s rows where %v (has the controller written it?)", len(rows), table, cond)
+		return nil, fmt.Errorf("%d NB %s rows %v (has the controller written it?)", len(rows), table, cond)
 	}
 	return rows[0], nil
 }
 
+// holdsPort is the condition that a switch's or port group's ports include the port with UUID u.
+func holdsPort(u string) ovsdb.Condition {
+	return ovsdb.NewCondition("ports", ovsdb.ConditionIncludes, ovsdb.UUID{GoUUID: u})
+}
+
 // lspAddress is the MAC and IPv4 address of a logical switch port's "MAC IP..." addresses.
-func lspAddress(lsp ovsdbraw.Row) (string, string, error) {
+func lspAddress(lsp ovsdbrows.Row) (string, string, error) {
 	for _, a := range lsp.Set("addresses") {
 		f := strings.Fields(a)
 		for _, ip := range f[1:] {
@@ -227,13 +233,13 @@ func lspAddress(lsp ovsdbraw.Row) (string, string, error) {
 
 // switchGatewayMAC is the MAC of the router port the switch's router-type port peers with: the pods'
 // default gateway.
-func switchGatewayMAC(c *ovsdbraw.Client, ls ovsdbraw.Row) (string, error) {
+func switchGatewayMAC(c *ovsdbrows.Client, ls ovsdbrows.Row) (string, error) {
 	for _, u := range ls.Set("ports") {
-		p, err := selectOne(c, "Logical_Switch_Port", ovsdbraw.Eq("_uuid", ovsdbraw.UUIDValue(u)))
+		p, err := selectOne(c, "Logical_Switch_Port", ovsdbrows.UUIDIs(u))
 		if err != nil || p.String("type") != "router" {
 			continue
 		}
-		lrp, err := selectOne(c, "Logical_Router_Port", ovsdbraw.Eq("name", p.Map("options")["router-port"]))
+		lrp, err := selectOne(c, "Logical_Router_Port", ovsdb.NewCondition("name", ovsdb.ConditionEqual, p.Map("options")["router-port"]))
 		if err != nil {
 			return "", err
 		}

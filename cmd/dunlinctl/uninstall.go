@@ -8,9 +8,10 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ovn-kubernetes/libovsdb/ovsdb"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/dunlinplugin/dunlin/internal/ovsdbraw"
+	"github.com/dunlinplugin/dunlin/internal/ovsdbrows"
 )
 
 // loadBalancerGroups are Dunlin's by name: the table has no external_ids (translator: the cluster rows).
@@ -26,7 +27,7 @@ type uninstallPlan struct {
 	// them (NB_Global's writer claim and commit marker, Entries).
 	Changes []change `json:"changes"`
 	Done    bool     `json:"done"`
-	ops     []any
+	ops     []ovsdb.Operation
 }
 
 type change struct {
@@ -51,7 +52,7 @@ func (e *env) uninstall(ctx context.Context) error {
 		fmt.Fprintln(os.Stderr, "dunlinctl: warning: "+warning)
 	}
 	if e.o.yes && len(plan.ops) > 0 {
-		if _, err := nb.c.Transact("OVN_Northbound", plan.ops...); err != nil {
+		if _, err := nb.c.Transact(plan.ops...); err != nil {
 			return fmt.Errorf("uninstall: %w", err)
 		}
 	}
@@ -84,27 +85,23 @@ func (e *env) controllerRunning(ctx context.Context) string {
 // planUninstall reads all of NB and plans one transaction that deletes every row Dunlin owns
 // (external_ids dunlin.io/owner, and its two load balancer groups), takes references to them out of
 // rows that stay, and removes the keys Dunlin holds in rows of others; nothing else changes.
-func planUninstall(c *ovsdbraw.Client) (*uninstallPlan, error) {
-	const db = "OVN_Northbound"
-	schema, err := c.Schema(db)
-	if err != nil {
-		return nil, err
-	}
+func planUninstall(c *ovsdbrows.Client) (*uninstallPlan, error) {
+	schema := c.Schema()
 	tables := sortedKeys(schema.Tables)
-	var ops []any
+	var ops []ovsdb.Operation
 	for _, t := range tables {
-		ops = append(ops, map[string]any{"op": "select", "table": t, "where": []any{}})
+		ops = append(ops, ovsdbrows.SelectOp(t, nil))
 	}
-	res, err := c.Transact(db, ops...)
+	res, err := c.Transact(ops...)
 	if err != nil {
 		return nil, fmt.Errorf("read NB: %w", err)
 	}
-	rows := map[string][]ovsdbraw.Row{}
+	rows := map[string][]ovsdbrows.Row{}
 	tableOf := map[string]string{}
 	owned := map[string]bool{}
 	for i, t := range tables {
-		rows[t] = res[i].Rows
-		for _, r := range res[i].Rows {
+		rows[t] = res[i]
+		for _, r := range res[i] {
 			tableOf[r.UUID()] = t
 			if r.Map("external_ids")[ownerKey] != "" || (t == "Load_Balancer_Group" && loadBalancerGroups[r.String("name")]) {
 				owned[r.UUID()] = true
@@ -129,13 +126,13 @@ func planUninstall(c *ovsdbraw.Client) (*uninstallPlan, error) {
 		}
 	}
 	gone := func(u string) bool { return owned[u] && !kept[u] }
-	var mutations, deletes []any
+	var mutations, deletes []ovsdb.Operation
 	for _, t := range tables {
 		for _, r := range rows[t] {
 			u := r.UUID()
 			if gone(u) {
 				p.Delete = append(p.Delete, describe(t, r))
-				deletes = append(deletes, map[string]any{"op": "delete", "table": t, "where": []any{ovsdbraw.Eq("_uuid", ovsdbraw.UUIDValue(u))}})
+				deletes = append(deletes, ovsdb.Operation{Op: ovsdb.OperationDelete, Table: t, Where: []ovsdb.Condition{ovsdbrows.UUIDIs(u)}})
 				continue
 			}
 			if kept[u] {
@@ -146,16 +143,18 @@ func planUninstall(c *ovsdbraw.Client) (*uninstallPlan, error) {
 				var names []string
 				for _, ref := range refs(r, col, schema.Tables[t].Columns[col]) {
 					if gone(ref) {
-						drop = append(drop, ovsdbraw.UUIDValue(ref))
+						drop = append(drop, ovsdb.UUID{GoUUID: ref})
 						names = append(names, tableOf[ref]+" "+ref[:8])
 					}
 				}
 				if len(drop) == 0 {
 					continue
 				}
-				m := []any{col, "delete", ovsdbraw.SetValue(drop...)}
-				if _, v := schema.Tables[t].Columns[col].RefTables(); v != "" { // a map whose values are references
-					m = []any{col, "delete", mapWithValues(r, col, drop)}
+				var m ovsdb.Mutation
+				if _, v := ovsdbrows.RefTables(schema.Tables[t].Columns[col]); v != "" { // a map whose values are references
+					m = ovsdb.Mutation{Column: col, Mutator: ovsdb.MutateOperationDelete, Value: mapWithValues(r, col, drop)}
+				} else {
+					m = ovsdb.Mutation{Column: col, Mutator: ovsdb.MutateOperationDelete, Value: ovsdb.OvsSet{GoSet: drop}}
 				}
 				mutations = append(mutations, mutate(t, u, m))
 				p.Changes = append(p.Changes, change{Table: t, UUID: u, Name: r.Name(), Column: col, Remove: strings.Join(names, ", ")})
@@ -168,8 +167,8 @@ func planUninstall(c *ovsdbraw.Client) (*uninstallPlan, error) {
 }
 
 // refs returns the UUIDs a reference column of r holds (keys and values of maps).
-func refs(r ovsdbraw.Row, col string, cs ovsdbraw.ColumnSchema) []string {
-	k, v := cs.RefTables()
+func refs(r ovsdbrows.Row, col string, cs *ovsdb.ColumnSchema) []string {
+	k, v := ovsdbrows.RefTables(cs)
 	if k == "" && v == "" {
 		return nil
 	}
@@ -189,29 +188,30 @@ func refs(r ovsdbraw.Row, col string, cs ovsdbraw.ColumnSchema) []string {
 }
 
 // mapWithValues is the map of r's column col entries whose value is one of uuids.
-func mapWithValues(r ovsdbraw.Row, col string, uuids []any) []any {
-	want := map[string]bool{}
+func mapWithValues(r ovsdbrows.Row, col string, uuids []any) ovsdb.OvsMap {
+	want := map[any]bool{}
 	for _, u := range uuids {
-		want[u.([]any)[1].(string)] = true
+		want[u] = true
 	}
-	pairs := []any{}
-	for k, v := range r.Map(col) {
+	m := ovsdb.OvsMap{GoMap: map[any]any{}}
+	held, _ := r[col].(ovsdb.OvsMap)
+	for k, v := range held.GoMap {
 		if want[v] {
-			pairs = append(pairs, []any{k, ovsdbraw.UUIDValue(v)})
+			m.GoMap[k] = v
 		}
 	}
-	return []any{"map", pairs}
+	return m
 }
 
-func mutate(table, uuid string, mutation []any) map[string]any {
-	return map[string]any{"op": "mutate", "table": table, "where": []any{ovsdbraw.Eq("_uuid", ovsdbraw.UUIDValue(uuid))},
-		"mutations": []any{mutation}}
+func mutate(table, uuid string, mutation ovsdb.Mutation) ovsdb.Operation {
+	return ovsdb.Operation{Op: ovsdb.OperationMutate, Table: table, Where: []ovsdb.Condition{ovsdbrows.UUIDIs(uuid)},
+		Mutations: []ovsdb.Mutation{mutation}}
 }
 
 // heldKeys removes the keys Dunlin holds in a row that stays: NB_Global's dunlin.io/ keys (writer
 // claim, commit marker, sync time), and every Entries record "dunlin.io/entries:<column>:<owner>" with the keys it lists.
-func heldKeys(p *uninstallPlan, table string, r ovsdbraw.Row) []any {
-	var ops []any
+func heldKeys(p *uninstallPlan, table string, r ovsdbrows.Row) []ovsdb.Operation {
+	var ops []ovsdb.Operation
 	ids := r.Map("external_ids")
 	var idKeys []string
 	for _, k := range sortedKeys(ids) {
@@ -230,7 +230,7 @@ func heldKeys(p *uninstallPlan, table string, r ovsdbraw.Row) []any {
 			if len(keys) == 0 || col == "" {
 				continue
 			}
-			ops = append(ops, mutate(table, r.UUID(), []any{col, "delete", ovsdbraw.SetValue(keys...)}))
+			ops = append(ops, mutate(table, r.UUID(), ovsdb.Mutation{Column: col, Mutator: ovsdb.MutateOperationDelete, Value: ovsdb.OvsSet{GoSet: keys}}))
 			p.Changes = append(p.Changes, change{Table: table, UUID: r.UUID(), Name: r.Name(), Column: col, Remove: "keys " + ids[k]})
 		}
 	}
@@ -239,7 +239,7 @@ func heldKeys(p *uninstallPlan, table string, r ovsdbraw.Row) []any {
 		for _, k := range idKeys {
 			keys = append(keys, k)
 		}
-		ops = append(ops, mutate(table, r.UUID(), []any{"external_ids", "delete", ovsdbraw.SetValue(keys...)}))
+		ops = append(ops, mutate(table, r.UUID(), ovsdb.Mutation{Column: "external_ids", Mutator: ovsdb.MutateOperationDelete, Value: ovsdb.OvsSet{GoSet: keys}}))
 		p.Changes = append(p.Changes, change{Table: table, UUID: r.UUID(), Name: r.Name(), Column: "external_ids", Remove: "keys " + strings.Join(idKeys, ",")})
 	}
 	return ops
