@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager, kubectl and etcd from the Go module proxy into a cache
-# directory, once per pinned version; later runs only print the directory.
-# Usage: build.sh [binary...]   (default: all). Prints the directory holding the binaries.
+# Builds kube-apiserver, kube-controller-manager, kubectl and etcd (and, when named, kube-scheduler and
+# kubelet for the real-node tests) from the Go module proxy into a cache directory, once per pinned
+# version; later runs only print the directory.
+# Usage: build.sh [binary...]   (default: the control plane above). Prints the directory holding them.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 kube_version=v1.37.2
@@ -20,11 +21,12 @@ ldflags="-s -w -X k8s.io/component-base/version.gitVersion=${kube_version} \
 
 for b in "${want[@]}"; do
   [ -x "$cache/$b" ] && continue
+  # nice: the build takes both cores for minutes, and tests may be running beside it.
   echo "building $b into $cache (first time only; several minutes)" >&2
   case $b in
-    etcd) (cd "$here/etcd" && go build -trimpath -ldflags "-s -w" -o "$cache/$b.tmp" go.etcd.io/etcd/server/v3) ;;
-    kube-apiserver|kube-controller-manager|kubectl)
-      (cd "$here/kube" && go build -trimpath -ldflags "$ldflags" -o "$cache/$b.tmp" "k8s.io/kubernetes/cmd/$b") ;;
+    etcd) (cd "$here/etcd" && nice -n 19 go build -trimpath -ldflags "-s -w" -o "$cache/$b.tmp" go.etcd.io/etcd/server/v3) ;;
+    kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet)
+      (cd "$here/kube" && nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$cache/$b.tmp" "k8s.io/kubernetes/cmd/$b") ;;
     *) echo "unknown binary $b" >&2; exit 2 ;;
   esac
   mv "$cache/$b.tmp" "$cache/$b"
