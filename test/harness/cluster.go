@@ -70,6 +70,11 @@ type ClusterOptions struct {
 	// Gateway gives every node a plain uplink (NodeOptions.Gateway) that its dunlin-node moves into
 	// br-ex, and starts the Outside namespace. Without it dunlin-node runs with --gateway=false.
 	Gateway bool
+	// RealNodes gives every node a containerd and a real kubelet (realnode.go) instead of the stand-in
+	// kubelet, and runs kube-scheduler and the Deployment controllers. The kubelets register the Nodes.
+	RealNodes bool
+	// Containerd is the containerd binary of RealNodes (default: containerd on PATH, Debian's).
+	Containerd string
 }
 
 // Cluster is OVN central (NB, SB, northd), kube-apiserver, dunlin-controller and simulated nodes, each
@@ -83,7 +88,10 @@ type Cluster struct {
 	Controller *Process
 	Nodes      []*ClusterNode
 	Outside    *Outside // with ClusterOptions.Gateway
+	Images     Images   // with ClusterOptions.RealNodes
 	gateway    bool
+	realNodes  bool
+	podNetns   []string // the pods' netns files seen by Stop, for LeftBehind
 	encap      string
 	ctrlFlags  []string
 }
@@ -97,6 +105,9 @@ type ClusterNode struct {
 	BinDir   string
 	Socket   string
 	AgentLog string
+	// Containerd and RealKubelet run instead of Kubelet with ClusterOptions.RealNodes.
+	Containerd  *Containerd
+	RealKubelet *RealKubelet
 	// UplinkBefore is LinkState(NodeUplink) before dunlin-node first started, on gateway nodes.
 	UplinkBefore string
 	forwarder    *Forwarder
@@ -111,7 +122,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	if o.EncapType == "" {
 		o.EncapType = "geneve"
 	}
-	c = &Cluster{Dir: o.Dir, Bins: o.Bins, encap: o.EncapType, ctrlFlags: o.ControllerFlags, gateway: o.Gateway}
+	c = &Cluster{Dir: o.Dir, Bins: o.Bins, encap: o.EncapType, ctrlFlags: o.ControllerFlags, gateway: o.Gateway, realNodes: o.RealNodes}
 	defer func() {
 		if err != nil {
 			_ = c.Stop()
@@ -120,7 +131,21 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	if c.OVN, err = StartOVN(ctx, OVNOptions{Dir: filepath.Join(o.Dir, "ovn"), WithSB: true}); err != nil {
 		return c, err
 	}
-	if c.Kube, err = StartKube(ctx, KubeOptions{Dir: filepath.Join(o.Dir, "kube"), ControllerManager: o.ControllerManager}); err != nil {
+	ko := KubeOptions{Dir: filepath.Join(o.Dir, "kube"), ControllerManager: o.ControllerManager}
+	var kubeletBin string
+	if o.RealNodes {
+		ko.ControllerManager, ko.Scheduler = true, true
+		ko.KCMControllers = []string{"endpointslice", "serviceaccount", "namespace", "garbagecollector", "deployment", "replicaset",
+			// The kubelet registers its Node tainted not-ready; node lifecycle lifts the taint once Ready.
+			"nodelifecycle"}
+		if c.Images, err = BuildImages(ctx, filepath.Join(o.Dir, "images")); err != nil {
+			return c, err
+		}
+		if kubeletBin, err = kubeBinDir("kubelet"); err != nil {
+			return c, err
+		}
+	}
+	if c.Kube, err = StartKube(ctx, ko); err != nil {
 		return c, err
 	}
 	if err := c.StartController(); err != nil {
@@ -144,11 +169,15 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			ConfDir: filepath.Join(n.Dir, "net.d"), BinDir: filepath.Join(n.Dir, "cnibin"),
 			Socket: filepath.Join(n.Dir, "cni", "cni.sock"), AgentLog: filepath.Join(n.Dir, "dunlin-node.log")}
 		c.Nodes = append(c.Nodes, cn)
-		if err := c.createNode(ctx, name, n.EncapIP); err != nil {
-			return c, err
-		}
 		apiAddr := strings.TrimPrefix(c.Kube.Config.Host, "https://")
 		if cn.forwarder, err = ForwardInto("/var/run/netns/"+n.Netns, apiAddr); err != nil {
+			return c, err
+		}
+		if o.RealNodes {
+			if err := cn.startRealNode(ctx, o.Containerd, kubeletBin); err != nil {
+				return c, err
+			}
+		} else if err := c.createNode(ctx, name, n.EncapIP); err != nil {
 			return c, err
 		}
 		if o.Gateway {
@@ -170,6 +199,12 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		}
 		if err := n.PrimeUnderlay(ctx, peers...); err != nil {
 			return c, err
+		}
+		if o.RealNodes {
+			if err := n.WaitNodeReady(ctx); err != nil {
+				return c, err
+			}
+			continue
 		}
 		if n.Kubelet, err = StartKubelet(ctx, KubeletOptions{
 			NodeName: n.Name, Client: c.Kube.Client, ConfDir: n.ConfDir, BinDir: n.BinDir,
@@ -283,11 +318,17 @@ func (n *ClusterNode) StopAgent() error {
 // Stop tears everything down; errors are collected, nothing is skipped.
 func (c *Cluster) Stop() error {
 	var errs []error
+	if c.realNodes && c.Kube != nil {
+		errs = append(errs, c.drainRealNodes())
+	}
 	for _, n := range c.Nodes {
 		if n.Kubelet != nil {
 			errs = append(errs, n.Kubelet.Stop())
 		}
-		errs = append(errs, n.StopAgent(), n.forwarder.Stop(), n.Node.Stop())
+		errs = append(errs, n.stopRealNode(), n.StopAgent(), n.forwarder.Stop(), n.Node.Stop())
+	}
+	if c.realNodes {
+		errs = append(errs, removeStaleShimSockets())
 	}
 	if c.Underlay != nil {
 		errs = append(errs, c.Underlay.Stop())

@@ -6,7 +6,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 
 need=()
 for cmd in ovsdb-server ovsdb-tool ovn-nbctl ovn-northd ovn-controller ovs-vswitchd ovn-trace ethtool ping nc ip openssl gcc \
-  containerd ctr runc nsenter; do
+  containerd ctr runc nsenter /usr/lib/cni/loopback; do
   command -v "$cmd" >/dev/null 2>&1 || need+=("$cmd")
 done
 if [ ${#need[@]} -gt 0 ]; then
@@ -18,7 +18,7 @@ if [ ${#need[@]} -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends openvswitch-switch ovn-central ovn-host ovn-common \
-    ethtool iputils-ping netcat-openbsd iproute2 openssl gcc libc6-dev containerd runc util-linux >/dev/null # gcc: cgo for -race
+    ethtool iputils-ping netcat-openbsd iproute2 openssl gcc libc6-dev containerd runc containernetworking-plugins util-linux >/dev/null # gcc: cgo for -race
 fi
 command -v go >/dev/null 2>&1 || { echo "Go is required (https://go.dev/dl)" >&2; exit 1; }
 
