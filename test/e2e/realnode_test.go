@@ -151,13 +151,125 @@ func containerStates(p *corev1.Pod) string {
 func TestRealNodes(t *testing.T) {
 	e := realNodeEnv(t)
 	ctx := context.Background()
+	labels := map[string]string{"app": "web"}
 	if _, err := e.client.AppsV1().Deployments("default").Create(ctx, podServerDeployment("web", 2), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	pods := e.readyPods("web", 2)
+	sandboxes := map[string]harness.Sandbox{}
 	for node, p := range pods {
-		t.Logf("%s on %s: %s", p.Name, node, p.Status.PodIP)
+		sb, err := e.node(node).PodSandbox(ctx, "default", p.Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sandboxes[node] = sb
+		t.Logf("%s on %s: %s (netns %s)", p.Name, node, p.Status.PodIP, sb.Netns)
 	}
+	vip := e.createService("default", "web", labels, []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}, nil)
+	e.waitBackends("default", "web", "TCP", 2)
+
+	// connected checks that each pod reaches the other one and, through the Service, both.
+	connected := func(when string) {
+		t.Helper()
+		for from, sb := range sandboxes {
+			for to, p := range pods {
+				if to != from {
+					e.eventually(30*time.Second, when+": "+from+" reaches "+p.Name, func() error { return expectName(sb, p.Status.PodIP, p.Name) })
+				}
+			}
+			seen := map[string]bool{}
+			e.eventually(30*time.Second, when+": "+from+" reaches both backends of "+vip, func() error {
+				body, err := httpGet(sb, "http://"+vip+":80/")
+				if err != nil {
+					return err
+				}
+				seen[strings.TrimSpace(string(body))] = true
+				if len(seen) < len(pods) {
+					return fmt.Errorf("answers so far from %v", seen)
+				}
+				return nil
+			})
+		}
+	}
+	e.datapath()
+	connected("started")
+
+	// Each daemon of a node in turn: the running pods stay where they are, unrestarted, and connected.
+	unchanged := func(when string) {
+		t.Helper()
+		now := e.readyPods("web", 2)
+		for node, p := range pods {
+			q := now[node]
+			if q.UID != p.UID || q.Status.PodIP != p.Status.PodIP {
+				t.Fatalf("%s: pod on %s is %s %s, was %s %s", when, node, q.Name, q.Status.PodIP, p.Name, p.Status.PodIP)
+			}
+			for _, cs := range q.Status.ContainerStatuses {
+				if cs.RestartCount != 0 {
+					t.Errorf("%s: %s restarted %d times", when, q.Name, cs.RestartCount)
+				}
+			}
+		}
+		connected(when)
+	}
+	for _, n := range e.c.Nodes {
+		if err := n.Containerd.Restart(ctx); err != nil {
+			t.Fatal(err)
+		}
+		unchanged("containerd restarted on " + n.Name)
+		if err := n.RealKubelet.StopProcess(); err != nil {
+			t.Fatal(err)
+		}
+		restarted := time.Now()
+		if err := n.RealKubelet.Start(); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.WaitNodeReadySince(ctx, restarted); err != nil {
+			t.Fatal(err)
+		}
+		unchanged("kubelet restarted on " + n.Name)
+		if err := n.StopAgent(); err != nil {
+			t.Fatal(err)
+		}
+		if err := n.StartAgent(ctx); err != nil {
+			t.Fatal(err)
+		}
+		e.datapath()
+		unchanged("dunlin-node restarted on " + n.Name)
+	}
+
+	// Deleting the pods releases their OVS ports, veths, netns, logical ports and addresses.
+	for _, n := range e.c.Nodes {
+		if ports, veths := e.ovsPorts(n), e.veths(n); len(ports) != 1 || len(veths) != 1 {
+			t.Fatalf("%s before deletion: ports %v veths %v, want one each", n.Name, ports, veths)
+		}
+	}
+	if err := e.client.AppsV1().Deployments("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually(90*time.Second, "pods gone", func() error {
+		list, err := e.client.CoreV1().Pods("default").List(ctx, metav1.ListOptions{LabelSelector: "app=web"})
+		if err != nil || len(list.Items) > 0 {
+			return fmt.Errorf("%d pods left (%v)", len(list.Items), err)
+		}
+		return nil
+	})
+	for node, p := range pods {
+		n := e.node(node)
+		e.eventually(60*time.Second, p.Name+"'s port, veth, netns and logical port released", func() error {
+			if ports, veths := e.ovsPorts(n), e.veths(n); len(ports) > 0 || len(veths) > 0 {
+				return fmt.Errorf("ports %v veths %v", ports, veths)
+			}
+			if _, err := os.Stat(sandboxes[node].Netns); err == nil {
+				return fmt.Errorf("netns %s still there", sandboxes[node].Netns)
+			}
+			out, err := e.c.OVN.NBCtl("--bare", "--columns=name", "find", "Logical_Switch_Port", "name=default_"+p.Name)
+			if err != nil || strings.TrimSpace(out) != "" {
+				return fmt.Errorf("LSP default_%s: %q %v", p.Name, out, err)
+			}
+			return nil
+		})
+	}
+	e.converged()
 }
 
 // errorLines returns the last n error lines (klog E or logrus level=error) of a log.

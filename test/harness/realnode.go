@@ -599,6 +599,12 @@ func (n *ClusterNode) startRealNode(ctx context.Context, containerdBin, kubeBinD
 // WaitNodeReady waits until the Node's Ready condition is True: the kubelet runs and the runtime
 // reports its network ready (the conflist is installed).
 func (n *ClusterNode) WaitNodeReady(ctx context.Context) error {
+	return n.WaitNodeReadySince(ctx, time.Time{})
+}
+
+// WaitNodeReadySince is WaitNodeReady with a Ready condition posted at or after since (to the second),
+// e.g. by a kubelet restarted then.
+func (n *ClusterNode) WaitNodeReadySince(ctx context.Context, since time.Time) error {
 	if n.RealKubelet == nil {
 		return fmt.Errorf("node %s has no real kubelet", n.Name)
 	}
@@ -609,6 +615,9 @@ func (n *ClusterNode) WaitNodeReady(ctx context.Context) error {
 		}
 		for _, cond := range node.Status.Conditions {
 			if cond.Type == corev1.NodeReady {
+				if cond.LastHeartbeatTime.Time.Before(since.Truncate(time.Second)) {
+					return fmt.Errorf("node %s: no status from the kubelet since %s", n.Name, since.Format(time.RFC3339))
+				}
 				if cond.Status == corev1.ConditionTrue {
 					return nil
 				}
