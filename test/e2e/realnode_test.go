@@ -19,10 +19,10 @@ import (
 
 // realNodeEnv starts a two-node cluster of real nodes (containerd, runc and a kubelet per node) and, at
 // cleanup, checks that its teardown left nothing behind.
-func realNodeEnv(t *testing.T) *env {
+func realNodeEnv(t *testing.T, containerd string) *env {
 	t.Helper()
-	if os.Getenv("DUNLIN_REALNODE") != "1" {
-		t.Skip("real nodes (kubelet, containerd, runc) run only with DUNLIN_REALNODE=1")
+	if os.Getenv("DUNLIN_REALNODE") == "0" {
+		t.Skip("DUNLIN_REALNODE=0: real nodes (kubelet, containerd, runc) skipped")
 	}
 	var c *harness.Cluster
 	t.Cleanup(func() {
@@ -34,7 +34,7 @@ func realNodeEnv(t *testing.T) *env {
 			t.Errorf("teardown left behind:\n%s", strings.Join(left, "\n"))
 		}
 	})
-	e := newClusterEnv(t, harness.ClusterOptions{RealNodes: true})
+	e := newClusterEnv(t, harness.ClusterOptions{RealNodes: true, Containerd: containerd})
 	c = e.c
 	t.Cleanup(func() {
 		if !t.Failed() {
@@ -148,8 +148,21 @@ func containerStates(p *corev1.Pod) string {
 	return strings.Join(parts, "; ")
 }
 
+// TestRealNodes runs with Debian's containerd 1.6 and with containerd 2, the release paired with the
+// Kubernetes version of the tests.
 func TestRealNodes(t *testing.T) {
-	e := realNodeEnv(t)
+	t.Run("containerd-debian", func(t *testing.T) { testRealNodes(t, "containerd") })
+	t.Run(harness.ContainerdV2, func(t *testing.T) {
+		bin, err := harness.ContainerdV2Binary()
+		if err != nil {
+			t.Fatal(err)
+		}
+		testRealNodes(t, bin)
+	})
+}
+
+func testRealNodes(t *testing.T, containerd string) {
+	e := realNodeEnv(t, containerd)
 	ctx := context.Background()
 	labels := map[string]string{"app": "web"}
 	if _, err := e.client.AppsV1().Deployments("default").Create(ctx, podServerDeployment("web", 2), metav1.CreateOptions{}); err != nil {

@@ -34,6 +34,8 @@ const (
 	// PauseImage and PodServerImage are the names the harness imports its images under.
 	PauseImage     = "dunlin.test/pause:1"
 	PodServerImage = "dunlin.test/podserver:1"
+	// ContainerdV2 is the containerd release test/kubebin/build.sh builds (a directory of binaries).
+	ContainerdV2 = "containerd-v2.4.2"
 
 	cgroupV1Root        = "/sys/fs/cgroup"
 	containerdReadyWait = 30 * time.Second
@@ -68,6 +70,16 @@ func BuildImages(ctx context.Context, dir string) (Images, error) {
 	return im, WriteImage(ImageOptions{Name: PodServerImage, Binary: filepath.Join(bin, "podserver"), Path: "/podserver"}, im.PodServer)
 }
 
+// ContainerdV2Binary returns the path of containerd 2's daemon, building it first if needed; its shim and
+// ctr are next to it.
+func ContainerdV2Binary() (string, error) {
+	dir, err := kubeBinDir(ContainerdV2)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(dir, ContainerdV2, "containerd"), nil
+}
+
 // nsenterNet runs bin in the network namespace of the named netns only.
 func nsenterNet(netns, bin string, args ...string) (string, []string) {
 	return "nsenter", append([]string{"--net=/var/run/netns/" + netns, "--", bin}, args...)
@@ -81,6 +93,7 @@ type Containerd struct {
 	node   *Node
 	conf   string
 	bin    string
+	ctr    string // the ctr of the same release when there is one next to bin, else ctr on PATH
 }
 
 // ContainerdOptions configure StartContainerd.
@@ -158,7 +171,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 			c = nil
 		}
 	}()
-	c.bin = o.ContainerdBinary
+	c.bin, c.ctr = o.ContainerdBinary, "ctr"
+	if next := filepath.Join(filepath.Dir(o.ContainerdBinary), "ctr"); filepath.IsAbs(next) {
+		if _, err := os.Stat(next); err == nil {
+			c.ctr = next
+		}
+	}
 	if err := c.start(ctx); err != nil {
 		return c, err
 	}
@@ -173,7 +191,12 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
 func (c *Containerd) start(ctx context.Context) error {
 	os.Remove(c.Socket)
 	name, args := nsenterNet(c.node.Netns, c.bin, "--config", c.conf)
-	p, err := startProcess(c.node.Name+" containerd", filepath.Join(c.Dir, "containerd.log"), nil, name, args...)
+	// containerd finds its runtime shim on PATH: the one next to it first.
+	env := []string{"PATH=" + filepath.Dir(c.bin) + ":" + os.Getenv("PATH")}
+	if !filepath.IsAbs(c.bin) {
+		env = nil
+	}
+	p, err := startProcess(c.node.Name+" containerd", filepath.Join(c.Dir, "containerd.log"), env, name, args...)
 	if err != nil {
 		return err
 	}
@@ -192,13 +215,17 @@ func (c *Containerd) Restart(ctx context.Context) error {
 	return c.start(ctx)
 }
 
-// Ctr runs `ctr --address <socket> --namespace k8s.io args...` and returns its combined output.
+// Ctr runs `ctr --address <socket> --namespace k8s.io args...` and returns its stdout (containerd 2's
+// ctr warns on stderr about cgroup v1 on every call).
 func (c *Containerd) Ctr(ctx context.Context, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, "ctr", append([]string{"--address", c.Socket, "--namespace", "k8s.io"}, args...)...).CombinedOutput()
+	cmd := exec.CommandContext(ctx, c.ctr, append([]string{"--address", c.Socket, "--namespace", "k8s.io"}, args...)...)
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return string(out), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(string(out)))
+		return string(out), fmt.Errorf("ctr %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
 	}
 	return string(out), nil
 }
@@ -543,31 +570,38 @@ func CgroupsLeft(path string) []string {
 	return left
 }
 
-// removeStaleShimSockets removes sockets in containerd 1.6's fixed shim directory that no process
-// listens on any more (a shim killed with its containers does not remove its socket). Live sockets, ours
-// or anyone's, are left alone.
-func removeStaleShimSockets() error {
-	entries, err := os.ReadDir(containerdShimSockets)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	var errs []error
+// staleShimSockets returns the sockets in containerd 1.6's fixed shim directory that nobody listens on
+// any more (a shim killed with its containers does not remove its socket). Shims listen in the network
+// namespaces they run in, so /proc/net/unix here may not list them: connecting by path works from any.
+func staleShimSockets() []string {
+	entries, _ := os.ReadDir(containerdShimSockets)
+	var stale []string
 	for _, e := range entries {
 		p := filepath.Join(containerdShimSockets, e.Name())
-		// Shims listen in the network namespaces they run in, so /proc/net/unix here may not list them;
-		// connecting by path works from any.
-		if conn, err := net.DialTimeout("unix", p, time.Second); err == nil {
+		conn, err := net.DialTimeout("unix", p, time.Second)
+		if err == nil {
 			conn.Close()
 			continue
-		} else if !errors.Is(err, syscall.ECONNREFUSED) {
-			continue
 		}
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			stale = append(stale, p)
+		}
+	}
+	return stale
+}
+
+// removeStaleShimSockets removes the stale shim sockets, and the directories containerd 1.6 made under
+// /run/containerd when they are left empty. Live sockets, ours or anyone's, stay.
+func removeStaleShimSockets() error {
+	var errs []error
+	for _, p := range staleShimSockets() {
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			errs = append(errs, err)
 		}
+	}
+	// os.Remove removes only empty directories: someone else's containerd keeps its files.
+	for _, d := range []string{containerdShimSockets, "/run/containerd/fifo", "/run/containerd/runc/k8s.io", "/run/containerd/runc", "/run/containerd"} {
+		_ = os.Remove(d)
 	}
 	return errors.Join(errs...)
 }
@@ -762,6 +796,9 @@ func (c *Cluster) LeftBehind() []string {
 		if _, err := os.Stat("/var/run/netns/" + n.Netns); err == nil {
 			left = append(left, "netns "+n.Netns)
 		}
+	}
+	for _, p := range staleShimSockets() {
+		left = append(left, "stale shim socket "+p)
 	}
 	all, _ := readMounts()
 	for _, p := range c.podNetns {

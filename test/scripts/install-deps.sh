@@ -25,6 +25,6 @@ command -v go >/dev/null 2>&1 || { echo "Go is required (https://go.dev/dl)" >&2
 # Kubernetes control-plane binaries and etcd, and kubelet and kube-scheduler for the real-node tests
 # (first run: several minutes; then cached).
 "$here/../kubebin/build.sh" "$@" >/dev/null
-[ $# -gt 0 ] || "$here/../kubebin/build.sh" kubelet kube-scheduler >/dev/null
+[ $# -gt 0 ] || "$here/../kubebin/build.sh" kubelet kube-scheduler containerd-v2.4.2 >/dev/null
 # The CNI project's cnitool at the libcni versions test/runtimes drives the plugin with (seconds; cached).
 "$here/../cnitool/build.sh" >/dev/null
