@@ -3,6 +3,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -19,7 +20,7 @@ import (
 
 // realNodeEnv starts a two-node cluster of real nodes (containerd, runc and a kubelet per node) and, at
 // cleanup, checks that its teardown left nothing behind.
-func realNodeEnv(t *testing.T, containerd string) *env {
+func realNodeEnv(t *testing.T, containerd string, nodeIPAM bool) *env {
 	t.Helper()
 	if os.Getenv("DUNLIN_REALNODE") == "0" {
 		t.Skip("DUNLIN_REALNODE=0: real nodes (kubelet, containerd, runc) skipped")
@@ -34,7 +35,7 @@ func realNodeEnv(t *testing.T, containerd string) *env {
 			t.Errorf("teardown left behind:\n%s", strings.Join(left, "\n"))
 		}
 	})
-	e := newClusterEnv(t, harness.ClusterOptions{RealNodes: true, Containerd: containerd})
+	e := newClusterEnv(t, harness.ClusterOptions{RealNodes: true, Containerd: containerd, NodeIPAM: nodeIPAM})
 	c = e.c
 	t.Cleanup(func() {
 		if !t.Failed() {
@@ -148,21 +149,22 @@ func containerStates(p *corev1.Pod) string {
 	return strings.Join(parts, "; ")
 }
 
-// TestRealNodes runs with Debian's containerd 1.6 and with containerd 2, the release paired with the
-// Kubernetes version of the tests.
+// TestRealNodes runs with Debian's containerd 1.6 (node subnets allocated by dunlin-controller) and with
+// containerd 2, the release paired with the Kubernetes version of the tests (node subnets from
+// kube-controller-manager's nodeipam, spec.podCIDR).
 func TestRealNodes(t *testing.T) {
-	t.Run("containerd-debian", func(t *testing.T) { testRealNodes(t, "containerd") })
+	t.Run("containerd-debian", func(t *testing.T) { testRealNodes(t, "containerd", false) })
 	t.Run(harness.ContainerdV2, func(t *testing.T) {
 		bin, err := harness.ContainerdV2Binary()
 		if err != nil {
 			t.Fatal(err)
 		}
-		testRealNodes(t, bin)
+		testRealNodes(t, bin, true)
 	})
 }
 
-func testRealNodes(t *testing.T, containerd string) {
-	e := realNodeEnv(t, containerd)
+func testRealNodes(t *testing.T, containerd string, nodeIPAM bool) {
+	e := realNodeEnv(t, containerd, nodeIPAM)
 	ctx := context.Background()
 	labels := map[string]string{"app": "web"}
 	if _, err := e.client.AppsV1().Deployments("default").Create(ctx, podServerDeployment("web", 2), metav1.CreateOptions{}); err != nil {
@@ -177,6 +179,19 @@ func testRealNodes(t *testing.T, containerd string) {
 		}
 		sandboxes[node] = sb
 		t.Logf("%s on %s: %s (netns %s)", p.Name, node, p.Status.PodIP, sb.Netns)
+		n, err := e.client.CoreV1().Nodes().Get(ctx, node, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if nodeIPAM {
+			cidr, err := netip.ParsePrefix(n.Spec.PodCIDR)
+			if err != nil {
+				t.Fatalf("node %s: spec.podCIDR %q: %v", node, n.Spec.PodCIDR, err)
+			}
+			if !cidr.Contains(netip.MustParseAddr(p.Status.PodIP)) {
+				t.Errorf("pod %s on %s has %s, outside the node's spec.podCIDR %s", p.Name, node, p.Status.PodIP, cidr)
+			}
+		}
 	}
 	vip := e.createService("default", "web", labels, []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}, nil)
 	e.waitBackends("default", "web", "TCP", 2)

@@ -16,6 +16,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
+
+	"github.com/dunlinplugin/dunlin/translator"
 )
 
 // Binaries are Dunlin's programs, built from this tree.
@@ -73,6 +75,9 @@ type ClusterOptions struct {
 	// RealNodes gives every node a containerd and a real kubelet (realnode.go) instead of the stand-in
 	// kubelet, and runs kube-scheduler and the Deployment controllers. The kubelets register the Nodes.
 	RealNodes bool
+	// NodeIPAM, with RealNodes, runs kube-controller-manager's nodeipam over the controller's default
+	// cluster CIDR, so that the kubelets' Nodes get spec.podCIDR as in kubeadm clusters.
+	NodeIPAM bool
 	// Containerd is the containerd binary of RealNodes (default: containerd on PATH, Debian's).
 	Containerd string
 }
@@ -138,6 +143,9 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		ko.KCMControllers = []string{"endpointslice", "serviceaccount", "namespace", "garbagecollector", "deployment", "replicaset",
 			// The kubelet registers its Node tainted not-ready; node lifecycle lifts the taint once Ready.
 			"nodelifecycle"}
+		if o.NodeIPAM {
+			ko.ClusterCIDR = translator.DefaultConfig().ClusterCIDR.String()
+		}
 		if c.Images, err = BuildImages(ctx, filepath.Join(o.Dir, "images")); err != nil {
 			return c, err
 		}
