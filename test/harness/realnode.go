@@ -406,15 +406,16 @@ func (k *RealKubelet) Stop() error {
 	return errors.Join(errs...)
 }
 
-// v1Hierarchies returns the mounted cgroup v1 hierarchies (named ones included, cgroup2 excluded).
-func v1Hierarchies() ([]string, error) {
+// cgroupHierarchies returns the mounted cgroup v1 hierarchies (named ones included) and, with v2, the
+// cgroup2 mount of a hybrid host (/sys/fs/cgroup/unified), where runc mirrors the kubelet's cgroups.
+func cgroupHierarchies(v2 bool) ([]string, error) {
 	mounts, err := readMounts()
 	if err != nil {
 		return nil, err
 	}
 	var hs []string
 	for _, m := range mounts {
-		if m.fstype == "cgroup" && strings.HasPrefix(m.point, cgroupV1Root+"/") {
+		if (m.fstype == "cgroup" || v2 && m.fstype == "cgroup2") && strings.HasPrefix(m.point, cgroupV1Root+"/") {
 			hs = append(hs, m.point)
 		}
 	}
@@ -424,7 +425,7 @@ func v1Hierarchies() ([]string, error) {
 // createCgroup creates path in every v1 hierarchy (the kubelet requires its cgroup root to exist), with
 // the cpuset of the root: a new v1 cpuset is empty and takes no tasks.
 func createCgroup(path string) error {
-	hs, err := v1Hierarchies()
+	hs, err := cgroupHierarchies(false)
 	if err != nil {
 		return err
 	}
@@ -444,10 +445,10 @@ func createCgroup(path string) error {
 	return nil
 }
 
-// removeCgroup removes path and its descendants from every v1 hierarchy, deepest first, killing what
-// still runs in them.
+// removeCgroup removes path and its descendants from every hierarchy, deepest first, killing what still
+// runs in them.
 func removeCgroup(path string) error {
-	hs, err := v1Hierarchies()
+	hs, err := cgroupHierarchies(true)
 	if err != nil {
 		return err
 	}
@@ -558,9 +559,9 @@ func unmountUnder(dir string) error {
 	return errors.Join(errs...)
 }
 
-// CgroupsLeft returns the v1 hierarchies that still hold path.
+// CgroupsLeft returns the hierarchies (v1 and the hybrid cgroup2 one) that still hold path.
 func CgroupsLeft(path string) []string {
-	hs, _ := v1Hierarchies()
+	hs, _ := cgroupHierarchies(true)
 	var left []string
 	for _, h := range hs {
 		if _, err := os.Stat(filepath.Join(h, path)); err == nil {
