@@ -17,6 +17,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/util/retry"
+
+	"github.com/dunlinplugin/dunlin/translator"
 )
 
 // Binaries are Dunlin's programs, built from this tree.
@@ -83,6 +85,14 @@ type ClusterOptions struct {
 	// (Cluster.StartDNS; Cluster.WaitDNSReady waits for it). It implies APIServerOnNode and
 	// ControllerManager.
 	DNS bool
+	// RealNodes gives every node a containerd and a real kubelet (realnode.go) instead of the stand-in
+	// kubelet, and runs kube-scheduler and the Deployment controllers. The kubelets register the Nodes.
+	RealNodes bool
+	// NodeIPAM, with RealNodes, runs kube-controller-manager's nodeipam over the controller's default
+	// cluster CIDR, so that the kubelets' Nodes get spec.podCIDR as in kubeadm clusters.
+	NodeIPAM bool
+	// Containerd is the containerd binary of RealNodes (default: containerd on PATH, Debian's).
+	Containerd string
 }
 
 // NodeIP is the IP of the node with index i (StartCluster's node i+1): its encap IP and InternalIP.
@@ -100,7 +110,10 @@ type Cluster struct {
 	Nodes      []*ClusterNode
 	Outside    *Outside // with ClusterOptions.Gateway
 	DNS        *DNS     // with ClusterOptions.DNS
+	Images     Images   // with ClusterOptions.RealNodes
 	gateway    bool
+	realNodes  bool
+	podNetns   []string // the pods' netns files seen by Stop, for LeftBehind
 	encap      string
 	ctrlFlags  []string
 }
@@ -114,6 +127,9 @@ type ClusterNode struct {
 	BinDir   string
 	Socket   string
 	AgentLog string
+	// Containerd and RealKubelet run instead of Kubelet with ClusterOptions.RealNodes.
+	Containerd  *Containerd
+	RealKubelet *RealKubelet
 	// UplinkBefore is LinkState(NodeUplink) before dunlin-node first started, on gateway nodes.
 	UplinkBefore string
 	forwarder    *Forwarder
@@ -132,7 +148,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	if o.DNS {
 		o.APIServerOnNode, o.ControllerManager = true, true
 	}
-	c = &Cluster{Dir: o.Dir, Bins: o.Bins, encap: o.EncapType, ctrlFlags: o.ControllerFlags, gateway: o.Gateway}
+	c = &Cluster{Dir: o.Dir, Bins: o.Bins, encap: o.EncapType, ctrlFlags: o.ControllerFlags, gateway: o.Gateway, realNodes: o.RealNodes}
 	defer func() {
 		if err != nil {
 			_ = c.Stop()
@@ -144,6 +160,22 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	ko := KubeOptions{Dir: filepath.Join(o.Dir, "kube"), ControllerManager: o.ControllerManager}
 	if o.APIServerOnNode {
 		ko.AdvertiseAddress = NodeIP(0)
+	}
+	var kubeletBin string
+	if o.RealNodes {
+		ko.ControllerManager, ko.Scheduler = true, true
+		ko.KCMControllers = []string{"endpointslice", "serviceaccount", "namespace", "garbagecollector", "deployment", "replicaset",
+			// The kubelet registers its Node tainted not-ready; node lifecycle lifts the taint once Ready.
+			"nodelifecycle"}
+		if o.NodeIPAM {
+			ko.ClusterCIDR = translator.DefaultConfig().ClusterCIDR.String()
+		}
+		if c.Images, err = BuildImages(ctx, filepath.Join(o.Dir, "images")); err != nil {
+			return c, err
+		}
+		if kubeletBin, err = kubeBinDir("kubelet"); err != nil {
+			return c, err
+		}
 	}
 	if c.Kube, err = StartKube(ctx, ko); err != nil {
 		return c, err
@@ -169,9 +201,6 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			ConfDir: filepath.Join(n.Dir, "net.d"), BinDir: filepath.Join(n.Dir, "cnibin"),
 			Socket: filepath.Join(n.Dir, "cni", "cni.sock"), AgentLog: filepath.Join(n.Dir, "dunlin-node.log")}
 		c.Nodes = append(c.Nodes, cn)
-		if err := c.createNode(ctx, name, n.EncapIP); err != nil {
-			return c, err
-		}
 		apiAddr := strings.TrimPrefix(c.Kube.Config.Host, "https://")
 		if cn.forwarder, err = ForwardInto("/var/run/netns/"+n.Netns, apiAddr); err != nil {
 			return c, err
@@ -181,6 +210,13 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			if cn.apiRelay, err = ForwardAddrInto("/var/run/netns/"+n.Netns, listen, apiAddr); err != nil {
 				return c, err
 			}
+		}
+		if o.RealNodes {
+			if err := cn.startRealNode(ctx, o.Containerd, kubeletBin); err != nil {
+				return c, err
+			}
+		} else if err := c.createNode(ctx, name, n.EncapIP); err != nil {
+			return c, err
 		}
 		if o.Gateway {
 			if cn.UplinkBefore, err = n.LinkState(ctx, NodeUplink); err != nil {
@@ -201,6 +237,12 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		}
 		if err := n.PrimeUnderlay(ctx, peers...); err != nil {
 			return c, err
+		}
+		if o.RealNodes {
+			if err := n.WaitNodeReady(ctx); err != nil {
+				return c, err
+			}
+			continue
 		}
 		if n.Kubelet, err = StartKubelet(ctx, KubeletOptions{
 			NodeName: n.Name, Client: c.Kube.Client, ConfDir: n.ConfDir, BinDir: n.BinDir,
@@ -320,11 +362,17 @@ func (n *ClusterNode) StopAgent() error {
 // Stop tears everything down; errors are collected, nothing is skipped.
 func (c *Cluster) Stop() error {
 	var errs []error
+	if c.realNodes && c.Kube != nil {
+		errs = append(errs, c.drainRealNodes())
+	}
 	for _, n := range c.Nodes {
 		if n.Kubelet != nil {
 			errs = append(errs, n.Kubelet.Stop())
 		}
-		errs = append(errs, n.StopAgent(), n.forwarder.Stop(), n.apiRelay.Stop(), n.Node.Stop())
+		errs = append(errs, n.stopRealNode(), n.StopAgent(), n.forwarder.Stop(), n.apiRelay.Stop(), n.Node.Stop())
+	}
+	if c.realNodes {
+		errs = append(errs, removeStaleShimSockets())
 	}
 	if c.Underlay != nil {
 		errs = append(errs, c.Underlay.Stop())

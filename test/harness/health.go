@@ -101,7 +101,7 @@ func (o *OVN) Health() error {
 
 // Health is nil while etcd, kube-apiserver and kube-controller-manager (when started) run.
 func (k *Kube) Health() error {
-	return errors.Join(k.etcd.died(), k.apiserver.died(), k.kcm.died())
+	return errors.Join(k.etcd.died(), k.apiserver.died(), k.kcm.died(), k.scheduler.died())
 }
 
 // Health is nil while every daemon of the cluster runs, unless stopped on purpose; otherwise it names
@@ -122,6 +122,12 @@ func (c *Cluster) Health() error {
 		errs = append(errs, n.Node.Health())
 		if n.Agent != nil {
 			errs = append(errs, n.Agent.Died())
+		}
+		if n.Containerd != nil {
+			errs = append(errs, n.Containerd.proc.died())
+		}
+		if n.RealKubelet != nil {
+			errs = append(errs, n.RealKubelet.proc.died())
 		}
 	}
 	return errors.Join(errs...)

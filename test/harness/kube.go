@@ -50,6 +50,8 @@ type KubeOptions struct {
 	// serving certificate; the caller makes AdvertiseAddress:APIPort reach it (Cluster relays it from a
 	// node). Empty: no endpoints, since a loopback address is no valid endpoint.
 	AdvertiseAddress string
+	// Scheduler also runs kube-scheduler, for real kubelets (the stand-in needs spec.nodeName set).
+	Scheduler bool
 }
 
 // Kube is a running control plane: etcd, kube-apiserver and optionally kube-controller-manager.
@@ -69,6 +71,7 @@ type Kube struct {
 	etcd      *process
 	apiserver *process
 	kcm       *process
+	scheduler *process
 }
 
 // StartKube starts etcd and kube-apiserver (and kube-controller-manager if asked) on free loopback
@@ -97,15 +100,18 @@ func StartKube(ctx context.Context, o KubeOptions) (k *Kube, err error) {
 	if o.ControllerManager {
 		bins = append(bins, "kube-controller-manager")
 	}
+	if o.Scheduler {
+		bins = append(bins, "kube-scheduler")
+	}
 	binDir, err := kubeBinDir(bins...)
 	if err != nil {
 		return nil, fmt.Errorf("start kube: %w", err)
 	}
-	ports, err := freePorts(4)
+	ports, err := freePorts(5)
 	if err != nil {
 		return nil, fmt.Errorf("start kube: %w", err)
 	}
-	etcdPort, peerPort, apiPort, kcmPort := ports[0], ports[1], ports[2], ports[3]
+	etcdPort, peerPort, apiPort, kcmPort, schedPort := ports[0], ports[1], ports[2], ports[3], ports[4]
 
 	k = &Kube{Dir: dir, BinDir: binDir, Kubeconfig: filepath.Join(dir, "kubeconfig"), APIPort: apiPort}
 	defer func() {
@@ -230,6 +236,12 @@ func StartKube(ctx context.Context, o KubeOptions) (k *Kube, err error) {
 			return k, fmt.Errorf("start kube: %w", err)
 		}
 	}
+	if o.Scheduler {
+		if k.scheduler, err = k.startComponent(ctx, "kube-scheduler", schedPort,
+			"--kubeconfig="+k.Kubeconfig, "--leader-elect=false", "--profiling=false"); err != nil {
+			return k, fmt.Errorf("start kube: %w", err)
+		}
+	}
 	return k, nil
 }
 
@@ -295,12 +307,6 @@ func (k *Kube) startKCM(ctx context.Context, o KubeOptions, port int) error {
 	controllers := o.KCMControllers
 	args := []string{
 		"--kubeconfig=" + k.Kubeconfig,
-		// Delegated authn/authz only so that /healthz is served for the readiness check.
-		"--authentication-kubeconfig=" + k.Kubeconfig,
-		"--authorization-kubeconfig=" + k.Kubeconfig,
-		"--bind-address=127.0.0.1",
-		"--secure-port=" + strconv.Itoa(port),
-		"--cert-dir=" + filepath.Join(k.Dir, "kcm-pki"),
 		"--leader-elect=false",
 		"--service-cluster-ip-range=" + o.ServiceCIDR,
 		"--profiling=false",
@@ -315,23 +321,37 @@ func (k *Kube) startKCM(ctx context.Context, o KubeOptions, port int) error {
 	}
 	args = append(args, "--controllers="+strings.Join(controllers, ","))
 	var err error
-	k.kcm, err = startProcess("kube-controller-manager", filepath.Join(k.Dir, "kube-controller-manager.log"), nil,
-		filepath.Join(k.BinDir, "kube-controller-manager"), args...)
+	k.kcm, err = k.startComponent(ctx, "kube-controller-manager", port, args...)
+	return err
+}
+
+// startComponent starts kube-controller-manager or kube-scheduler serving /healthz on port and waits
+// until it answers.
+func (k *Kube) startComponent(ctx context.Context, name string, port int, args ...string) (*process, error) {
+	args = append(args,
+		// Delegated authn/authz only so that /healthz is served for the readiness check.
+		"--authentication-kubeconfig="+k.Kubeconfig,
+		"--authorization-kubeconfig="+k.Kubeconfig,
+		"--bind-address=127.0.0.1",
+		"--secure-port="+strconv.Itoa(port),
+		"--cert-dir="+filepath.Join(k.Dir, name+"-pki"),
+	)
+	p, err := startProcess(name, filepath.Join(k.Dir, name+".log"), nil, filepath.Join(k.BinDir, name), args...)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	// Its serving certificate is self-signed with no CA we could trust, and /healthz carries no secrets.
 	client := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}}
 	defer client.CloseIdleConnections()
 	url := "https://127.0.0.1:" + strconv.Itoa(port) + "/healthz"
-	return waitReady(ctx, k.kcm, kcmReadyTimeout, func(ctx context.Context) error {
+	return p, waitReady(ctx, p, kcmReadyTimeout, func(ctx context.Context) error {
 		return HTTPOK(ctx, client, url, "")
 	})
 }
 
-// Stop stops the controller manager, the apiserver and etcd, in that order.
+// Stop stops the scheduler, the controller manager, the apiserver and etcd, in that order.
 func (k *Kube) Stop() error {
-	if err := stopAll(k.kcm, k.apiserver, k.etcd); err != nil {
+	if err := stopAll(k.scheduler, k.kcm, k.apiserver, k.etcd); err != nil {
 		return fmt.Errorf("stop kube: %w", err)
 	}
 	return nil
