@@ -58,7 +58,26 @@ type Config struct {
 	NodePortRange PortRange
 	// ACLLogRate bounds, in packets per second, the ACL log messages of each ACL (the meter's rate).
 	ACLLogRate int
+	// NodeSubnetSource says where node subnets come from when a node has no spec.podCIDRs yet:
+	// SubnetSourceAuto, SubnetSourcePodCIDRs or SubnetSourceDunlin.
+	NodeSubnetSource string
+	// PodCIDRWait is how long SubnetSourceAuto lets a new node wait for spec.podCIDRs before Dunlin
+	// allocates its subnet itself.
+	PodCIDRWait time.Duration
 }
+
+// Node subnet sources (Config.NodeSubnetSource). spec.podCIDRs, once set, is always used: the node agent
+// reads it too.
+const (
+	// SubnetSourceAuto: when some node has spec.podCIDRs (nodeipam runs), a node created less than
+	// PodCIDRWait ago without them waits for them (nodeipam sets them moments after the node
+	// registers); otherwise, and after that, the node gets a subnet from Dunlin.
+	SubnetSourceAuto = "auto"
+	// SubnetSourcePodCIDRs: a node without spec.podCIDRs waits for them, however long.
+	SubnetSourcePodCIDRs = "pod-cidrs"
+	// SubnetSourceDunlin: a node without spec.podCIDRs gets a subnet from Dunlin at once.
+	SubnetSourceDunlin = "dunlin"
+)
 
 // DefaultConfig returns the defaults of the controller's flags.
 func DefaultConfig() Config {
@@ -74,6 +93,8 @@ func DefaultConfig() Config {
 		ACLLogRate:       20,
 		JoinSubnet:       netip.MustParsePrefix("100.64.0.0/16"),
 		NodePortRange:    DefaultNodePortRange(),
+		NodeSubnetSource: SubnetSourceAuto,
+		PodCIDRWait:      15 * time.Second,
 	}
 }
 

@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strings"
+	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
@@ -153,6 +155,12 @@ func (c *Controller) nodeSubnet(ctx context.Context, node *corev1.Node) (netip.P
 		}
 	}
 	if !holds {
+		if wait, forever := c.waitForPodCIDRs(node); forever || wait > 0 {
+			if wait > 0 {
+				c.queues[KindNode].AddAfter(node.Name, wait)
+			}
+			return netip.Prefix{}, nil // no subnet yet, as for bad input with nothing to keep
+		}
 		if held, err = c.ipam.AllocateNodeSubnet(node.Name); err != nil {
 			if errors.Is(err, ipam.ErrExhausted) {
 				c.warn(node, reasonSubnetExhausted, "%v; widen --cluster-cidr or remove nodes", err)
@@ -162,6 +170,33 @@ func (c *Controller) nodeSubnet(ctx context.Context, node *corev1.Node) (netip.P
 		klog.InfoS("Allocated node subnet", "node", node.Name, "subnet", held)
 	}
 	return held, c.persistNodeSubnet(ctx, node, held, !holds)
+}
+
+// waitForPodCIDRs says whether a node without a subnet waits for spec.podCIDRs instead of getting one
+// from Dunlin: forever (the node's update brings it back), for wait more, or not at all. Allocating
+// while kube-controller-manager's nodeipam is about to set spec.podCIDRs would give the node two
+// different subnets, the one in use and the one the cluster declares.
+func (c *Controller) waitForPodCIDRs(node *corev1.Node) (wait time.Duration, forever bool) {
+	switch c.cfg.NodeSubnetSource {
+	case SubnetSourcePodCIDRs:
+		klog.InfoS("Node has no spec.podCIDRs yet; waiting for them (--node-subnet-source=pod-cidrs)", "node", node.Name)
+		return 0, true
+	case SubnetSourceDunlin:
+		return 0, false
+	}
+	left := c.cfg.PodCIDRWait - time.Since(node.CreationTimestamp.Time)
+	if left <= 0 || !c.clusterAllocatesPodCIDRs() {
+		return 0, false
+	}
+	klog.V(2).InfoS("New node has no spec.podCIDRs yet; waiting for them before allocating a subnet", "node", node.Name, "for", left.Round(time.Millisecond))
+	return left, false
+}
+
+// clusterAllocatesPodCIDRs: some node has spec.podCIDRs, so nodeipam runs (in a kubeadm cluster the
+// control-plane node has them before Dunlin is installed).
+func (c *Controller) clusterAllocatesPodCIDRs() bool {
+	nodes, _ := c.nodeLister.List(labels.Everything())
+	return slices.ContainsFunc(nodes, func(n *corev1.Node) bool { return len(n.Spec.PodCIDRs) > 0 })
 }
 
 // keepSubnet reports why the node's declared subnet cannot be used and returns the subnet the node

@@ -40,6 +40,12 @@ type syncEnv struct {
 
 func newSyncEnv(t *testing.T, objs ...runtime.Object) *syncEnv {
 	t.Helper()
+	return newSyncEnvWith(t, func(*translator.Config) {}, objs...)
+}
+
+// newSyncEnvWith is newSyncEnv with the controller's configuration changed by configure.
+func newSyncEnvWith(t *testing.T, configure func(*translator.Config), objs ...runtime.Object) *syncEnv {
+	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	t.Cleanup(cancel)
 	ovn := harness.StartTestOVN(ctx, t)
@@ -55,6 +61,7 @@ func newSyncEnv(t *testing.T, objs ...runtime.Object) *syncEnv {
 	e := &syncEnv{t: t, ctx: ctx, kube: fake.NewClientset(objs...), ovn: ovn, rec: record.NewFakeRecorder(1000)}
 	cfg := translator.DefaultConfig()
 	cfg.Identity = "sync-test"
+	configure(&cfg)
 	if e.c, err = translator.New(cfg, e.kube, nb, e.rec, prometheus.NewRegistry()); err != nil {
 		t.Fatal(err)
 	}
@@ -382,4 +389,90 @@ func drain(rec *record.FakeRecorder) string {
 			return b.String()
 		}
 	}
+}
+
+// withPodCIDR gives the node spec.podCIDRs, as kube-controller-manager's nodeipam does.
+func withPodCIDR(n *corev1.Node, cidr string) *corev1.Node {
+	n.Spec.PodCIDR, n.Spec.PodCIDRs = cidr, []string{cidr}
+	return n
+}
+
+// nodeSubnetAnnotation is the node's dunlin.io/node-subnet as the API holds it.
+func (e *syncEnv) nodeSubnetAnnotation(name string) string {
+	e.t.Helper()
+	n, err := e.kube.CoreV1().Nodes().Get(e.ctx, name, metav1.GetOptions{})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return n.Annotations[annotations.NodeSubnet]
+}
+
+// A node that registers without spec.podCIDRs in a cluster whose nodes have them (nodeipam runs, as
+// in kubeadm clusters) waits for its own instead of getting a subnet from Dunlin that nodeipam then
+// contradicts (the node kept Dunlin's subnet, warned InvalidNodeSubnet, and its pods failed).
+func TestNewNodeWaitsForItsPodCIDRs(t *testing.T) {
+	fresh := newNode("n2", "")
+	fresh.CreationTimestamp = metav1.Now()
+	e := newSyncEnv(t, withPodCIDR(newNode("n1", ""), "10.244.0.0/24"), fresh)
+	e.syncNode("n1")
+	e.syncNode("n2")
+	if got := e.nodeSubnetAnnotation("n2"); got != "" {
+		t.Fatalf("a new node of a nodeipam cluster got subnet %q from Dunlin before its spec.podCIDRs", got)
+	}
+	if got := e.nbctl("ls-list"); strings.Contains(got, "(n2)") {
+		t.Fatalf("switch of n2 written without a subnet: %s", got)
+	}
+	n, err := e.kube.CoreV1().Nodes().Get(e.ctx, "n2", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.kube.CoreV1().Nodes().Update(e.ctx, withPodCIDR(n, "10.244.5.0/24"), metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	e.eventually("informer sees n2's podCIDRs", func() error {
+		if c, err := e.c.CachedNode("n2"); err != nil || len(c.Spec.PodCIDRs) == 0 {
+			return fmt.Errorf("not yet")
+		}
+		return nil
+	})
+	e.syncNode("n2")
+	if got := e.nbctl("get", "Logical_Switch", "n2", "other_config:subnet"); got != `"10.244.5.0/24"` {
+		t.Fatalf("switch subnet %s, want spec.podCIDRs 10.244.5.0/24", got)
+	}
+	if reasons := drain(e.rec); strings.Contains(reasons, "InvalidNodeSubnet") {
+		t.Fatalf("events: %s", reasons)
+	}
+}
+
+// The other sources: without nodeipam (no node has spec.podCIDRs) a new node gets a subnet at once;
+// pod-cidrs waits however old the node is; dunlin never waits.
+func TestNodeSubnetSources(t *testing.T) {
+	fresh := func(name string) *corev1.Node {
+		n := newNode(name, "")
+		n.CreationTimestamp = metav1.Now()
+		return n
+	}
+	t.Run("auto without nodeipam", func(t *testing.T) {
+		e := newSyncEnv(t, fresh("n1"))
+		e.syncNode("n1")
+		if got := e.nodeSubnetAnnotation("n1"); got == "" {
+			t.Fatal("no subnet allocated")
+		}
+	})
+	t.Run("pod-cidrs", func(t *testing.T) {
+		e := newSyncEnvWith(t, func(c *translator.Config) { c.NodeSubnetSource = translator.SubnetSourcePodCIDRs }, newNode("old", ""))
+		e.syncNode("old")
+		if got := e.nodeSubnetAnnotation("old"); got != "" {
+			t.Fatalf("subnet %q allocated", got)
+		}
+	})
+	t.Run("dunlin", func(t *testing.T) {
+		e := newSyncEnvWith(t, func(c *translator.Config) { c.NodeSubnetSource = translator.SubnetSourceDunlin },
+			withPodCIDR(newNode("n1", ""), "10.244.0.0/24"), fresh("n2"))
+		e.syncNode("n1")
+		e.syncNode("n2")
+		if got := e.nodeSubnetAnnotation("n2"); got == "" {
+			t.Fatal("no subnet allocated")
+		}
+	})
 }

@@ -42,6 +42,8 @@ type options struct {
 	kubeAPIQPS       float64
 	kubeAPIBurst     int
 	aclLogRate       int
+	nodeSubnetSource string
+	podCIDRWait      time.Duration
 	joinSubnet       string
 	nodePortRange    string
 }
@@ -82,6 +84,10 @@ func main() {
 		"IPv4 subnet of the join switch between ovn_cluster_router (first address) and the nodes' gateway routers")
 	flag.StringVar(&o.nodePortRange, "service-node-port-range", def.NodePortRange.String(),
 		"range of Service node ports (the apiserver's --service-node-port-range); others are reported and not served")
+	flag.StringVar(&o.nodeSubnetSource, "node-subnet-source", def.NodeSubnetSource,
+		"where a node's subnet comes from while it has no spec.podCIDRs (which are always used once set): auto (when other nodes have spec.podCIDRs, a new node waits up to --pod-cidr-wait for its own, then Dunlin allocates), pod-cidrs (wait for them: the cluster runs nodeipam, e.g. kubeadm --pod-network-cidr) or dunlin (allocate from --cluster-cidr at once)")
+	flag.DurationVar(&o.podCIDRWait, "pod-cidr-wait", def.PodCIDRWait,
+		"with --node-subnet-source=auto, how long a new node without spec.podCIDRs waits for them")
 	flag.IntVar(&o.aclLogRate, "acl-log-rate", def.ACLLogRate,
 		"ACL log messages per second per ACL for namespaces annotated dunlin.io/acl-logging (the rate of the meter dunlin-acl-logging)")
 	flag.Parse()
@@ -126,6 +132,17 @@ func (o options) config() (translator.Config, error) {
 	default:
 		return cfg, fmt.Errorf("--session-affinity must be %s or %s, not %q", translator.AffinityTimeout, translator.AffinityHash, o.sessionAffinity)
 	}
+	switch o.nodeSubnetSource {
+	case translator.SubnetSourceAuto, translator.SubnetSourcePodCIDRs, translator.SubnetSourceDunlin:
+		cfg.NodeSubnetSource = o.nodeSubnetSource
+	default:
+		return cfg, fmt.Errorf("--node-subnet-source must be %s, %s or %s, not %q",
+			translator.SubnetSourceAuto, translator.SubnetSourcePodCIDRs, translator.SubnetSourceDunlin, o.nodeSubnetSource)
+	}
+	if o.podCIDRWait < 0 {
+		return cfg, fmt.Errorf("--pod-cidr-wait must not be negative")
+	}
+	cfg.PodCIDRWait = o.podCIDRWait
 	if o.workers < 1 {
 		return cfg, fmt.Errorf("--workers must be at least 1")
 	}

@@ -150,12 +150,11 @@ func containerStates(p *corev1.Pod) string {
 }
 
 // TestRealNodes runs with Debian's containerd 1.6 and with containerd 2, the release paired with the
-// Kubernetes version of the tests. Node subnets come from dunlin-controller's allocation.
-//
-// DUNLIN_REALNODE_NODEIPAM=1 makes the containerd 2 run take them from kube-controller-manager's
-// nodeipam (spec.podCIDR) instead. Known to fail intermittently: the controller can allocate a subnet
-// for a Node the kubelet just registered before nodeipam sets spec.podCIDR, then keeps it against a
-// different podCIDR (InvalidNodeSubnet), and the node's pods fail their probes.
+// Kubernetes version of the tests. With containerd 1.6 node subnets come from dunlin-controller's
+// allocation; with containerd 2 from kube-controller-manager's nodeipam (spec.podCIDR), as kubeadm
+// runs it, with --node-subnet-source=pod-cidrs (before it, the controller could allocate a subnet for
+// a Node the kubelet had just registered, then keep it against nodeipam's: InvalidNodeSubnet, and the
+// node's pods failed their probes).
 func TestRealNodes(t *testing.T) {
 	t.Run("containerd-debian", func(t *testing.T) { testRealNodes(t, "containerd", false) })
 	t.Run(harness.ContainerdV2, func(t *testing.T) {
@@ -163,7 +162,7 @@ func TestRealNodes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		testRealNodes(t, bin, os.Getenv("DUNLIN_REALNODE_NODEIPAM") == "1")
+		testRealNodes(t, bin, true)
 	})
 }
 

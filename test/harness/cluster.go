@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -147,6 +148,10 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	}
 	if o.DNS {
 		o.APIServerOnNode, o.ControllerManager = true, true
+	}
+	if o.NodeIPAM {
+		// As a kubeadm cluster with --pod-network-cidr should be run: every node waits for its podCIDRs.
+		o.ControllerFlags = append(slices.Clone(o.ControllerFlags), "--node-subnet-source=pod-cidrs")
 	}
 	c = &Cluster{Dir: o.Dir, Bins: o.Bins, encap: o.EncapType, ctrlFlags: o.ControllerFlags, gateway: o.Gateway, realNodes: o.RealNodes}
 	defer func() {
