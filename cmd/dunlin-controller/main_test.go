@@ -1,6 +1,9 @@
 package main
 
-import "testing"
+import (
+	"testing"
+	"time"
+)
 
 func TestRateLimit(t *testing.T) {
 	for _, tc := range []struct {
@@ -28,7 +31,7 @@ func TestRateLimit(t *testing.T) {
 
 func TestGatewayFlags(t *testing.T) {
 	base := options{clusterCIDR: "10.244.0.0/16", serviceCIDR: "10.96.0.0/16", sessionAffinity: "timeout", workers: 1, aclLogRate: 1,
-		joinSubnet: "100.64.0.0/16", nodePortRange: "30000-32767"}
+		joinSubnet: "100.64.0.0/16", nodePortRange: "30000-32767", nodeSubnetSource: "auto"}
 	cfg, err := base.config()
 	if err != nil || cfg.JoinSubnet.String() != "100.64.0.0/16" || cfg.NodePortRange.Min != 30000 || cfg.NodePortRange.Max != 32767 {
 		t.Fatalf("config %+v, %v", cfg, err)
@@ -38,6 +41,8 @@ func TestGatewayFlags(t *testing.T) {
 		func(o *options) { o.joinSubnet = "10.96.0.0/24" },    // inside the Service CIDR
 		func(o *options) { o.joinSubnet = "fd98::/64" },
 		func(o *options) { o.nodePortRange = "32767-30000" },
+		func(o *options) { o.nodeSubnetSource = "podcidr" },
+		func(o *options) { o.podCIDRWait = -time.Second },
 	} {
 		o := base
 		mutate(&o)

@@ -166,6 +166,14 @@ func TestHandOverLeavesOneLoadBalancerPerService(t *testing.T) {
 	for i := range 20 {
 		c.createService(fmt.Sprintf("s%d", i), func(s *corev1.Service) { s.Spec.ClusterIP = fmt.Sprintf("10.96.1.%d", 10+i) })
 	}
+	// The first controller must have claimed NB before the second starts, or the second may claim first
+	// and be the one fenced: a slow start of the first made the "newer" one lose.
+	c.eventually(converge, "the first controller writes", func() error {
+		if got := c.nbctl("--bare", "--columns=name", "find", "Load_Balancer", "name=Service_default/s19_TCP"); strings.TrimSpace(got) == "" {
+			return fmt.Errorf("no load balancer of s19 yet")
+		}
+		return nil
+	})
 	second, err := harness.StartProcess("dunlin-controller-2", filepath.Join(c.dir, "controller2.log"), nil, controllerBin,
 		"--kubeconfig", c.kube.Kubeconfig, "--nb-address", c.ovn.NBAddr, "--metrics-bind-address", "", "--leader-elect=false", "-v=2")
 	if err != nil {
