@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -93,6 +94,16 @@ type ClusterOptions struct {
 	NodeIPAM bool
 	// Containerd is the containerd binary of RealNodes (default: containerd on PATH, Debian's).
 	Containerd string
+	// With RealNodes: KubeletDNS makes the kubelets give pods ClusterDNSIP and ClusterDomain as their
+	// resolver (kubelet clusterDNS, clusterDomain; the caller runs the DNS server); ExtraImages are
+	// more image tars every node's containerd imports; KCMControllers replace the kube-controller-
+	// manager controllers the real nodes run.
+	KubeletDNS     bool
+	ExtraImages    []string
+	KCMControllers []string
+	// ClusterEgress gives the apiserver a way to the kubelets, pods and Services (exec, logs, the
+	// proxy subresources): an EgressProxy dialling from the first node's namespace.
+	ClusterEgress bool
 }
 
 // NodeIP is the IP of the node with index i (StartCluster's node i+1): its encap IP and InternalIP.
@@ -114,6 +125,8 @@ type Cluster struct {
 	gateway    bool
 	realNodes  bool
 	podNetns   []string // the pods' netns files seen by Stop, for LeftBehind
+	egress     *EgressProxy
+	mu         sync.Mutex // guards Nodes for the egress proxy
 	encap      string
 	ctrlFlags  []string
 }
@@ -167,6 +180,9 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		ko.KCMControllers = []string{"endpointslice", "serviceaccount", "namespace", "garbagecollector", "deployment", "replicaset",
 			// The kubelet registers its Node tainted not-ready; node lifecycle lifts the taint once Ready.
 			"nodelifecycle"}
+		if len(o.KCMControllers) > 0 {
+			ko.KCMControllers = o.KCMControllers
+		}
 		if o.NodeIPAM {
 			ko.ClusterCIDR = translator.DefaultConfig().ClusterCIDR.String()
 		}
@@ -176,6 +192,21 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		if kubeletBin, err = kubeBinDir("kubelet"); err != nil {
 			return c, err
 		}
+	}
+	if o.ClusterEgress {
+		sock := filepath.Join(o.Dir, "egress.sock")
+		c.egress, err = StartEgressProxy(sock, func() string {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if len(c.Nodes) == 0 {
+				return ""
+			}
+			return "/var/run/netns/" + c.Nodes[0].Netns
+		})
+		if err != nil {
+			return c, err
+		}
+		ko.EgressSocket = sock
 	}
 	if c.Kube, err = StartKube(ctx, ko); err != nil {
 		return c, err
@@ -200,7 +231,9 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		cn := &ClusterNode{Node: n, cluster: c,
 			ConfDir: filepath.Join(n.Dir, "net.d"), BinDir: filepath.Join(n.Dir, "cnibin"),
 			Socket: filepath.Join(n.Dir, "cni", "cni.sock"), AgentLog: filepath.Join(n.Dir, "dunlin-node.log")}
+		c.mu.Lock()
 		c.Nodes = append(c.Nodes, cn)
+		c.mu.Unlock()
 		apiAddr := strings.TrimPrefix(c.Kube.Config.Host, "https://")
 		if cn.forwarder, err = ForwardInto("/var/run/netns/"+n.Netns, apiAddr); err != nil {
 			return c, err
@@ -212,7 +245,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			}
 		}
 		if o.RealNodes {
-			if err := cn.startRealNode(ctx, o.Containerd, kubeletBin); err != nil {
+			if err := cn.startRealNode(ctx, o, kubeletBin); err != nil {
 				return c, err
 			}
 		} else if err := c.createNode(ctx, name, n.EncapIP); err != nil {
@@ -386,5 +419,6 @@ func (c *Cluster) Stop() error {
 	if c.OVN != nil {
 		errs = append(errs, c.OVN.Stop())
 	}
+	errs = append(errs, c.egress.Stop())
 	return errors.Join(errs...)
 }

@@ -306,6 +306,7 @@ type RealKubeletOptions struct {
 	KubeBinDir string // holds kubelet
 	Kubeconfig string // reaches the apiserver from inside the node's namespace
 	Runtime    string // containerd's socket
+	ClusterDNS bool   // pods resolve through ClusterDNSIP, in ClusterDomain
 }
 
 // StartRealKubelet starts the kubelet in n's network namespace, registering the Node named n.Name with
@@ -356,6 +357,9 @@ hairpinMode: none
 serializeImagePulls: false
 nodeStatusReportFrequency: 10s
 `, k.CgroupRoot, o.Runtime, n.EncapIP, filepath.Join(dir, "logs"))
+	if o.ClusterDNS {
+		conf += fmt.Sprintf("clusterDNS: [%s]\nclusterDomain: %s\n", ClusterDNSIP, ClusterDomain)
+	}
 	confPath := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, fmt.Errorf("start kubelet on %s: %w", n.Name, err)
@@ -609,18 +613,19 @@ func removeStaleShimSockets() error {
 
 // startRealNode starts the node's containerd (importing the images) and kubelet, and waits until the
 // kubelet has registered the Node.
-func (n *ClusterNode) startRealNode(ctx context.Context, containerdBin, kubeBinDir string) error {
+func (n *ClusterNode) startRealNode(ctx context.Context, o ClusterOptions, kubeBinDir string) error {
 	c := n.cluster
 	var err error
 	n.Containerd, err = StartContainerd(ctx, n.Node, ContainerdOptions{
 		Dir: filepath.Join(n.Dir, "ctrd"), CNIBin: n.BinDir, CNIConf: n.ConfDir,
-		Images: []string{c.Images.Pause, c.Images.PodServer}, ContainerdBinary: containerdBin,
+		Images: append([]string{c.Images.Pause, c.Images.PodServer}, o.ExtraImages...), ContainerdBinary: o.Containerd,
 	})
 	if err != nil {
 		return err
 	}
 	n.RealKubelet, err = StartRealKubelet(ctx, n.Node, RealKubeletOptions{
 		Dir: filepath.Join(n.Dir, "kubelet"), KubeBinDir: kubeBinDir, Kubeconfig: c.Kube.Kubeconfig, Runtime: n.Containerd.Socket,
+		ClusterDNS: o.KubeletDNS,
 	})
 	if err != nil {
 		return err
