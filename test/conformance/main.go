@@ -86,7 +86,9 @@ func run(focus, skip, out string, keep bool) error {
 	startCtx, startCancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer startCancel()
 	c, err := harness.StartCluster(startCtx, harness.ClusterOptions{
-		Dir: dir, Bins: bins, RealNodes: true, APIServerOnNode: true, ClusterEgress: true,
+		// Gateway: every node's uplink in br-ex, as on a real node; pods reach node IPs (the API's
+		// endpoint, NodePorts) through it.
+		Dir: dir, Bins: bins, RealNodes: true, APIServerOnNode: true, ClusterEgress: true, Gateway: true,
 		KubeletDNS: true, ExtraImages: images,
 		// Every default controller of kube-controller-manager, as a kubeadm cluster runs it (nodeipam
 		// stays off: it needs --allocate-node-cidrs, and Dunlin allocates the node subnets).

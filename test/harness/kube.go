@@ -164,7 +164,8 @@ func StartKube(ctx context.Context, o KubeOptions) (k *Kube, err error) {
 		if err := os.WriteFile(conf, []byte(egressConfig(o.EgressSocket)), 0o644); err != nil {
 			return k, fmt.Errorf("start kube: %w", err)
 		}
-		endpoints = append(endpoints, "--egress-selector-config-file="+conf)
+		// Node names resolve nowhere here: the kubelets are reached at their InternalIP.
+		endpoints = append(endpoints, "--egress-selector-config-file="+conf, "--kubelet-preferred-address-types=InternalIP")
 	}
 	k.apiserver, err = startProcess("kube-apiserver", filepath.Join(dir, "kube-apiserver.log"), nil,
 		filepath.Join(binDir, "kube-apiserver"), append(endpoints,
