@@ -27,7 +27,7 @@ const (
 )
 
 // dynamicTools are copied with their shared libraries.
-var dynamicTools = []string{"/usr/bin/dig", "/usr/bin/nslookup", "/usr/bin/host", "/usr/bin/curl", "/bin/nc.openbsd", "/usr/bin/getent"}
+var dynamicTools = []string{"/bin/dash", "/bin/bash", "/usr/bin/dig", "/usr/bin/nslookup", "/usr/bin/host", "/usr/bin/curl", "/bin/nc.openbsd", "/usr/bin/getent"}
 
 // toolFiles is the shell layer every test image gets: busybox and its applets in /bin, the dynamic tools
 // in /usr/bin with their libraries, and /etc files glibc reads.
@@ -43,10 +43,13 @@ func toolFiles() ([]harness.ImageFile, map[string]string, error) {
 		own[strings.TrimSuffix(filepath.Base(t), ".openbsd")] = true
 	}
 	for _, a := range strings.Fields(string(out)) {
-		if !own[a] && a != "busybox" {
+		if !own[a] && a != "busybox" && a != "sh" {
 			links["/bin/"+a] = "busybox"
 		}
 	}
+	// Debian's busybox sh runs its own applets before any file on PATH (its nc lacks the OpenBSD flags
+	// the suite uses); dash runs what PATH finds.
+	links["/bin/sh"] = "/usr/bin/dash"
 	libs := map[string]bool{}
 	for _, t := range dynamicTools {
 		name := "/usr/bin/" + strings.TrimSuffix(filepath.Base(t), ".openbsd")

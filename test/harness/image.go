@@ -172,7 +172,8 @@ func layerTar(o ImageOptions, bin []byte) ([]byte, error) {
 }
 
 func imageConfig(o ImageOptions) map[string]any {
-	c := map[string]any{"Entrypoint": o.Entrypoint, "WorkingDir": "/"}
+	c := map[string]any{"Entrypoint": o.Entrypoint, "WorkingDir": "/",
+		"Env": []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}}
 	if len(o.Cmd) > 0 {
 		c["Cmd"] = o.Cmd
 	}
