@@ -163,6 +163,9 @@ func runSuite(ctx context.Context, kubeBin, kubeconfig, focus, skip, out, report
 	cmd.Dir = out
 	cmd.Env = append(os.Environ(), "KUBECONFIG="+kubeconfig, "PATH="+kubeBin+":"+os.Getenv("PATH"))
 	cmd.Stdout, cmd.Stderr = logf, logf
+	// Interrupted, ginkgo still cleans up and writes its report.
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
+	cmd.WaitDelay = 2 * time.Minute
 	fmt.Printf("running e2e.test (log: %s)\n", logPath)
 	return cmd.Run()
 }

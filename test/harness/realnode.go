@@ -45,6 +45,7 @@ const (
 	// containerd 1.6 sets up every pod's lo with the CNI project's loopback plugin, looked up in its CNI
 	// bin_dir; Debian's containernetworking-plugins has it here.
 	loopbackPlugin = "/usr/lib/cni/loopback"
+	portMapPlugin  = "/usr/lib/cni/portmap"
 )
 
 // Images are the OCI layout tars of the real-node tests.
@@ -123,12 +124,15 @@ func StartContainerd(ctx context.Context, n *Node, o ContainerdOptions) (c *Cont
 			return nil, fmt.Errorf("start containerd on %s: %w", n.Name, err)
 		}
 	}
-	lo, err := os.ReadFile(loopbackPlugin)
-	if err != nil {
-		return nil, fmt.Errorf("start containerd on %s: the CNI loopback plugin (apt-get install containernetworking-plugins): %w", n.Name, err)
-	}
-	if err := os.WriteFile(filepath.Join(o.CNIBin, "loopback"), lo, 0o755); err != nil {
-		return nil, fmt.Errorf("start containerd on %s: %w", n.Name, err)
+	// portmap too, as a node's CNI bin directory has it: dunlin-node chains it for hostPorts.
+	for _, p := range []string{loopbackPlugin, portMapPlugin} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("start containerd on %s: the CNI %s plugin (apt-get install containernetworking-plugins): %w", n.Name, filepath.Base(p), err)
+		}
+		if err := os.WriteFile(filepath.Join(o.CNIBin, filepath.Base(p)), b, 0o755); err != nil {
+			return nil, fmt.Errorf("start containerd on %s: %w", n.Name, err)
+		}
 	}
 	c = &Containerd{Dir: dir, Socket: filepath.Join(dir, "c.sock"), node: n, conf: filepath.Join(dir, "config.toml")}
 	// restrict_oom_score_adj: runc cannot lower oom_score_adj without CAP_SYS_RESOURCE, which this kind of
