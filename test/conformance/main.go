@@ -113,11 +113,16 @@ func run(focus, skip, out string, keep bool) error {
 	suiteStart := time.Now()
 	runErr := runSuite(ctx, kubeBin, c.Kube.Kubeconfig, focus, skip, out, report, logPath)
 	suite := time.Since(suiteStart)
+	// A daemon that died during the run (ovs-vswitchd above all) explains the failures after it.
+	health := c.Health()
 	results, err := parseJUnit(report)
 	if err != nil {
 		return fmt.Errorf("e2e.test (%v): %w; see %s", runErr, err, logPath)
 	}
 	table := formatTable(results, suite, time.Since(start))
+	if health != nil {
+		table += fmt.Sprintf("\nDead daemons after the run: %v\n", health)
+	}
 	fmt.Print(table)
 	tablePath := filepath.Join(out, "results.md")
 	if err := os.WriteFile(tablePath, []byte(table), 0o644); err != nil {
