@@ -80,35 +80,71 @@ func run(focus, skip, out string, keep bool) error {
 	fmt.Printf("results in %s\n", out)
 
 	// ovs-vswitchd 3.1's userspace conntrack, the only datapath this machine has, can abort on the
-	// suite's traffic (harness.Health names it). The specs that failed in a round where a daemon died
-	// run again on a fresh cluster, up to maxRounds; a failure on a healthy cluster is final.
-	const maxRounds = 3
-	var results []result
+	// suite's traffic (harness.Health names it). A round ends as soon as a daemon dies; the specs that
+	// failed or did not run in it run again on a fresh cluster. A failure on a healthy cluster is final,
+	// and so is a spec's third failure in rounds that lost a daemon.
+	const maxAttempts, maxRounds = 3, 15
+	todo, err := listSpecs(ctx, kubeBin, focus, skip, out)
+	if err != nil {
+		return err
+	}
+	fmt.Printf("%d specs\n", len(todo))
+	final := map[string]result{}
+	attempts := map[string]int{}
 	var notes []string
 	var suite time.Duration
-	for round := 1; round <= maxRounds; round++ {
-		rs, health, took, err := runRound(ctx, round, focus, skip, out, kubeBin, bins, images, keep)
+	for round := 1; round <= maxRounds && len(todo) > 0; round++ {
+		names := make([]string, 0, len(todo))
+		for _, n := range todo {
+			names = append(names, regexp.QuoteMeta(n))
+		}
+		rs, health, took, err := runRound(ctx, round, strings.Join(names, "|"), skip, out, kubeBin, bins, images, keep)
 		suite += took
 		if err != nil {
 			return err
 		}
-		results = merge(results, rs, round)
-		if health == "" || failed(rs) == 0 {
-			break
-		}
-		notes = append(notes, fmt.Sprintf("round %d: %s", round, health))
-		var names []string
+		got := map[string]result{}
 		for _, r := range rs {
-			if r.Status == "failed" {
-				names = append(names, regexp.QuoteMeta(r.Name))
+			got[r.Name] = r
+		}
+		var again []string
+		for _, n := range todo {
+			r, ran := got[n]
+			if ran && r.Status == "skipped" && strings.Contains(strings.ToLower(r.Message), "interrupt") {
+				ran = false // left out when the round ended early
+			}
+			switch {
+			case ran && (r.Status != "failed" || health == ""):
+				final[n] = r
+			case ran:
+				attempts[n]++
+				r.Message = fmt.Sprintf("(failed in %d rounds in which ovs-vswitchd died) %s", attempts[n], r.Message)
+				if attempts[n] >= maxAttempts {
+					final[n] = r
+				} else {
+					again = append(again, n)
+				}
+			default:
+				again = append(again, n)
 			}
 		}
-		if round == maxRounds {
+		if health != "" {
+			notes = append(notes, fmt.Sprintf("round %d: %s", round, health))
+			fmt.Printf("round %d: %s; %d specs run again on a fresh cluster\n", round, health, len(again))
+		}
+		todo = again
+		if ctx.Err() != nil {
 			break
 		}
-		focus = strings.Join(names, "|")
-		fmt.Printf("round %d: %s; %d failed specs run again on a fresh cluster\n", round, health, len(names))
 	}
+	var results []result
+	for _, r := range final {
+		results = append(results, r)
+	}
+	for _, n := range todo {
+		results = append(results, result{Name: n, Status: "failed", Message: "not run: the rounds ran out"})
+	}
+	sortResults(results)
 	table := formatTable(results, suite, time.Since(start))
 	for _, n := range notes {
 		table += "\n" + n + "\n"
@@ -125,29 +161,25 @@ func run(focus, skip, out string, keep bool) error {
 	return nil
 }
 
-// merge replaces the results of specs run again in a later round.
-func merge(old, rs []result, round int) []result {
-	again := map[string]result{}
+// listSpecs is the names of the specs focus and skip select (a dry run of e2e.test).
+func listSpecs(ctx context.Context, kubeBin, focus, skip, out string) ([]string, error) {
+	report := filepath.Join(out, "specs.xml")
+	args := []string{"--ginkgo.dry-run", "--ginkgo.focus=" + focus, "--ginkgo.junit-report=" + report, "--kubeconfig=/dev/null"}
+	if skip != "" {
+		args = append(args, "--ginkgo.skip="+skip)
+	}
+	if b, err := exec.CommandContext(ctx, filepath.Join(kubeBin, "e2e.test"), args...).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("e2e.test --ginkgo.dry-run: %w\n%s", err, b)
+	}
+	rs, err := parseJUnit(report)
+	if err != nil {
+		return nil, err
+	}
+	var names []string
 	for _, r := range rs {
-		if round > 1 {
-			r.Message = strings.TrimSpace(fmt.Sprintf("(round %d) %s", round, r.Message))
-		}
-		again[r.Name] = r
+		names = append(names, r.Name)
 	}
-	var merged []result
-	for _, r := range old {
-		if n, ok := again[r.Name]; ok {
-			r = n
-			delete(again, r.Name)
-		}
-		merged = append(merged, r)
-	}
-	for _, r := range rs {
-		if n, ok := again[r.Name]; ok {
-			merged = append(merged, n)
-		}
-	}
-	return merged
+	return names, nil
 }
 
 // runRound starts a cluster, runs e2e.test on it and stops it; health is the first line of each dead
@@ -187,7 +219,23 @@ func runRound(ctx context.Context, round int, focus, skip, out, kubeBin string, 
 	report := filepath.Join(out, fmt.Sprintf("junit-%d.xml", round))
 	logPath := filepath.Join(out, fmt.Sprintf("e2e-%d.log", round))
 	suiteStart := time.Now()
-	runErr := runSuite(ctx, kubeBin, c.Kube.Kubeconfig, focus, skip, out, report, logPath)
+	// A dead daemon fails every spec after it: the round ends with it.
+	suiteCtx, stopSuite := context.WithCancel(ctx)
+	defer stopSuite()
+	go func() {
+		for suiteCtx.Err() == nil {
+			if c.Health() != nil {
+				stopSuite()
+				return
+			}
+			select {
+			case <-suiteCtx.Done():
+			case <-time.After(2 * time.Second):
+			}
+		}
+	}()
+	runErr := runSuite(suiteCtx, kubeBin, c.Kube.Kubeconfig, focus, skip, out, report, logPath)
+	stopSuite()
 	took = time.Since(suiteStart)
 	if h := c.Health(); h != nil {
 		var lines []string

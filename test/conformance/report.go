@@ -78,13 +78,17 @@ func parseJUnit(path string) ([]result, error) {
 			rs = append(rs, r)
 		}
 	}
+	sortResults(rs)
+	return rs, nil
+}
+
+func sortResults(rs []result) {
 	sort.Slice(rs, func(i, j int) bool {
 		if rs[i].Status != rs[j].Status {
 			return rs[i].Status < rs[j].Status
 		}
 		return rs[i].Name < rs[j].Name
 	})
-	return rs, nil
 }
 
 func failed(rs []result) int {
