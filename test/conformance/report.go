@@ -61,6 +61,12 @@ func parseJUnit(path string) ([]result, error) {
 			}
 			r := result{Name: labels.ReplaceAllString(strings.TrimPrefix(c.Name, "[It] "), ""), Status: c.Status, Time: c.Time}
 			switch {
+			case c.Status == "interrupted" || c.Status == "aborted" || c.Status == "panicked" || c.Status == "timedout":
+				// A spec cut short (the round ended because a daemon died) did not pass.
+				r.Status, r.Message = "failed", c.Status
+				if c.Failure != nil {
+					r.Message += ": " + c.Failure.Message
+				}
 			case c.Failure != nil:
 				r.Status, r.Message = "failed", c.Failure.Message
 			case c.Error != nil:
