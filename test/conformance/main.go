@@ -141,8 +141,12 @@ func run(focus, skip, out string, keep bool) error {
 	for _, r := range final {
 		results = append(results, r)
 	}
+	why := "not run: the rounds ran out"
+	if ctx.Err() != nil {
+		why = "not run: interrupted"
+	}
 	for _, n := range todo {
-		results = append(results, result{Name: n, Status: "failed", Message: "not run: the rounds ran out"})
+		results = append(results, result{Name: n, Status: "failed", Message: why})
 	}
 	sortResults(results)
 	table := formatTable(results, suite, time.Since(start))
