@@ -51,7 +51,7 @@ demo: deps
 	$(BIN)/dunlin-demo $(DEMOFLAGS)
 
 # The upstream Kubernetes [sig-network] [Conformance] tests against a cluster of real nodes on this
-# machine (test/conformance; about CONFORMANCE_TIME, not part of `make test`). CONFORMANCEFLAGS: -focus,
+# machine (test/conformance; about 15 minutes, not part of `make test`). CONFORMANCEFLAGS: -focus,
 # -skip, -out, -keep.
 conformance: deps
 	test/conformance/deps.sh
