@@ -14,7 +14,7 @@ BINARIES  := dunlin-controller dunlin-node dunlin-cni dunlinctl
 # RACE= turns it off, e.g. to compare timings.
 RACE      ?= -race
 
-.PHONY: all build deps race-deps test unit bench demo generate vet fmt clean
+.PHONY: all build deps race-deps test unit bench demo conformance generate vet fmt clean
 
 all: build
 
@@ -49,6 +49,15 @@ demo: deps
 	@mkdir -p $(BIN)
 	$(GO) build -o $(BIN)/dunlin-demo ./test/demo
 	$(BIN)/dunlin-demo $(DEMOFLAGS)
+
+# The upstream Kubernetes [sig-network] [Conformance] tests against a cluster of real nodes on this
+# machine (test/conformance; about 15 minutes, not part of `make test`). CONFORMANCEFLAGS: -focus,
+# -skip, -out, -keep.
+conformance: deps
+	test/conformance/deps.sh
+	@mkdir -p $(BIN)
+	$(GO) build -o $(BIN)/dunlin-conformance ./test/conformance
+	$(BIN)/dunlin-conformance $(CONFORMANCEFLAGS)
 
 generate:
 	$(GO) generate ./nbmodel ./nodeagent/ovsmodel

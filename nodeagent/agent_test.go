@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -32,7 +33,7 @@ func TestHostIfName(t *testing.T) {
 }
 
 func TestConfList(t *testing.T) {
-	b, err := confList("/run/x/cni.sock")
+	b, err := confList("/run/x/cni.sock", false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,6 +62,45 @@ func TestConfList(t *testing.T) {
 	}
 	if list.CNIVersion != "1.1.0" {
 		t.Errorf("libcni chose cniVersion %s, want 1.1.0", list.CNIVersion)
+	}
+}
+
+// TestInstallCNIPortMap: hostPort (an upstream [Conformance] test) needs portmap chained after dunlin-cni
+// when the runtime has it, and a conflist without it when it does not (a missing chained plugin fails
+// every ADD).
+func TestInstallCNIPortMap(t *testing.T) {
+	for _, have := range []bool{false, true} {
+		conf, bin := t.TempDir(), t.TempDir()
+		if have {
+			if err := os.WriteFile(filepath.Join(bin, "portmap"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := installCNI(conf, bin, "", "/run/x/cni.sock"); err != nil {
+			t.Fatal(err)
+		}
+		b, err := os.ReadFile(filepath.Join(conf, ConfListName))
+		if err != nil {
+			t.Fatal(err)
+		}
+		list, err := libcni.ConfListFromBytes(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var types []string
+		for _, p := range list.Plugins {
+			types = append(types, p.Network.Type)
+		}
+		want := []string{cni.PluginType}
+		if have {
+			want = append(want, "portmap")
+			if caps := list.Plugins[1].Network.Capabilities; !caps["portMappings"] {
+				t.Errorf("portmap capabilities %v, want portMappings", caps)
+			}
+		}
+		if !slices.Equal(types, want) {
+			t.Errorf("portmap in bin dir %v: plugins %v, want %v", have, types, want)
+		}
 	}
 }
 

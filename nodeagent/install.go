@@ -8,6 +8,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"k8s.io/klog/v2"
+
 	"github.com/dunlinplugin/dunlin/cni"
 )
 
@@ -27,23 +29,39 @@ const confVersion = "1.0.0"
 
 var confVersions = []string{"1.0.0", "1.1.0"}
 
-// confList is the conflist the container runtime reads.
-func confList(socket string) ([]byte, error) {
+// portMapPlugin is the CNI project's plugin for hostPort (a container port published on the node's
+// addresses, through iptables DNAT in the node's namespace); runtimes pass the pod's hostPorts to it as
+// the portMappings capability.
+const portMapPlugin = "portmap"
+
+// confList is the conflist the container runtime reads. With portMap, portmap is chained after
+// dunlin-cni, so that pods' hostPorts work; it is left out when the runtime's CNI bin directory lacks
+// it, since a chained plugin that is missing fails every ADD.
+func confList(socket string, portMap bool) ([]byte, error) {
+	plugins := []map[string]any{{
+		"type":      cni.PluginType,
+		"cniSocket": socket,
+	}}
+	if portMap {
+		plugins = append(plugins, map[string]any{"type": portMapPlugin, "capabilities": map[string]bool{"portMappings": true}})
+	}
 	return json.MarshalIndent(map[string]any{
 		"cniVersion":  confVersion,
 		"cniVersions": confVersions,
 		"name":        NetworkName,
-		"plugins": []map[string]any{{
-			"type":      cni.PluginType,
-			"cniSocket": socket,
-		}},
+		"plugins":     plugins,
 	}, "", "  ")
 }
 
 // installCNI writes the conflist and copies the plugin binary. Both are written to a temporary file and
 // renamed, so a runtime never reads half a file or executes half a binary.
 func installCNI(confDir, binDir, pluginSource, socket string) error {
-	data, err := confList(socket)
+	_, err := os.Stat(filepath.Join(binDir, portMapPlugin))
+	portMap := err == nil
+	if !portMap {
+		klog.InfoS("No portmap plugin in the CNI bin directory: pods' hostPorts are not published", "dir", binDir)
+	}
+	data, err := confList(socket, portMap)
 	if err != nil {
 		return err
 	}

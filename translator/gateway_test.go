@@ -332,6 +332,13 @@ func TestGatewayLBSelectionFields(t *testing.T) {
 			s.Spec.ExternalIPs = []string{"192.0.2.10"}
 			s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
 		}, ServiceEnv{AffinityByHash: true}, []string{"ip_src", "ip_dst"}},
+		// Regression: with the default affinity_timeout mode the gateway load balancers hashed the
+		// ports too and kept affinity_timeout, and NodePort affinity did not hold (upstream
+		// "should have session affinity work for NodePort service [Conformance]").
+		{"affinity by timeout", func(s *corev1.Service) {
+			s.Spec.ExternalIPs = []string{"192.0.2.10"}
+			s.Spec.SessionAffinity = corev1.ServiceAffinityClientIP
+		}, ServiceEnv{}, []string{"ip_src", "ip_dst"}},
 	} {
 		tc.env.Gateways = gws
 		got, _ := gatewayLBs(t, nodePortService(tc.opt), tc.env, sl)
@@ -339,8 +346,12 @@ func TestGatewayLBSelectionFields(t *testing.T) {
 			t.Fatalf("%s: load balancers %v", tc.name, slices.Sorted(maps.Keys(got)))
 		}
 		for name, r := range got {
-			if lb := r.Model.(*nbmodel.LoadBalancer); !slices.Equal(lb.SelectionFields, tc.want) {
+			lb := r.Model.(*nbmodel.LoadBalancer)
+			if !slices.Equal(lb.SelectionFields, tc.want) {
 				t.Errorf("%s: %s selection_fields %v, want %v", tc.name, name, lb.SelectionFields, tc.want)
+			}
+			if _, ok := lb.Options["affinity_timeout"]; ok {
+				t.Errorf("%s: %s has affinity_timeout %s", tc.name, name, lb.Options["affinity_timeout"])
 			}
 		}
 	}

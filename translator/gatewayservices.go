@@ -177,7 +177,11 @@ func (b *lbSet) lb(sp corev1.ServicePort) *nbmodel.LoadBalancer {
 	if lb := b.lbs[proto]; lb != nil {
 		return lb
 	}
-	lb := newServiceLB(b.svc, proto, b.env.AffinityByHash)
+	// ClientIP affinity on the gateway routers is always by hash: affinity_timeout did not hold there
+	// (the upstream NodePort session affinity [Conformance] spec saw every backend from one client),
+	// since the per-connection hash below picked a backend before OVN's learned affinity could, and
+	// the NodePort VIP is a template, for which OVN builds no affinity flows.
+	lb := newServiceLB(b.svc, proto, true)
 	lb.Name = b.name(string(proto))
 	if len(lb.SelectionFields) == 0 {
 		lb.SelectionFields = slices.Clone(GatewayLBSelectionFields)

@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -94,6 +95,16 @@ type ClusterOptions struct {
 	NodeIPAM bool
 	// Containerd is the containerd binary of RealNodes (default: containerd on PATH, Debian's).
 	Containerd string
+	// With RealNodes: KubeletDNS makes the kubelets give pods ClusterDNSIP and ClusterDomain as their
+	// resolver (kubelet clusterDNS, clusterDomain; the caller runs the DNS server); ExtraImages are
+	// more image tars every node's containerd imports; KCMControllers replace the kube-controller-
+	// manager controllers the real nodes run.
+	KubeletDNS     bool
+	ExtraImages    []string
+	KCMControllers []string
+	// ClusterEgress gives the apiserver a way to the kubelets, pods and Services (exec, logs, the
+	// proxy subresources): an EgressProxy dialling from the first node's namespace.
+	ClusterEgress bool
 }
 
 // NodeIP is the IP of the node with index i (StartCluster's node i+1): its encap IP and InternalIP.
@@ -115,6 +126,8 @@ type Cluster struct {
 	gateway    bool
 	realNodes  bool
 	podNetns   []string // the pods' netns files seen by Stop, for LeftBehind
+	egress     *EgressProxy
+	mu         sync.Mutex // guards Nodes for the egress proxy
 	encap      string
 	ctrlFlags  []string
 }
@@ -172,6 +185,9 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		ko.KCMControllers = []string{"endpointslice", "serviceaccount", "namespace", "garbagecollector", "deployment", "replicaset",
 			// The kubelet registers its Node tainted not-ready; node lifecycle lifts the taint once Ready.
 			"nodelifecycle"}
+		if len(o.KCMControllers) > 0 {
+			ko.KCMControllers = o.KCMControllers
+		}
 		if o.NodeIPAM {
 			ko.ClusterCIDR = translator.DefaultConfig().ClusterCIDR.String()
 		}
@@ -181,6 +197,21 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		if kubeletBin, err = kubeBinDir("kubelet"); err != nil {
 			return c, err
 		}
+	}
+	if o.ClusterEgress {
+		sock := filepath.Join(o.Dir, "egress.sock")
+		c.egress, err = StartEgressProxy(sock, func() string {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if len(c.Nodes) == 0 {
+				return ""
+			}
+			return "/var/run/netns/" + c.Nodes[0].Netns
+		})
+		if err != nil {
+			return c, err
+		}
+		ko.EgressSocket = sock
 	}
 	if c.Kube, err = StartKube(ctx, ko); err != nil {
 		return c, err
@@ -205,7 +236,9 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		cn := &ClusterNode{Node: n, cluster: c,
 			ConfDir: filepath.Join(n.Dir, "net.d"), BinDir: filepath.Join(n.Dir, "cnibin"),
 			Socket: filepath.Join(n.Dir, "cni", "cni.sock"), AgentLog: filepath.Join(n.Dir, "dunlin-node.log")}
+		c.mu.Lock()
 		c.Nodes = append(c.Nodes, cn)
+		c.mu.Unlock()
 		apiAddr := strings.TrimPrefix(c.Kube.Config.Host, "https://")
 		if cn.forwarder, err = ForwardInto("/var/run/netns/"+n.Netns, apiAddr); err != nil {
 			return c, err
@@ -217,7 +250,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			}
 		}
 		if o.RealNodes {
-			if err := cn.startRealNode(ctx, o.Containerd, kubeletBin); err != nil {
+			if err := cn.startRealNode(ctx, o, kubeletBin); err != nil {
 				return c, err
 			}
 		} else if err := c.createNode(ctx, name, n.EncapIP); err != nil {
@@ -391,5 +424,6 @@ func (c *Cluster) Stop() error {
 	if c.OVN != nil {
 		errs = append(errs, c.OVN.Stop())
 	}
+	errs = append(errs, c.egress.Stop())
 	return errors.Join(errs...)
 }

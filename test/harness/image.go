@@ -11,6 +11,7 @@ import (
 	"os"
 	"path"
 	"runtime"
+	"sort"
 	"time"
 )
 
@@ -25,6 +26,16 @@ type ImageOptions struct {
 	Binary     string   // a static executable on this machine
 	Path       string   // where it goes in the image, e.g. "/podserver"
 	Entrypoint []string // default: [Path]
+	Cmd        []string // the image's default arguments
+	// Files are more files of the layer (shell tools and their shared libraries, for the upstream
+	// suite's images), and Links symlinks in it: path in the image -> target.
+	Files []ImageFile
+	Links map[string]string
+}
+
+// ImageFile is one more file of an image: Source on this machine copied to Path.
+type ImageFile struct {
+	Path, Source string
 }
 
 // WriteImage writes the OCI layout tar of o to out.
@@ -39,7 +50,7 @@ func WriteImage(o ImageOptions, out string) error {
 	if err != nil {
 		return fmt.Errorf("image %s: %w", o.Name, err)
 	}
-	layer, err := layerTar(o.Path, bin)
+	layer, err := layerTar(o, bin)
 	if err != nil {
 		return fmt.Errorf("image %s: %w", o.Name, err)
 	}
@@ -55,7 +66,7 @@ func WriteImage(o ImageOptions, out string) error {
 	config, err := json.Marshal(map[string]any{
 		"architecture": runtime.GOARCH,
 		"os":           "linux",
-		"config":       map[string]any{"Entrypoint": o.Entrypoint, "WorkingDir": "/"},
+		"config":       imageConfig(o),
 		// diff_ids name the uncompressed layers; the manifest names the compressed blobs.
 		"rootfs": map[string]any{"type": "layers", "diff_ids": []string{digest(layer)}},
 	})
@@ -107,21 +118,79 @@ func WriteImage(o ImageOptions, out string) error {
 	return nil
 }
 
-// layerTar is the uncompressed layer: the binary at p, and /tmp for programs that want one.
-func layerTar(p string, bin []byte) ([]byte, error) {
+// layerTar is the uncompressed layer: the binary at o.Path, o.Files and o.Links, and /tmp for programs
+// that want one.
+func layerTar(o ImageOptions, bin []byte) ([]byte, error) {
 	var buf bytes.Buffer
 	tw := tar.NewWriter(&buf)
 	mtime := time.Unix(0, 0)
 	if err := tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: "tmp/", Mode: 0o1777, ModTime: mtime}); err != nil {
 		return nil, err
 	}
-	if err := addFile(tw, path.Clean(p)[1:], 0o755, bin); err != nil {
+	dirs := map[string]bool{"tmp": true}
+	if err := addDirs(tw, dirs, path.Clean(o.Path)[1:]); err != nil {
 		return nil, err
+	}
+	if err := addFile(tw, path.Clean(o.Path)[1:], 0o755, bin); err != nil {
+		return nil, err
+	}
+	for _, f := range o.Files {
+		data, err := os.ReadFile(f.Source)
+		if err != nil {
+			return nil, err
+		}
+		st, err := os.Stat(f.Source)
+		if err != nil {
+			return nil, err
+		}
+		if err := addDirs(tw, dirs, path.Clean(f.Path)[1:]); err != nil {
+			return nil, err
+		}
+		if err := addFile(tw, path.Clean(f.Path)[1:], int64(st.Mode().Perm()), data); err != nil {
+			return nil, err
+		}
+	}
+	links := make([]string, 0, len(o.Links))
+	for l := range o.Links {
+		links = append(links, l)
+	}
+	sort.Strings(links)
+	for _, l := range links {
+		name := path.Clean(l)[1:]
+		if err := addDirs(tw, dirs, name); err != nil {
+			return nil, err
+		}
+		h := &tar.Header{Typeflag: tar.TypeSymlink, Name: name, Linkname: o.Links[l], Mode: 0o777, ModTime: time.Unix(0, 0)}
+		if err := tw.WriteHeader(h); err != nil {
+			return nil, err
+		}
 	}
 	if err := tw.Close(); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+func imageConfig(o ImageOptions) map[string]any {
+	c := map[string]any{"Entrypoint": o.Entrypoint, "WorkingDir": "/",
+		"Env": []string{"PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}}
+	if len(o.Cmd) > 0 {
+		c["Cmd"] = o.Cmd
+	}
+	return c
+}
+
+// addDirs writes the parent directories of name not yet in the layer.
+func addDirs(tw *tar.Writer, done map[string]bool, name string) error {
+	d := path.Dir(name)
+	if d == "." || done[d] {
+		return nil
+	}
+	if err := addDirs(tw, done, d); err != nil {
+		return err
+	}
+	done[d] = true
+	return tw.WriteHeader(&tar.Header{Typeflag: tar.TypeDir, Name: d + "/", Mode: 0o755, ModTime: time.Unix(0, 0)})
 }
 
 func addFile(tw *tar.Writer, name string, mode int64, data []byte) error {

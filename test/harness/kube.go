@@ -52,6 +52,9 @@ type KubeOptions struct {
 	AdvertiseAddress string
 	// Scheduler also runs kube-scheduler, for real kubelets (the stand-in needs spec.nodeName set).
 	Scheduler bool
+	// EgressSocket, when set, sends the apiserver's traffic to nodes, pods and Services through the
+	// HTTP CONNECT proxy listening there (EgressProxy).
+	EgressSocket string
 }
 
 // Kube is a running control plane: etcd, kube-apiserver and optionally kube-controller-manager.
@@ -155,6 +158,14 @@ func StartKube(ctx context.Context, o KubeOptions) (k *Kube, err error) {
 	if o.AdvertiseAddress != "" {
 		// The default (lease) reconciler publishes it; the self-signed serving certificate names it.
 		endpoints = []string{"--advertise-address=" + o.AdvertiseAddress}
+	}
+	if o.EgressSocket != "" {
+		conf := filepath.Join(dir, "egress.yaml")
+		if err := os.WriteFile(conf, []byte(egressConfig(o.EgressSocket)), 0o644); err != nil {
+			return k, fmt.Errorf("start kube: %w", err)
+		}
+		// Node names resolve nowhere here: the kubelets are reached at their InternalIP.
+		endpoints = append(endpoints, "--egress-selector-config-file="+conf, "--kubelet-preferred-address-types=InternalIP")
 	}
 	k.apiserver, err = startProcess("kube-apiserver", filepath.Join(dir, "kube-apiserver.log"), nil,
 		filepath.Join(binDir, "kube-apiserver"), append(endpoints,
@@ -384,6 +395,11 @@ func HTTPOK(ctx context.Context, client *http.Client, url, token string) error {
 // binaries first, which takes minutes the first time).
 func KubeBinDir() (string, error) {
 	return kubeBinDir()
+}
+
+// KubeBinDirWith is KubeBinDir building the named binaries (e2e.test, agnhost, ...) if missing.
+func KubeBinDirWith(bins ...string) (string, error) {
+	return kubeBinDir(bins...)
 }
 
 // kubeBinDir is KubeBinDir building and checking only the named binaries (all when none are named).

@@ -45,6 +45,7 @@ const (
 	// containerd 1.6 sets up every pod's lo with the CNI project's loopback plugin, looked up in its CNI
 	// bin_dir; Debian's containernetworking-plugins has it here.
 	loopbackPlugin = "/usr/lib/cni/loopback"
+	portMapPlugin  = "/usr/lib/cni/portmap"
 )
 
 // Images are the OCI layout tars of the real-node tests.
@@ -123,12 +124,15 @@ func StartContainerd(ctx context.Context, n *Node, o ContainerdOptions) (c *Cont
 			return nil, fmt.Errorf("start containerd on %s: %w", n.Name, err)
 		}
 	}
-	lo, err := os.ReadFile(loopbackPlugin)
-	if err != nil {
-		return nil, fmt.Errorf("start containerd on %s: the CNI loopback plugin (apt-get install containernetworking-plugins): %w", n.Name, err)
-	}
-	if err := os.WriteFile(filepath.Join(o.CNIBin, "loopback"), lo, 0o755); err != nil {
-		return nil, fmt.Errorf("start containerd on %s: %w", n.Name, err)
+	// portmap too, as a node's CNI bin directory has it: dunlin-node chains it for hostPorts.
+	for _, p := range []string{loopbackPlugin, portMapPlugin} {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return nil, fmt.Errorf("start containerd on %s: the CNI %s plugin (apt-get install containernetworking-plugins): %w", n.Name, filepath.Base(p), err)
+		}
+		if err := os.WriteFile(filepath.Join(o.CNIBin, filepath.Base(p)), b, 0o755); err != nil {
+			return nil, fmt.Errorf("start containerd on %s: %w", n.Name, err)
+		}
 	}
 	c = &Containerd{Dir: dir, Socket: filepath.Join(dir, "c.sock"), node: n, conf: filepath.Join(dir, "config.toml")}
 	// restrict_oom_score_adj: runc cannot lower oom_score_adj without CAP_SYS_RESOURCE, which this kind of
@@ -306,6 +310,7 @@ type RealKubeletOptions struct {
 	KubeBinDir string // holds kubelet
 	Kubeconfig string // reaches the apiserver from inside the node's namespace
 	Runtime    string // containerd's socket
+	ClusterDNS bool   // pods resolve through ClusterDNSIP, in ClusterDomain
 }
 
 // StartRealKubelet starts the kubelet in n's network namespace, registering the Node named n.Name with
@@ -356,6 +361,9 @@ hairpinMode: none
 serializeImagePulls: false
 nodeStatusReportFrequency: 10s
 `, k.CgroupRoot, o.Runtime, n.EncapIP, filepath.Join(dir, "logs"))
+	if o.ClusterDNS {
+		conf += fmt.Sprintf("clusterDNS: [%s]\nclusterDomain: %s\n", ClusterDNSIP, ClusterDomain)
+	}
 	confPath := filepath.Join(dir, "config.yaml")
 	if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
 		return nil, fmt.Errorf("start kubelet on %s: %w", n.Name, err)
@@ -609,18 +617,19 @@ func removeStaleShimSockets() error {
 
 // startRealNode starts the node's containerd (importing the images) and kubelet, and waits until the
 // kubelet has registered the Node.
-func (n *ClusterNode) startRealNode(ctx context.Context, containerdBin, kubeBinDir string) error {
+func (n *ClusterNode) startRealNode(ctx context.Context, o ClusterOptions, kubeBinDir string) error {
 	c := n.cluster
 	var err error
 	n.Containerd, err = StartContainerd(ctx, n.Node, ContainerdOptions{
 		Dir: filepath.Join(n.Dir, "ctrd"), CNIBin: n.BinDir, CNIConf: n.ConfDir,
-		Images: []string{c.Images.Pause, c.Images.PodServer}, ContainerdBinary: containerdBin,
+		Images: append([]string{c.Images.Pause, c.Images.PodServer}, o.ExtraImages...), ContainerdBinary: o.Containerd,
 	})
 	if err != nil {
 		return err
 	}
 	n.RealKubelet, err = StartRealKubelet(ctx, n.Node, RealKubeletOptions{
 		Dir: filepath.Join(n.Dir, "kubelet"), KubeBinDir: kubeBinDir, Kubeconfig: c.Kube.Kubeconfig, Runtime: n.Containerd.Socket,
+		ClusterDNS: o.KubeletDNS,
 	})
 	if err != nil {
 		return err

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds kube-apiserver, kube-controller-manager, kubectl and etcd (and, when named, kube-scheduler,
-# kubelet and containerd-v2.x.y (a directory) for the real-node tests) from the Go module proxy into a cache directory, once per pinned
+# kubelet and containerd-v2.x.y (a directory) for the real-node tests; e2e.test, the upstream end-to-end
+# suite, and agnhost, its test server, for `make conformance`) from the Go module proxy into a cache directory, once per pinned
 # version; later runs only print the directory.
 # Usage: build.sh [binary...]   (default: the control plane above). Prints the directory holding them.
 set -euo pipefail
@@ -35,6 +36,10 @@ for b in "${want[@]}"; do
         github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 github.com/containerd/containerd/v2/cmd/ctr) ;;
     kube-apiserver|kube-controller-manager|kube-scheduler|kubectl|kubelet)
       (cd "$here/kube" && nice -n 19 go build -trimpath -ldflags "$ldflags" -o "$cache/$b.tmp" "k8s.io/kubernetes/cmd/$b") ;;
+    e2e.test)
+      (cd "$here/kube" && nice -n 19 go test -c -trimpath -ldflags "$ldflags" -o "$cache/$b.tmp" k8s.io/kubernetes/test/e2e) ;;
+    agnhost)
+      (cd "$here/kube" && nice -n 19 go build -trimpath -ldflags "-s -w" -o "$cache/$b.tmp" k8s.io/kubernetes/test/images/agnhost) ;;
     *) echo "unknown binary $b" >&2; exit 2 ;;
   esac
   mv "$cache/$b.tmp" "$cache/$b"
