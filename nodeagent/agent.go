@@ -254,7 +254,7 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	go a.runManagementPort(ctx)
 
-	if err := installCNI(a.cfg.CNIConfDir, a.cfg.CNIBinDir, a.cfg.CNIPluginSource, a.cfg.CNISocket); err != nil {
+	if err := installCNI(ctx, a.cfg.CNIConfDir, a.cfg.CNIBinDir, a.cfg.CNIPluginSource, a.cfg.CNISocket); err != nil {
 		return err
 	}
 	logger.Info("Serving CNI", "socket", a.cfg.CNISocket, "conf", filepath.Join(a.cfg.CNIConfDir, ConfListName))

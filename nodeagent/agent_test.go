@@ -1,6 +1,7 @@
 package nodeagent
 
 import (
+	"context"
 	"encoding/json"
 	"net"
 	"net/netip"
@@ -33,7 +34,7 @@ func TestHostIfName(t *testing.T) {
 }
 
 func TestConfList(t *testing.T) {
-	b, err := confList("/run/x/cni.sock", false)
+	b, err := confList("/run/x/cni.sock", false, confVersions)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -67,16 +68,33 @@ func TestConfList(t *testing.T) {
 
 // TestInstallCNIPortMap: hostPort (an upstream [Conformance] test) needs portmap chained after dunlin-cni
 // when the runtime has it, and a conflist without it when it does not (a missing chained plugin fails
-// every ADD).
+// every ADD). The conflist offers only the versions portmap supports: containerd 2 calls STATUS at 1.1.0
+// on every plugin, and Debian 12's portmap (1.0.0 at most) answered "missing containerID".
 func TestInstallCNIPortMap(t *testing.T) {
-	for _, have := range []bool{false, true} {
+	// A portmap that answers VERSION as the CNI project's plugins do.
+	script := func(versions string) string {
+		return "#!/bin/sh\n[ \"$CNI_COMMAND\" = VERSION ] || exit 1\n" +
+			`echo '{"cniVersion":"1.0.0","supportedVersions":[` + versions + `]}'` + "\n"
+	}
+	for _, tc := range []struct {
+		name     string
+		portmap  string // script, or "" for none
+		chained  bool
+		versions []string
+	}{
+		{"none", "", false, confVersions},
+		{"1.1.0", script(`"0.3.1","0.4.0","1.0.0","1.1.0"`), true, []string{"1.0.0", "1.1.0"}},
+		{"debian 12", script(`"0.1.0","0.2.0","0.3.0","0.3.1","0.4.0","1.0.0"`), true, []string{"1.0.0"}},
+		{"too old", script(`"0.3.1","0.4.0"`), false, confVersions},
+		{"not a plugin", "#!/bin/sh\nexit 1\n", false, confVersions},
+	} {
 		conf, bin := t.TempDir(), t.TempDir()
-		if have {
-			if err := os.WriteFile(filepath.Join(bin, "portmap"), []byte("#!/bin/sh\n"), 0o755); err != nil {
+		if tc.portmap != "" {
+			if err := os.WriteFile(filepath.Join(bin, "portmap"), []byte(tc.portmap), 0o755); err != nil {
 				t.Fatal(err)
 			}
 		}
-		if err := installCNI(conf, bin, "", "/run/x/cni.sock"); err != nil {
+		if err := installCNI(context.Background(), conf, bin, "", "/run/x/cni.sock"); err != nil {
 			t.Fatal(err)
 		}
 		b, err := os.ReadFile(filepath.Join(conf, ConfListName))
@@ -92,14 +110,23 @@ func TestInstallCNIPortMap(t *testing.T) {
 			types = append(types, p.Network.Type)
 		}
 		want := []string{cni.PluginType}
-		if have {
+		if tc.chained {
 			want = append(want, "portmap")
 			if caps := list.Plugins[1].Network.Capabilities; !caps["portMappings"] {
-				t.Errorf("portmap capabilities %v, want portMappings", caps)
+				t.Errorf("%s: portmap capabilities %v, want portMappings", tc.name, caps)
 			}
 		}
 		if !slices.Equal(types, want) {
-			t.Errorf("portmap in bin dir %v: plugins %v, want %v", have, types, want)
+			t.Errorf("%s: plugins %v, want %v", tc.name, types, want)
+		}
+		var raw struct {
+			CNIVersions []string `json:"cniVersions"`
+		}
+		if err := json.Unmarshal(b, &raw); err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(raw.CNIVersions, tc.versions) {
+			t.Errorf("%s: cniVersions %v, want %v", tc.name, raw.CNIVersions, tc.versions)
 		}
 	}
 }

@@ -2,12 +2,15 @@ package nodeagent
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 
+	"github.com/containernetworking/cni/pkg/invoke"
 	"k8s.io/klog/v2"
 
 	"github.com/dunlinplugin/dunlin/cni"
@@ -34,10 +37,9 @@ var confVersions = []string{"1.0.0", "1.1.0"}
 // the portMappings capability.
 const portMapPlugin = "portmap"
 
-// confList is the conflist the container runtime reads. With portMap, portmap is chained after
-// dunlin-cni, so that pods' hostPorts work; it is left out when the runtime's CNI bin directory lacks
-// it, since a chained plugin that is missing fails every ADD.
-func confList(socket string, portMap bool) ([]byte, error) {
+// confList is the conflist the container runtime reads, offering versions. With portMap, portmap is
+// chained after dunlin-cni, so that pods' hostPorts work.
+func confList(socket string, portMap bool, versions []string) ([]byte, error) {
 	plugins := []map[string]any{{
 		"type":      cni.PluginType,
 		"cniSocket": socket,
@@ -47,21 +49,46 @@ func confList(socket string, portMap bool) ([]byte, error) {
 	}
 	return json.MarshalIndent(map[string]any{
 		"cniVersion":  confVersion,
-		"cniVersions": confVersions,
+		"cniVersions": versions,
 		"name":        NetworkName,
 		"plugins":     plugins,
 	}, "", "  ")
 }
 
+// chainVersions says whether portmap can be chained and which versions the conflist may then offer:
+// only those every plugin of the chain supports. A runtime with libcni 1.2+ picks the highest offered
+// and calls STATUS and GC on every plugin at 1.1.0, which an older portmap (Debian 12's plugins 1.1.1)
+// answers with "missing containerID", keeping the node NotReady. portmap is left out when it is missing
+// (a missing chained plugin fails every ADD) or does not speak confVersion.
+func chainVersions(ctx context.Context, binDir string) (portMap bool, versions []string) {
+	path := filepath.Join(binDir, portMapPlugin)
+	if _, err := os.Stat(path); err != nil {
+		klog.InfoS("No portmap plugin in the CNI bin directory: pods' hostPorts are not published", "dir", binDir)
+		return false, confVersions
+	}
+	info, err := invoke.GetVersionInfo(ctx, path, nil)
+	if err != nil {
+		klog.InfoS("The portmap plugin does not say its CNI versions: pods' hostPorts are not published", "path", path, "err", err)
+		return false, confVersions
+	}
+	supported := info.SupportedVersions()
+	versions = slices.DeleteFunc(slices.Clone(confVersions), func(v string) bool { return !slices.Contains(supported, v) })
+	if !slices.Contains(versions, confVersion) {
+		klog.InfoS("The portmap plugin does not speak the conflist's CNI version: pods' hostPorts are not published",
+			"path", path, "cniVersion", confVersion, "supported", supported)
+		return false, confVersions
+	}
+	if len(versions) < len(confVersions) {
+		klog.InfoS("Offering only the CNI versions portmap supports", "versions", versions, "portmapSupports", supported)
+	}
+	return true, versions
+}
+
 // installCNI writes the conflist and copies the plugin binary. Both are written to a temporary file and
 // renamed, so a runtime never reads half a file or executes half a binary.
-func installCNI(confDir, binDir, pluginSource, socket string) error {
-	_, err := os.Stat(filepath.Join(binDir, portMapPlugin))
-	portMap := err == nil
-	if !portMap {
-		klog.InfoS("No portmap plugin in the CNI bin directory: pods' hostPorts are not published", "dir", binDir)
-	}
-	data, err := confList(socket, portMap)
+func installCNI(ctx context.Context, confDir, binDir, pluginSource, socket string) error {
+	portMap, versions := chainVersions(ctx, binDir)
+	data, err := confList(socket, portMap, versions)
 	if err != nil {
 		return err
 	}
