@@ -488,6 +488,9 @@ func (c *Controller) processNext(ctx context.Context, kind string, q workqueue.T
 		// A row the plan wrote to was deleted meanwhile (a node switch, say): plan again at once.
 		klog.V(2).InfoS("Plan was stale, planning again", "kind", kind, "key", key, "reason", err)
 		q.AddRateLimited(key)
+	case ctx.Err() != nil && errors.Is(err, context.Canceled):
+		// Stopping (SIGTERM, lost lease) mid-reconcile: the next leader reconciles everything anyway.
+		klog.V(2).InfoS("Reconcile interrupted by shutdown", "kind", kind, "key", key)
 	case errors.Is(err, nbstore.ErrFenced):
 		klog.ErrorS(err, "Stopping: another dunlin-controller writes the NB database now", "kind", kind, "key", key)
 		c.stop(err)

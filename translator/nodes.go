@@ -49,8 +49,8 @@ func (c *Controller) warn(obj runtime.Object, reason, format string, args ...any
 func (c *Controller) warnNB(obj runtime.Object, err error) {
 	var conflict *nbstore.ConflictError
 	switch {
-	case errors.Is(err, errWait), errors.Is(err, nbstore.ErrReplan):
-		// Waiting, or planned again at once after a failover: nothing the user must look at.
+	case errors.Is(err, errWait), errors.Is(err, nbstore.ErrReplan), errors.Is(err, context.Canceled):
+		// Waiting, planned again at once after a failover, or stopping: nothing the user must look at.
 	case errors.As(err, &conflict):
 		c.warn(obj, reasonNBConflict, "%v", conflict)
 	default:
