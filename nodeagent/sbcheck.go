@@ -4,9 +4,9 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
-	"strings"
 	"time"
 
+	"github.com/dunlinplugin/dunlin/internal/ovsdbtls"
 	"github.com/ovn-kubernetes/libovsdb/client"
 	"github.com/ovn-kubernetes/libovsdb/model"
 	"k8s.io/klog/v2"
@@ -26,18 +26,13 @@ func CheckSB(ctx context.Context, addresses string, tlsConfig *tls.Config) error
 	if err != nil {
 		return fmt.Errorf("SB model: %w", err)
 	}
-	var opts []client.Option
-	for _, ep := range strings.Split(addresses, ",") {
-		if ep = strings.TrimSpace(ep); ep == "" {
-			continue
-		}
-		if strings.HasPrefix(ep, "ssl:") && tlsConfig == nil {
-			return fmt.Errorf("SB endpoint %s needs --ovn-ca-cert (and --ovn-cert, --ovn-key)", ep)
-		}
-		opts = append(opts, client.WithEndpoint(ep))
+	endpoints, err := ovsdbtls.Endpoints("SB", addresses, tlsConfig)
+	if err != nil {
+		return err
 	}
-	if len(opts) == 0 {
-		return fmt.Errorf("no SB endpoint in %q", addresses)
+	var opts []client.Option
+	for _, ep := range endpoints {
+		opts = append(opts, client.WithEndpoint(ep))
 	}
 	if tlsConfig != nil {
 		opts = append(opts, client.WithTLSConfig(tlsConfig))

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"reflect"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/cenkalti/backoff/v4"
@@ -16,6 +15,7 @@ import (
 	"github.com/ovn-kubernetes/libovsdb/ovsdb"
 	"k8s.io/klog/v2"
 
+	"github.com/dunlinplugin/dunlin/internal/ovsdbtls"
 	"github.com/dunlinplugin/dunlin/nbmodel"
 	"github.com/dunlinplugin/dunlin/translator/nbstore"
 )
@@ -51,20 +51,12 @@ func ConnectNBTables(ctx context.Context, addresses string, tlsConfig *tls.Confi
 		}),
 		client.WithLeaderOnly(true),
 	}
-	var endpoints []string
-	for _, ep := range strings.Split(addresses, ",") {
-		ep = strings.TrimSpace(ep)
-		if ep == "" {
-			continue
-		}
-		if strings.HasPrefix(ep, "ssl:") && tlsConfig == nil {
-			return nil, fmt.Errorf("NB endpoint %s needs --ovn-ca-cert (and --ovn-cert, --ovn-key when the server asks for a client certificate, as ovsdb-server does)", ep)
-		}
-		opts = append(opts, client.WithEndpoint(ep))
-		endpoints = append(endpoints, ep)
+	endpoints, err := ovsdbtls.Endpoints("NB", addresses, tlsConfig)
+	if err != nil {
+		return nil, err
 	}
-	if len(endpoints) == 0 {
-		return nil, fmt.Errorf("no NB endpoint in %q", addresses)
+	for _, ep := range endpoints {
+		opts = append(opts, client.WithEndpoint(ep))
 	}
 	if tlsConfig != nil {
 		opts = append(opts, client.WithTLSConfig(tlsConfig))

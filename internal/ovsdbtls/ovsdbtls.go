@@ -235,3 +235,22 @@ func NameMatches(cert *x509.Certificate, name string) bool {
 	}
 	return false
 }
+
+// Endpoints splits a comma-separated OVSDB address list (what names the database in errors) and
+// refuses ssl: endpoints without a TLS configuration, so every client says so the same way.
+func Endpoints(what, addresses string, tlsConfig *tls.Config) ([]string, error) {
+	var out []string
+	for _, ep := range strings.Split(addresses, ",") {
+		if ep = strings.TrimSpace(ep); ep == "" {
+			continue
+		}
+		if strings.HasPrefix(ep, "ssl:") && tlsConfig == nil {
+			return nil, fmt.Errorf("%s endpoint %s needs --ovn-ca-cert (and --ovn-cert, --ovn-key when the server asks for a client certificate, as ovsdb-server does)", what, ep)
+		}
+		out = append(out, ep)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("no %s endpoint in %q", what, addresses)
+	}
+	return out, nil
+}
