@@ -22,7 +22,7 @@ func mustLock(t *testing.T, l *attachLocks, hostIf, container string) func() {
 }
 
 // lockAsync locks in a goroutine and reports, on the returned channel, whether released was set when the
-// lock was granted; the lock is then released at once.
+// lock was granted. The lock is released before the report, so a receiver finds the attachment idle.
 func lockAsync(l *attachLocks, hostIf, container string, released *atomic.Bool) <-chan bool {
 	got := make(chan bool, 1)
 	go func() {
@@ -31,8 +31,9 @@ func lockAsync(l *attachLocks, hostIf, container string, released *atomic.Bool) 
 			close(got)
 			return
 		}
-		got <- released.Load()
+		v := released.Load()
 		unlock()
+		got <- v
 	}()
 	return got
 }
