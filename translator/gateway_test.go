@@ -121,10 +121,11 @@ func TestGatewayRows(t *testing.T) {
 	if pol.Priority != 1004 || pol.Match != "ip4.src == 10.244.0.0/16 && ip4.dst == {172.18.0.2}" || !slices.Equal(pol.Nexthops, []string{"10.244.1.2"}) {
 		t.Errorf("policy %+v", pol)
 	}
-	// Node ports of node addresses are routed (to the node's gateway router, through the pod's own).
+	// Node ports of node addresses go to the node's gateway router, over the join switch.
 	np := rows["Logical_Router_Policy#nodeport"].Model.(*nbmodel.LogicalRouterPolicy)
-	if np.Priority != 1005 || np.Action != "allow" || np.Match != "ip4.src == 10.244.0.0/16 && ip4.dst == {172.18.0.2} && "+
-		"((tcp.dst >= 30000 && tcp.dst <= 32767) || (udp.dst >= 30000 && udp.dst <= 32767) || (sctp.dst >= 30000 && sctp.dst <= 32767))" {
+	if np.Priority != 1005 || np.Action != "reroute" || !slices.Equal(np.Nexthops, []string{"100.64.0.7"}) ||
+		np.Match != "ip4.src == 10.244.0.0/16 && ip4.dst == {172.18.0.2} && "+
+			"((tcp.dst >= 30000 && tcp.dst <= 32767) || (udp.dst >= 30000 && udp.dst <= 32767) || (sctp.dst >= 30000 && sctp.dst <= 32767))" {
 		t.Errorf("node port policy %+v", np)
 	}
 	if v := rows["Chassis_Template_Var#chassis-1"].Model.(*nbmodel.ChassisTemplateVar); v.Chassis != "chassis-1" || v.Variables[NodeIPVar] != "172.18.0.2" {

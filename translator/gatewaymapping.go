@@ -75,9 +75,12 @@ const (
 	// HostNetworkPolicyPriority is the cluster router policy sending pod traffic for a node address to
 	// that node's management port (ovn-kubernetes uses the same number).
 	HostNetworkPolicyPriority = 1004
-	// NodePortPolicyPriority lets pod traffic for a node address and a node port take the routes
-	// instead: out through the pod's own gateway router to that node, whose router serves it, since
-	// the host behind the management port has no NodePort.
+	// NodePortPolicyPriority sends pod traffic for a node address and a node port to that node's
+	// gateway router over the join switch instead, since the host behind the management port has no
+	// NodePort; that router balances it as it does outside clients, force-SNATed to its join address.
+	// (Through the pod's own gateway router, SNATed to its node IP, and the underlay, the other node's
+	// router took it for an outside client, and OVS 3.1's userspace conntrack aborted on the connection:
+	// both routers' SNAT zone is 0.)
 	NodePortPolicyPriority = 1005
 )
 
@@ -156,12 +159,16 @@ func GatewayRows(n GatewayNode, env GatewayEnv) []nbstore.Row {
 		for _, l4 := range []string{"tcp", "udp", "sctp"} {
 			ports = append(ports, fmt.Sprintf("(%s.dst >= %d && %s.dst <= %d)", l4, r.Min, l4, r.Max))
 		}
-		rows = append(rows, nbstore.Row{Model: &nbmodel.LogicalRouterPolicy{
+		np := &nbmodel.LogicalRouterPolicy{
 			Priority:    NodePortPolicyPriority,
 			Match:       toNode + " && (" + strings.Join(ports, " || ") + ")",
 			Action:      nbmodel.LogicalRouterPolicyActionAllow,
 			ExternalIDs: ids,
-		}, ID: idNodePortPol, Parents: nbstore.In(ClusterOwner, ClusterRouter)})
+		}
+		if n.Gateway != nil && n.JoinIP.IsValid() {
+			np.Action, np.Nexthops = nbmodel.LogicalRouterPolicyActionReroute, []string{n.JoinIP.String()}
+		}
+		rows = append(rows, nbstore.Row{Model: np, ID: idNodePortPol, Parents: nbstore.In(ClusterOwner, ClusterRouter)})
 	}
 	return rows
 }

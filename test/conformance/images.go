@@ -21,9 +21,8 @@ const (
 	glibcDNS     = "registry.k8s.io/e2e-test-images/glibc-dns-testing:2.1.1"
 	// The suite's nginx pods (the Endpoints and EndpointSlice API tests) only have to run and declare
 	// ports; agnhost's test-webserver serves HTTP on port 80 in its place.
-	nginxImage   = "registry.k8s.io/e2e-test-images/nginx:1.27.0-2"
-	pauseImage   = "registry.k8s.io/pause:3.10.2"
-	corednsImage = "dunlin.test/coredns:1"
+	nginxImage = "registry.k8s.io/e2e-test-images/nginx:1.27.0-2"
+	pauseImage = "registry.k8s.io/pause:3.10.2"
 )
 
 // dynamicTools are copied with their shared libraries.
@@ -81,7 +80,7 @@ func toolFiles() ([]harness.ImageFile, map[string]string, error) {
 }
 
 // buildImages writes the image tars into dir and returns their paths.
-func buildImages(dir, kubeBin, corednsBin, pauseBin string) ([]string, error) {
+func buildImages(dir, kubeBin, pauseBin string) ([]string, error) {
 	files, links, err := toolFiles()
 	if err != nil {
 		return nil, err
@@ -96,15 +95,20 @@ func buildImages(dir, kubeBin, corednsBin, pauseBin string) ([]string, error) {
 	}
 	files = append(files, harness.ImageFile{Path: "/etc/passwd", Source: passwd}, harness.ImageFile{Path: "/etc/group", Source: group})
 	agnhost := filepath.Join(kubeBin, "agnhost")
+	// porter's TLS ports serve with /localhost.crt and /localhost.key, as in the upstream image (without
+	// them the proxy spec's https ports answer nothing and the apiserver's proxy says 503).
+	agnhostFiles := append([]harness.ImageFile(nil), files...)
+	for _, f := range []string{"localhost.crt", "localhost.key"} {
+		agnhostFiles = append(agnhostFiles, harness.ImageFile{Path: "/" + f, Source: filepath.Join(kubeBin, "agnhost-tls", f)})
+	}
 	images := []harness.ImageOptions{
-		{Name: agnhostImage, Binary: agnhost, Path: "/agnhost", Cmd: []string{"pause"}, Files: files, Links: links},
+		{Name: agnhostImage, Binary: agnhost, Path: "/agnhost", Cmd: []string{"pause"}, Files: agnhostFiles, Links: links},
 		{Name: nginxImage, Binary: agnhost, Path: "/agnhost", Entrypoint: []string{"/agnhost", "test-webserver", "--port=80"}, Files: files, Links: links},
 		{Name: glibcDNS, Binary: agnhost, Path: "/agnhost", Entrypoint: []string{"/bin/sh"}, Files: files, Links: links},
 		// busybox as the entrypoint runs an applet named by the first argument, as `sleep 3600` args do.
 		{Name: busyboxImage, Binary: "/bin/busybox", Path: "/bin/busybox", Entrypoint: []string{"/bin/busybox"}, Cmd: []string{"sh"},
 			Files: files[1:], Links: links},
 		{Name: pauseImage, Binary: pauseBin, Path: "/pause"},
-		{Name: corednsImage, Binary: corednsBin, Path: "/coredns"},
 	}
 	var tars []string
 	for i, o := range images {

@@ -1,8 +1,9 @@
 // Command conformance runs the upstream Kubernetes [sig-network] [Conformance] tests (e2e.test, built at the
-// pinned Kubernetes version) against a Dunlin cluster of real nodes on this machine: two nodes, each with
-// containerd, runc and a kubelet, CoreDNS as a Deployment behind kube-dns at 10.96.0.10, no kube-proxy.
-// It prints a table of the results (passed, failed, skipped with the reason) and writes it next to the
-// JUnit report. `make conformance` runs it.
+// pinned Kubernetes version), then its NetworkPolicy tests ([sig-network] Netpol), against a Dunlin
+// cluster of real nodes on this machine: two nodes, each with containerd, runc and a kubelet, CoreDNS as
+// a Deployment behind kube-dns at 10.96.0.10, no kube-proxy. It prints a table of the results of each
+// part (passed, failed, skipped with the reason) and writes them next to the JUnit reports.
+// `make conformance` runs it.
 package main
 
 import (
@@ -14,6 +15,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strings"
 	"syscall"
 	"time"
@@ -23,20 +25,36 @@ import (
 	"github.com/dunlinplugin/dunlin/test/harness"
 )
 
+// group is one part of the run: the specs focus selects, less skip; each of envSkips names specs that
+// cannot run on this machine, and why (they show in the table as skipped, with that reason).
+type group struct {
+	title, focus, skip string
+	envSkips           []envSkip
+}
+
+type envSkip struct{ re, why string }
+
 func main() {
-	focus := flag.String("focus", `\[sig-network\].*\[Conformance\]`, "ginkgo focus of the e2e.test run")
-	skip := flag.String("skip", "", "ginkgo skip of the e2e.test run")
-	out := flag.String("out", "", "directory for the JUnit report, the e2e.test log and the table (default a new /tmp/dunlin-conformance-*)")
+	focus := flag.String("focus", `\[sig-network\].*\[Conformance\]`, "ginkgo focus of the conformance part")
+	skip := flag.String("skip", "", "ginkgo skip of the conformance part")
+	netpol := flag.Bool("netpol", true, "then run the upstream NetworkPolicy tests ([sig-network] Netpol)")
+	netpolFocus := flag.String("netpol-focus", `\[sig-network\] Netpol`, "ginkgo focus of the NetworkPolicy part")
+	out := flag.String("out", "", "directory for the JUnit reports, the e2e.test logs and the tables (default a new /tmp/dunlin-conformance-*)")
 	keep := flag.Bool("keep", false, "leave the cluster running after the run, until Ctrl-C")
 	flag.Parse()
-	if err := run(*focus, *skip, *out, *keep); err != nil {
+	groups := []group{{title: "[sig-network] [Conformance]", focus: *focus, skip: *skip}}
+	if *netpol {
+		groups = append(groups, group{title: "[sig-network] Netpol (NetworkPolicy)", focus: *netpolFocus,
+			envSkips: []envSkip{{re: `\[Feature:SCTPConnectivity\]`,
+				why: "no SCTP on this machine: the kernel has no sctp module, so no pod can open an SCTP socket"}}})
+	}
+	if err := run(groups, *out, *keep); err != nil {
 		klog.ErrorS(err, "conformance")
 		os.Exit(1)
 	}
 }
 
-func run(focus, skip, out string, keep bool) error {
-	start := time.Now()
+func run(groups []group, out string, keep bool) error {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
 	if out == "" {
@@ -51,10 +69,6 @@ func run(focus, skip, out string, keep bool) error {
 	}
 	kubeBin, err := harness.KubeBinDirWith("kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl", "etcd",
 		"kubelet", "e2e.test", "agnhost")
-	if err != nil {
-		return err
-	}
-	corednsBin, err := harness.CoreDNSBinary()
 	if err != nil {
 		return err
 	}
@@ -73,35 +87,87 @@ func run(focus, skip, out string, keep bool) error {
 	if b, err := build.CombinedOutput(); err != nil {
 		return fmt.Errorf("build pause: %w\n%s", err, b)
 	}
-	images, err := buildImages(work, kubeBin, corednsBin, pauseBin)
+	images, err := buildImages(work, kubeBin, pauseBin)
 	if err != nil {
 		return err
 	}
 	fmt.Printf("results in %s\n", out)
+	var tables []string
+	nfailed := 0
+	round := 0
+	for i, g := range groups {
+		table, n, err := runGroup(ctx, g, &round, out, kubeBin, bins, images, keep && i == len(groups)-1)
+		if err != nil {
+			return err
+		}
+		tables = append(tables, "## "+g.title+"\n\n"+table)
+		nfailed += n
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	all := strings.Join(tables, "\n")
+	fmt.Print("\n" + all)
+	tablePath := filepath.Join(out, "results.md")
+	if err := os.WriteFile(tablePath, []byte(all), 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("table: %s\n", tablePath)
+	if nfailed > 0 {
+		return fmt.Errorf("%d failed", nfailed)
+	}
+	return nil
+}
 
+// runGroup runs one group's specs in rounds and returns its table and how many failed.
+func runGroup(ctx context.Context, g group, round *int, out, kubeBin string, bins harness.Binaries, images []string, keep bool) (string, int, error) {
+	start := time.Now()
 	// ovs-vswitchd 3.1's userspace conntrack, the only datapath this machine has, can abort on the
 	// suite's traffic (harness.Health names it). A round ends as soon as a daemon dies; the specs that
 	// failed or did not run in it run again on a fresh cluster. A failure on a healthy cluster is final,
 	// and so is a spec's third failure in rounds that lost a daemon.
 	const maxAttempts, maxRounds = 3, 15
-	todo, err := listSpecs(ctx, kubeBin, focus, skip, out)
-	if err != nil {
-		return err
+	skip := g.skip
+	for _, e := range g.envSkips {
+		skip = joinRE(skip, e.re)
 	}
-	fmt.Printf("%d specs\n", len(todo))
+	todo, err := listSpecs(ctx, kubeBin, g.focus, skip, out)
+	if err != nil {
+		return "", 0, err
+	}
 	final := map[string]result{}
+	if len(g.envSkips) > 0 {
+		// The specs the machine rules out are listed (with their labels, which the regular expressions
+		// match) and reported as skipped, with why.
+		names, err := listSpecs(ctx, kubeBin, g.focus, g.skip, out)
+		if err != nil {
+			return "", 0, err
+		}
+		for _, n := range names {
+			if slices.Contains(todo, n) {
+				continue
+			}
+			for _, e := range g.envSkips {
+				if regexp.MustCompile(e.re).MatchString(n) {
+					final[n] = result{Name: n, Status: "skipped", Message: e.why}
+				}
+			}
+		}
+	}
+	fmt.Printf("%s: %d specs to run, %d skipped\n", g.title, len(todo), len(final))
 	attempts := map[string]int{}
 	var notes []string
 	var suite time.Duration
-	for round := 1; round <= maxRounds && len(todo) > 0; round++ {
+	for rounds := 1; rounds <= maxRounds && len(todo) > 0; rounds++ {
+		*round++
 		names := make([]string, 0, len(todo))
 		for _, n := range todo {
 			names = append(names, regexp.QuoteMeta(n))
 		}
-		rs, health, took, err := runRound(ctx, round, strings.Join(names, "|"), skip, out, kubeBin, bins, images, keep)
+		rs, health, took, err := runRound(ctx, *round, strings.Join(names, "|"), skip, out, kubeBin, bins, images, keep)
 		suite += took
 		if err != nil {
-			return err
+			return "", 0, err
 		}
 		got := map[string]result{}
 		for _, r := range rs {
@@ -129,8 +195,8 @@ func run(focus, skip, out string, keep bool) error {
 			}
 		}
 		if health != "" {
-			notes = append(notes, fmt.Sprintf("round %d: %s", round, health))
-			fmt.Printf("round %d: %s; %d specs run again on a fresh cluster\n", round, health, len(again))
+			notes = append(notes, fmt.Sprintf("round %d: %s", *round, health))
+			fmt.Printf("round %d: %s; %d specs run again on a fresh cluster\n", *round, health, len(again))
 		}
 		todo = again
 		if ctx.Err() != nil {
@@ -153,16 +219,18 @@ func run(focus, skip, out string, keep bool) error {
 	for _, n := range notes {
 		table += "\n" + n + "\n"
 	}
-	fmt.Print(table)
-	tablePath := filepath.Join(out, "results.md")
-	if err := os.WriteFile(tablePath, []byte(table), 0o644); err != nil {
-		return err
+	return table, failed(results), nil
+}
+
+// joinRE is the alternation of two regular expressions, either of which may be empty.
+func joinRE(a, b string) string {
+	switch {
+	case a == "":
+		return b
+	case b == "":
+		return a
 	}
-	fmt.Printf("table: %s\n", tablePath)
-	if failed(results) > 0 {
-		return fmt.Errorf("%d failed", failed(results))
-	}
-	return nil
+	return a + "|" + b
 }
 
 // listSpecs is the names of the specs focus and skip select (a dry run of e2e.test).
@@ -196,13 +264,14 @@ func runRound(ctx context.Context, round int, focus, skip, out, kubeBin string, 
 		return nil, "", 0, err
 	}
 	defer os.RemoveAll(dir)
-	startCtx, startCancel := context.WithTimeout(ctx, 5*time.Minute)
+	startCtx, startCancel := context.WithTimeout(ctx, 8*time.Minute)
 	defer startCancel()
 	c, err := harness.StartCluster(startCtx, harness.ClusterOptions{
 		// Gateway: every node's uplink in br-ex, as on a real node; pods reach node IPs (the API's
 		// endpoint, NodePorts) through it.
+		// DNS: CoreDNS as a Deployment behind kube-dns, the kubelets' cluster DNS; ready on return.
 		Dir: dir, Bins: bins, RealNodes: true, APIServerOnNode: true, ClusterEgress: true, Gateway: true,
-		KubeletDNS: true, ExtraImages: images,
+		DNS: true, ExtraImages: images,
 		// Every default controller of kube-controller-manager, as a kubeadm cluster runs it (nodeipam
 		// stays off: it needs --allocate-node-cidrs, and Dunlin allocates the node subnets).
 		KCMControllers: []string{"*"},
@@ -215,11 +284,7 @@ func runRound(ctx context.Context, round int, focus, skip, out, kubeBin string, 
 			klog.ErrorS(err, "stop cluster")
 		}
 	}()
-	fmt.Printf("round %d: cluster in %s up in %s\n", round, dir, time.Since(start).Round(time.Second))
-	if err := startCoreDNS(startCtx, c); err != nil {
-		return nil, "", 0, err
-	}
-	fmt.Printf("round %d: CoreDNS ready after %s\n", round, time.Since(start).Round(time.Second))
+	fmt.Printf("round %d: cluster in %s up, CoreDNS ready, in %s\n", round, dir, time.Since(start).Round(time.Second))
 	report := filepath.Join(out, fmt.Sprintf("junit-%d.xml", round))
 	logPath := filepath.Join(out, fmt.Sprintf("e2e-%d.log", round))
 	suiteStart := time.Now()

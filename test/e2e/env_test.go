@@ -66,7 +66,13 @@ func newClusterEnv(t *testing.T, o harness.ClusterOptions) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	// Only a bound on a hang: real nodes also build their images, register, and roll out CoreDNS, all of
+	// which a loaded machine slows down.
+	limit := 3 * time.Minute
+	if o.RealNodes {
+		limit = 10 * time.Minute
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
 	start := time.Now()
 	o.Dir = dir

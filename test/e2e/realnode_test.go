@@ -3,8 +3,10 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -35,7 +37,9 @@ func realNodeEnv(t *testing.T, containerd string, nodeIPAM bool) *env {
 			t.Errorf("teardown left behind:\n%s", strings.Join(left, "\n"))
 		}
 	})
-	e := newClusterEnv(t, harness.ClusterOptions{RealNodes: true, Containerd: containerd, NodeIPAM: nodeIPAM})
+	// Gateway: pods reach the outside through their node's gateway router; DNS: CoreDNS as a Deployment
+	// on these nodes, the kubelets' cluster DNS.
+	e := newClusterEnv(t, harness.ClusterOptions{RealNodes: true, Containerd: containerd, NodeIPAM: nodeIPAM, Gateway: true, DNS: true})
 	c = e.c
 	t.Cleanup(func() {
 		if !t.Failed() {
@@ -208,10 +212,37 @@ func testRealNodes(t *testing.T, containerd string, nodeIPAM bool) {
 	vip := e.createService("default", "web", labels, []corev1.ServicePort{{Port: 80, TargetPort: intstr.FromInt32(8080)}}, nil)
 	e.waitBackends("default", "web", "TCP", 2)
 
-	// connected checks that each pod reaches the other one and, through the Service, both.
+	// connected checks that each pod reaches the other one and, through the Service, both; the outside,
+	// SNATed to its node's IP; and resolves the Service's name through CoreDNS, over UDP and TCP.
+	outsideEcho(t, e.c.Outside)
+	svcName := "web.default.svc." + harness.ClusterDomain
 	connected := func(when string) {
 		t.Helper()
 		for from, sb := range sandboxes {
+			e.eventually(60*time.Second, when+": "+from+" reaches the outside", func() error {
+				line, err := readLine(sb.Dial, harness.OutsideIP+":"+gwEchoPort)
+				if err != nil {
+					return err
+				}
+				if host, _, _ := net.SplitHostPort(line); host != e.node(from).EncapIP {
+					return fmt.Errorf("the outside server saw %s, want the node IP %s", line, e.node(from).EncapIP)
+				}
+				return nil
+			})
+			for _, tcp := range []bool{false, true} {
+				e.eventually(60*time.Second, fmt.Sprintf("%s: %s resolves %s (tcp %v)", when, from, svcName, tcp), func() error {
+					ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+					defer cancel()
+					addrs, err := sb.Resolver(net.JoinHostPort(harness.ClusterDNSIP, "53"), tcp).LookupHost(ctx, svcName)
+					if err != nil {
+						return err
+					}
+					if len(addrs) != 1 || addrs[0] != vip {
+						return fmt.Errorf("%s is %v, want %s", svcName, addrs, vip)
+					}
+					return nil
+				})
+			}
 			for to, p := range pods {
 				if to != from {
 					e.eventually(30*time.Second, when+": "+from+" reaches "+p.Name, func() error { return expectName(sb, p.Status.PodIP, p.Name) })
@@ -277,11 +308,26 @@ func testRealNodes(t *testing.T, containerd string, nodeIPAM bool) {
 		unchanged("dunlin-node restarted on " + n.Name)
 	}
 
-	// Deleting the pods releases their OVS ports, veths, netns, logical ports and addresses.
+	// Deleting the pods releases their OVS ports, veths, netns, logical ports and addresses; the CoreDNS
+	// pods' stay.
+	portsBefore, vethsBefore := map[string][]string{}, map[string][]string{}
 	for _, n := range e.c.Nodes {
-		if ports, veths := e.ovsPorts(n), e.veths(n); len(ports) != 1 || len(veths) != 1 {
-			t.Fatalf("%s before deletion: ports %v veths %v, want one each", n.Name, ports, veths)
+		portsBefore[n.Name], vethsBefore[n.Name] = e.ovsPorts(n), e.veths(n)
+		if len(portsBefore[n.Name]) != len(vethsBefore[n.Name]) || len(portsBefore[n.Name]) < 1 {
+			t.Fatalf("%s before deletion: ports %v veths %v, want as many of each, one at least", n.Name, portsBefore[n.Name], vethsBefore[n.Name])
 		}
+	}
+	// released: of the node's ports (or veths) before, exactly one is gone and nothing new came.
+	released := func(before, now []string) bool {
+		if len(now) != len(before)-1 {
+			return false
+		}
+		for _, x := range now {
+			if !slices.Contains(before, x) {
+				return false
+			}
+		}
+		return true
 	}
 	if err := e.client.AppsV1().Deployments("default").Delete(ctx, "web", metav1.DeleteOptions{}); err != nil {
 		t.Fatal(err)
@@ -296,8 +342,8 @@ func testRealNodes(t *testing.T, containerd string, nodeIPAM bool) {
 	for node, p := range pods {
 		n := e.node(node)
 		e.eventually(60*time.Second, p.Name+"'s port, veth, netns and logical port released", func() error {
-			if ports, veths := e.ovsPorts(n), e.veths(n); len(ports) > 0 || len(veths) > 0 {
-				return fmt.Errorf("ports %v veths %v", ports, veths)
+			if ports, veths := e.ovsPorts(n), e.veths(n); !released(portsBefore[node], ports) || !released(vethsBefore[node], veths) {
+				return fmt.Errorf("ports %v veths %v, before %v and %v", ports, veths, portsBefore[node], vethsBefore[node])
 			}
 			if _, err := os.Stat(sandboxes[node].Netns); err == nil {
 				return fmt.Errorf("netns %s still there", sandboxes[node].Netns)

@@ -85,7 +85,8 @@ type ClusterOptions struct {
 	APIServerOnNode bool
 	// DNS runs CoreDNS as a pod on the last node behind kube-system/kube-dns at ClusterDNSIP
 	// (Cluster.StartDNS; Cluster.WaitDNSReady waits for it). It implies APIServerOnNode and
-	// ControllerManager.
+	// ControllerManager. With RealNodes it is a Deployment of two replicas instead, as kubeadm runs it
+	// (Cluster.StartCoreDNSDeployment, ready when StartCluster returns), and implies KubeletDNS.
 	DNS bool
 	// RealNodes gives every node a containerd and a real kubelet (realnode.go) instead of the stand-in
 	// kubelet, and runs kube-scheduler and the Deployment controllers. The kubelets register the Nodes.
@@ -161,6 +162,7 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	}
 	if o.DNS {
 		o.APIServerOnNode, o.ControllerManager = true, true
+		o.KubeletDNS = o.KubeletDNS || o.RealNodes
 	}
 	if o.NodeIPAM {
 		// As a kubeadm cluster with --pod-network-cidr should be run: every node waits for its podCIDRs.
@@ -183,6 +185,8 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 	if o.RealNodes {
 		ko.ControllerManager, ko.Scheduler = true, true
 		ko.KCMControllers = []string{"endpointslice", "serviceaccount", "namespace", "garbagecollector", "deployment", "replicaset",
+			// kube-root-ca.crt in every namespace: service-account token volumes (CoreDNS's) mount it.
+			"root-ca-cert-publisher",
 			// The kubelet registers its Node tainted not-ready; node lifecycle lifts the taint once Ready.
 			"nodelifecycle"}
 		if len(o.KCMControllers) > 0 {
@@ -191,7 +195,13 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 		if o.NodeIPAM {
 			ko.ClusterCIDR = translator.DefaultConfig().ClusterCIDR.String()
 		}
-		if c.Images, err = BuildImages(ctx, filepath.Join(o.Dir, "images")); err != nil {
+		var coredns string
+		if o.DNS {
+			if coredns, err = CoreDNSBinary(); err != nil {
+				return c, err
+			}
+		}
+		if c.Images, err = BuildImages(ctx, filepath.Join(o.Dir, "images"), coredns); err != nil {
 			return c, err
 		}
 		if kubeletBin, err = kubeBinDir("kubelet"); err != nil {
@@ -290,7 +300,12 @@ func StartCluster(ctx context.Context, o ClusterOptions) (c *Cluster, err error)
 			return c, err
 		}
 	}
-	if o.DNS {
+	switch {
+	case o.DNS && o.RealNodes:
+		if err := c.StartCoreDNSDeployment(ctx); err != nil {
+			return c, err
+		}
+	case o.DNS:
 		if _, err := c.StartDNS(ctx, c.Nodes[len(c.Nodes)-1]); err != nil {
 			return c, err
 		}

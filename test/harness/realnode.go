@@ -51,11 +51,13 @@ const (
 // Images are the OCI layout tars of the real-node tests.
 type Images struct {
 	Pause, PodServer string
+	CoreDNS          string // with coredns given to BuildImages
 }
 
 // BuildImages builds the pause program and the pod server as static binaries (no -race: it needs cgo,
-// and the image has no libc) and writes their image tars into dir.
-func BuildImages(ctx context.Context, dir string) (Images, error) {
+// and the image has no libc) and writes their image tars into dir; with coredns (the binary's path), the
+// CoreDNS image too.
+func BuildImages(ctx context.Context, dir, coredns string) (Images, error) {
 	im := Images{Pause: filepath.Join(dir, "pause.tar"), PodServer: filepath.Join(dir, "podserver.tar")}
 	bin := filepath.Join(dir, "bin")
 	_, self, _, _ := runtime.Caller(0)
@@ -68,7 +70,22 @@ func BuildImages(ctx context.Context, dir string) (Images, error) {
 	if err := WriteImage(ImageOptions{Name: PauseImage, Binary: filepath.Join(bin, "pause"), Path: "/pause"}, im.Pause); err != nil {
 		return im, err
 	}
+	if coredns != "" {
+		im.CoreDNS = filepath.Join(dir, "coredns.tar")
+		if err := WriteImage(ImageOptions{Name: CoreDNSImage, Binary: coredns, Path: "/coredns"}, im.CoreDNS); err != nil {
+			return im, err
+		}
+	}
 	return im, WriteImage(ImageOptions{Name: PodServerImage, Binary: filepath.Join(bin, "podserver"), Path: "/podserver"}, im.PodServer)
+}
+
+// tars lists the image tars there are.
+func (im Images) tars() []string {
+	out := []string{im.Pause, im.PodServer}
+	if im.CoreDNS != "" {
+		out = append(out, im.CoreDNS)
+	}
+	return out
 }
 
 // ContainerdV2Binary returns the path of containerd 2's daemon, building it first if needed; its shim and
@@ -622,7 +639,7 @@ func (n *ClusterNode) startRealNode(ctx context.Context, o ClusterOptions, kubeB
 	var err error
 	n.Containerd, err = StartContainerd(ctx, n.Node, ContainerdOptions{
 		Dir: filepath.Join(n.Dir, "ctrd"), CNIBin: n.BinDir, CNIConf: n.ConfDir,
-		Images: append([]string{c.Images.Pause, c.Images.PodServer}, o.ExtraImages...), ContainerdBinary: o.Containerd,
+		Images: append(c.Images.tars(), o.ExtraImages...), ContainerdBinary: o.Containerd,
 	})
 	if err != nil {
 		return err

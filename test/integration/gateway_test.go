@@ -252,15 +252,15 @@ func TestGatewayTopology(t *testing.T) {
 	}
 	t.Logf("ovn-trace egress:\n%s\novn-trace NodePort:\n%s", egress, ingress)
 
-	// A pod on n1 reaching n2's address: a node port goes out through GR_n1 (to n2's router, over the
-	// underlay), anything else to n2's management port.
+	// A pod on n1 reaching n2's address: a node port goes to GR_n2 over the join switch (which balances
+	// it), anything else to n2's management port.
 	rtos := strings.Trim(strings.TrimSpace(c.nbctl("get", "Logical_Router_Port", "rtos-n1", "mac")), `"`)
 	toNode := func(port int) string {
 		return trace(t, c, "ovn_cluster_router", fmt.Sprintf(`inport == "rtos-n1" && eth.src == 0a:58:0a:f4:01:05 && eth.dst == %s && ip4.src == 10.244.1.5 && ip4.dst == 172.18.0.3 && ip.ttl == 64 && tcp && tcp.src == 40000 && tcp.dst == %d`, rtos, port))
 	}
 	nodePort, apiPort := toNode(30080), toNode(6443)
-	if !strings.Contains(nodePort, `ingress(dp="GR_n1", inport="rtoj-GR_n1")`) {
-		t.Errorf("pod to n2's node port does not leave through GR_n1:\n%s", nodePort)
+	if !strings.Contains(nodePort, `ingress(dp="GR_n2", inport="rtoj-GR_n2")`) || strings.Contains(nodePort, `dp="GR_n1"`) {
+		t.Errorf("pod to n2's node port does not go to GR_n2 over join:\n%s", nodePort)
 	}
 	if !strings.Contains(apiPort, `reg0 = 10.244.2.2`) || strings.Contains(apiPort, `dp="GR_n1"`) {
 		t.Errorf("pod to n2's port 6443 is not rerouted to n2's management port:\n%s", apiPort)

@@ -44,4 +44,14 @@ for b in "${want[@]}"; do
   esac
   mv "$cache/$b.tmp" "$cache/$b"
 done
+# agnhost's image carries porter's self-signed certificate as /localhost.crt and /localhost.key (its TLS
+# ports serve with them; the upstream Dockerfile adds them): kept next to the binary.
+for b in "${want[@]}"; do
+  [ "$b" = agnhost ] && [ ! -f "$cache/agnhost-tls/localhost.key" ] || continue
+  src=$(cd "$here/kube" && go list -m -f '{{.Dir}}' k8s.io/kubernetes)/test/images/agnhost/porter
+  mkdir -p "$cache/agnhost-tls.tmp"
+  cp "$src/localhost.crt" "$src/localhost.key" "$cache/agnhost-tls.tmp/"
+  chmod 0644 "$cache/agnhost-tls.tmp/"*
+  rm -rf "$cache/agnhost-tls"; mv "$cache/agnhost-tls.tmp" "$cache/agnhost-tls"
+done
 echo "$cache"
