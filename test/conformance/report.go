@@ -40,8 +40,10 @@ type junitSuites struct {
 	} `xml:"testsuite"`
 }
 
-// labels is the "[sig-network, Conformance]" list ginkgo appends to a spec's name.
-var labels = regexp.MustCompile(` \[[^\[\]]*, [^\[\]]*\]$`)
+// labels is the label list ginkgo appends to a spec's name in its JUnit report: "[sig-network,
+// Conformance]", or "[sig-network]" alone (every upstream spec has its SIG's). The name less it is the
+// spec's text, which a focus matches.
+var labels = regexp.MustCompile(` \[[^\[\]]*\]$`)
 
 // parseJUnit reads the specs that ran or skipped themselves; the ones the focus left out are dropped.
 func parseJUnit(path string) ([]result, error) {
