@@ -143,12 +143,18 @@ func runGroup(ctx context.Context, g group, round *int, out, kubeBin string, bin
 		if err != nil {
 			return "", 0, err
 		}
+		skipREs := make([]*regexp.Regexp, len(g.envSkips))
+		for i, e := range g.envSkips {
+			if skipREs[i], err = regexp.Compile(e.re); err != nil {
+				return "", 0, fmt.Errorf("%s: skip %q: %w", g.title, e.re, err)
+			}
+		}
 		for _, n := range names {
 			if slices.Contains(todo, n) {
 				continue
 			}
-			for _, e := range g.envSkips {
-				if regexp.MustCompile(e.re).MatchString(n) {
+			for i, e := range g.envSkips {
+				if skipREs[i].MatchString(n) {
 					final[n] = result{Name: n, Status: "skipped", Message: e.why}
 				}
 			}

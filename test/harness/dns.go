@@ -113,19 +113,8 @@ func (c *Cluster) StartDNS(ctx context.Context, n *ClusterNode) (*DNS, error) {
 		return nil, fmt.Errorf("start dns: %w", err)
 	}
 	labels := map[string]string{dnsLabel: dnsApp}
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Namespace: dnsNamespace, Name: dnsApp, Labels: labels},
-		Spec: corev1.ServiceSpec{
-			ClusterIP: ClusterDNSIP,
-			Selector:  labels,
-			Ports: []corev1.ServicePort{
-				{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53, TargetPort: intstr.FromInt32(53)},
-				{Name: "dns-tcp", Protocol: corev1.ProtocolTCP, Port: 53, TargetPort: intstr.FromInt32(53)},
-			},
-		},
-	}
-	if _, err := c.Kube.Client.CoreV1().Services(dnsNamespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
-		return nil, fmt.Errorf("start dns: create service: %w", err)
+	if err := c.createDNSService(ctx); err != nil {
+		return nil, fmt.Errorf("start dns: %w", err)
 	}
 	pod := &corev1.Pod{
 		ObjectMeta: metav1.ObjectMeta{Namespace: dnsNamespace, Name: dnsName, Labels: labels},
@@ -157,15 +146,10 @@ func (c *Cluster) StartDNS(ctx context.Context, n *ClusterNode) (*DNS, error) {
 	return d, nil
 }
 
-// writeDNSKubeconfig writes CoreDNS's kubeconfig: the API at the kubernetes Service's ClusterIP, whose
-// certificate the apiserver's CA verifies, and a token of the service account kube-system/coredns,
-// which a ClusterRole lets list and watch what the kubernetes plugin reads.
-func (c *Cluster) writeDNSKubeconfig(ctx context.Context, path string) error {
+// createDNSIdentity creates CoreDNS's service account kube-system/coredns and the ClusterRole (bound to
+// it) that lets it list and watch what its kubernetes plugin reads; what exists already is kept.
+func (c *Cluster) createDNSIdentity(ctx context.Context) error {
 	client := c.Kube.Client
-	api, err := client.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{})
-	if err != nil {
-		return fmt.Errorf("kubernetes service: %w", err)
-	}
 	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Namespace: dnsNamespace, Name: dnsName}}
 	if _, err := client.CoreV1().ServiceAccounts(dnsNamespace).Create(ctx, sa, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("service account: %w", err)
@@ -187,6 +171,41 @@ func (c *Cluster) writeDNSKubeconfig(ctx context.Context, path string) error {
 	}
 	if _, err := client.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		return fmt.Errorf("cluster role binding: %w", err)
+	}
+	return nil
+}
+
+// createDNSService creates kube-system/kube-dns at ClusterDNSIP, UDP and TCP 53, selecting CoreDNS's pods.
+func (c *Cluster) createDNSService(ctx context.Context) error {
+	labels := map[string]string{dnsLabel: dnsApp}
+	svc := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Namespace: dnsNamespace, Name: dnsApp, Labels: labels},
+		Spec: corev1.ServiceSpec{
+			ClusterIP: ClusterDNSIP,
+			Selector:  labels,
+			Ports: []corev1.ServicePort{
+				{Name: "dns", Protocol: corev1.ProtocolUDP, Port: 53, TargetPort: intstr.FromInt32(53)},
+				{Name: "dns-tcp", Protocol: corev1.ProtocolTCP, Port: 53, TargetPort: intstr.FromInt32(53)},
+			},
+		},
+	}
+	if _, err := c.Kube.Client.CoreV1().Services(dnsNamespace).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+		return fmt.Errorf("create service %s/%s: %w", dnsNamespace, dnsApp, err)
+	}
+	return nil
+}
+
+// writeDNSKubeconfig writes CoreDNS's kubeconfig: the API at the kubernetes Service's ClusterIP, whose
+// certificate the apiserver's CA verifies, and a token of the service account kube-system/coredns,
+// which a ClusterRole lets list and watch what the kubernetes plugin reads.
+func (c *Cluster) writeDNSKubeconfig(ctx context.Context, path string) error {
+	client := c.Kube.Client
+	api, err := client.CoreV1().Services(metav1.NamespaceDefault).Get(ctx, "kubernetes", metav1.GetOptions{})
+	if err != nil {
+		return fmt.Errorf("kubernetes service: %w", err)
+	}
+	if err := c.createDNSIdentity(ctx); err != nil {
+		return err
 	}
 	tok, err := client.CoreV1().ServiceAccounts(dnsNamespace).CreateToken(ctx, dnsName, &authenticationv1.TokenRequest{
 		Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: ptr.To(int64(dnsTokenTTL / time.Second))},
